@@ -1,0 +1,80 @@
+"""The `lowbit` command: a thin shell over the Python API.
+
+Each subcommand lives in its own module exposing `configure(parser)` and `run(args) -> int`, imported
+only when that subcommand runs, so `lowbit simulate` never pays for torch. Bad input of any kind
+(LowbitError) becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lowbit.errors import LowbitError
+
+# (command words, module, one-line help). A module that does not exist yet is simply not offered.
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("simulate",), "lowbit.commands.simulate", "the Qwen3.5 family (or any models) under two or more scenarios"),
+    (("plan",), "lowbit.commands.plan", "one model, tensor by tensor, under one scenario"),
+    (("formats",), "lowbit.commands.formats", "every weight type, mix and KV-cache format"),
+    (("fit",), "lowbit.commands.fit", "will it fit on a device; largest context; best format; offload"),
+    (("devices",), "lowbit.commands.devices", "the device catalog"),
+    (("quantize",), "lowbit.commands.quantize", "quantize a GGUF file (Q1_0, ternary, ...) and write a new GGUF"),
+    (("inspect",), "lowbit.commands.inspect", "read a GGUF file: metadata, tensor types and bytes"),
+    (("eval", "distortion"), "lowbit.commands.eval_distortion", "TurboQuant distortion against the paper"),
+    (("eval", "kv"), "lowbit.commands.eval_kv", "KV-cache format quality on a real model"),
+    (("eval", "weights"), "lowbit.commands.eval_weights", "weight format quality on a real model"),
+    (("report",), "lowbit.commands.report", "the HTML report"),
+]
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line, status 2
+        self.exit(2, f"lowbit: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lowbit", description="Exact memory simulation for low-bit LLMs (weights, KV cache, state).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for words, module, help_text in COMMANDS:
+        if not _available(module):
+            continue
+        target = sub
+        if len(words) == 2:
+            if words[0] not in groups:
+                group = sub.add_parser(words[0], help=f"{words[0]} subcommands")
+                groups[words[0]] = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+            target = groups[words[0]]
+        p = target.add_parser(words[-1], help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv or ["simulate"])
+    module = getattr(args, "_module", None)
+    if module is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(module).run(args) or 0)
+    except LowbitError as e:
+        print(f"lowbit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
