@@ -1,0 +1,1 @@
+"""Model architectures: configs read from metadata, and the tensor inventory they imply."""

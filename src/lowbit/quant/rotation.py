@@ -66,6 +66,11 @@ def rotation(kind: str, d: int, seed: int, dtype=torch.float32, device="cpu") ->
     return _rotation64(kind, int(d), int(seed)).to(dtype=dtype, device=device)
 
 
+@lru_cache(maxsize=64)
+def _gaussian64(d: int, seed: int) -> torch.Tensor:
+    return torch.randn(d, d, generator=_generator(seed), dtype=torch.float64)
+
+
 def gaussian_matrix(d: int, seed: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """S with i.i.d. N(0,1) entries: the QJL projection of TurboQuant_prod (dense, never Hadamard)."""
-    return torch.randn(d, d, generator=_generator(seed), dtype=torch.float64).to(dtype=dtype, device=device)
+    return _gaussian64(int(d), int(seed)).to(dtype=dtype, device=device)
