@@ -1,0 +1,1 @@
+"""The planner: multiplies a model's tensor inventory by formats (see planner.plan)."""

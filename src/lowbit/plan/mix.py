@@ -67,6 +67,8 @@ class _State:
     has_tied_embeddings: bool
     i_attention_wv: int = 0
     i_ffn_down: int = 0
+    i_ffn_gate: int = 0
+    i_ffn_up: int = 0
 
 
 def _layer_of(t: Tensor, counter: int, n_expert: int) -> int:
@@ -196,10 +198,20 @@ def _get_type_impl(st: _State, new: WeightType, t: Tensor, m: Mix, cfg: ModelCon
             new = {"Q2_K": T("Q3_K"), "IQ3_XXS": T("IQ3_S"), "Q3_K_M": T("Q4_K"), "Q3_K_L": T("Q5_K"),
                    "IQ3_M": T("Q4_K")}.get(f, new)
         return new
-    if cat == "attn_qkv":  # unreachable in this llama.cpp version (shadowed by the attn_v branch); kept for parity
-        return new
-    # ffn_gate / ffn_up only change for IQ3_XS, which lowbit does not offer.
+    if cat in ("ffn_gate", "ffn_up"):
+        # counters advance in tensor order, as llama.cpp's i_ffn_gate / i_ffn_up do
+        counter = "i_ffn_gate" if cat == "ffn_gate" else "i_ffn_up"
+        i, n = _layer_of(t, getattr(st, counter), n_expert), st.n_layer_all
+        if f == "IQ3_XS" and n // 8 <= i < 7 * n // 8:
+            new = T("IQ3_XXS")
+        setattr(st, counter, getattr(st, counter) + 1)
+    # attn_qkv's own branch is unreachable in this llama.cpp version (the attn_v branch shadows it).
     return new
+
+
+def requires_imatrix(m: Mix) -> bool:
+    """llama-quantize refuses these mixes without an importance matrix (tensor_requires_imatrix)."""
+    return m.default.name in ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S") or m.name == "Q2_K_S"
 
 
 def fallback(t: Tensor, new: WeightType) -> WeightType:
@@ -216,13 +228,16 @@ def fallback(t: Tensor, new: WeightType) -> WeightType:
 
 
 def assign_types(
-    tensors: list[Tensor], m: Mix, cfg: ModelConfig, pure: bool = False, imatrix: bool = False, float_type: str = "F16",
+    tensors: list[Tensor], m: Mix, cfg: ModelConfig, pure: bool = False, imatrix: bool | None = None,
+    float_type: str = "F16",
 ) -> dict[str, WeightType]:
     """The type llama-quantize gives each tensor (keyed by name), from an F16/BF16/F32 source file.
 
     Tensors that are never quantized keep what the converter wrote: F32 for 1-D tensors, routers and
-    conv kernels, `float_type` otherwise.
+    conv kernels, `float_type` otherwise. `imatrix=None` means: with one exactly when the mix needs one.
     """
+    if imatrix is None:
+        imatrix = requires_imatrix(m)
     ordered = gguf_order(tensors)
     cats = {t.name: category(t.name) for t in ordered}
     st = _State(

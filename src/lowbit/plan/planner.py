@@ -144,9 +144,11 @@ def _check_counts(context: int, sequences: int) -> None:
         raise LowbitError(f"sequences must be an integer from 1 to {MAX_SEQUENCES:,}, got {sequences!r}")
 
 
-def weight_types(cfg: ModelConfig, tensors: list[Tensor], weights: str, pure: bool = False) -> dict[str, WeightType]:
+def weight_types(
+    cfg: ModelConfig, tensors: list[Tensor], weights: str, pure: bool = False, imatrix: bool | None = None
+) -> dict[str, WeightType]:
     text = [t for t in tensors if t.kind != VISION]
-    types = assign_types(text, mix(weights), cfg, pure=pure)
+    types = assign_types(text, mix(weights), cfg, pure=pure, imatrix=imatrix)
     # The vision tower is llama.cpp's separate mmproj file, which ships at F16 (1-D tensors F32).
     types.update({t.name: weight_type("F32" if len(t.shape) == 1 else "F16") for t in tensors if t.kind == VISION})
     return types
@@ -200,8 +202,12 @@ def plan(
     mtp: bool = False,
     vision: bool = False,
     scenario_name: str = "",
+    imatrix: bool | None = None,
 ) -> Plan:
-    """Plan one model under one scenario. `model`: built-in name, config.json path or .gguf path."""
+    """Plan one model under one scenario. `model`: built-in name, config.json path or .gguf path.
+
+    `imatrix=None` assumes an importance matrix exactly for the mixes llama-quantize requires one for.
+    """
     _check_counts(context, sequences)
     resolved = resolve(model) if isinstance(model, str) else model
     cfg = resolved.config
@@ -209,7 +215,7 @@ def plan(
     scenario = Scenario(scenario_name or f"{weights}+{k_fmt.name}/{v_fmt.name}", weights.upper(), k_fmt.name,
                         v_fmt.name, pure)
     tensors = gguf_order(inventory(cfg, mtp=mtp, vision=vision))
-    types = weight_types(cfg, tensors, weights, pure)
+    types = weight_types(cfg, tensors, weights, pure, imatrix)
     planned = [TensorPlan(t.name, t.shape, t.kind, types[t.name].name, types[t.name].tensor_bytes(t.shape))
                for t in tensors]
     k_bytes, cells = kv_cache_bytes(cfg, k_fmt, context, sequences, mtp)

@@ -123,14 +123,39 @@ def _groups(ne0: int, block: int) -> list[tuple[int, int]]:
     return [(s, min(s + block, ne0)) for s in range(0, ne0, block)]
 
 
-def arb(w: np.ndarray) -> np.ndarray:
-    """Dequantized ARB binarization of w [rows, ne0] (groups of 128 along rows)."""
-    out = np.empty_like(w, dtype=np.float32)
+def arb_pack(groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Pack per-group (alpha [rows], mu [rows], signs [rows, k]) into ARB1 rows, in ARB_LAYOUT order."""
+    parts = []
+    for alpha, mu, signs in groups:
+        parts += [alpha.astype("<f2").view(np.uint8).reshape(-1, 2), mu.astype("<f2").view(np.uint8).reshape(-1, 2),
+                  np.packbits(signs, axis=-1, bitorder="little")]
+    return np.concatenate(parts, axis=1)
+
+
+def arb_unpack(data: np.ndarray, ne0: int) -> np.ndarray:
+    """ARB1 rows [rows, row_bytes] -> float32 values [rows, ne0]."""
+    out, pos = [], 0
+    for s, e in _groups(ne0, ARB_LAYOUT.block):
+        k = e - s
+        alpha = np.ascontiguousarray(data[:, pos : pos + 2]).view("<f2")[:, 0].astype(np.float32)
+        mu = np.ascontiguousarray(data[:, pos + 2 : pos + 4]).view("<f2")[:, 0].astype(np.float32)
+        nb = -(-k // 8)
+        bits = np.unpackbits(data[:, pos + 4 : pos + 4 + nb], axis=-1, bitorder="little")[:, :k].astype(bool)
+        out.append(np.where(bits, (mu + alpha)[:, None], (mu - alpha)[:, None]))
+        pos += 4 + nb
+    return np.concatenate(out, axis=1).astype(np.float32)
+
+
+def arb(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ARB binarization of w [rows, ne0] (groups of 128 along rows) -> (values, ARB1 bytes)."""
+    values = np.empty(w.shape, dtype=np.float32)
+    groups = []
     for s, e in _groups(w.shape[-1], ARB_LAYOUT.block):
         g = w[:, s:e]
         alpha, mu = arb_fit(g)
-        out[:, s:e] = arb_values(g, alpha, mu)
-    return out
+        values[:, s:e] = arb_values(g, alpha, mu)
+        groups.append((alpha, mu, g >= mu.astype(np.float32)[:, None]))
+    return values, arb_pack(groups)
 
 
 # ---------------------------------------------------------------- GPTQ
@@ -151,11 +176,11 @@ def _inverse_hessian_chol(hessian: np.ndarray, w: np.ndarray) -> tuple[np.ndarra
     return np.linalg.cholesky(hinv).T, w  # upper factor U with U^T U = H^-1
 
 
-def gptq(w: np.ndarray, hessian: np.ndarray, quantizer: str = "q1_0") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """GPTQ with a 1-bit group quantizer over groups of 128 columns.
+def gptq(w: np.ndarray, hessian: np.ndarray, quantizer: str = "q1_0") -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ with a 1-bit group quantizer over groups of 128 columns -> (values, packed bytes).
 
-    quantizer "q1_0": returns the Q1_0 bytes [rows, ne0/128*18] (a llama.cpp-loadable tensor);
-    quantizer "arb": returns the dequantized values (lowbit's ARB1 layout).
+    quantizer "q1_0": the bytes are a Q1_0 tensor [rows, ne0/128*18] (llama.cpp-loadable);
+    quantizer "arb": the bytes are lowbit's ARB1 layout.
     """
     rows, ne0 = w.shape
     if hessian.shape != (ne0, ne0):
@@ -190,8 +215,10 @@ def gptq(w: np.ndarray, hessian: np.ndarray, quantizer: str = "q1_0") -> np.ndar
         w[:, e:] -= err @ u[s:e, e:]
         if quantizer == "q1_0":
             packed.append(q1_0.pack(d.astype("<f2"), signs))
+        else:
+            packed.append((alpha, mu, q[:, s:e] >= m[:, None]))
+    values = q.astype(np.float32)
     if quantizer == "q1_0":
-        n_groups = ne0 // q1_0.BLOCK
         # packed[g] holds group g of every row; interleave back to row-major block order
-        return np.stack(packed, axis=1).reshape(rows, n_groups * q1_0.Q1_0.block_bytes)
-    return q.astype(np.float32)
+        return values, np.stack(packed, axis=1).reshape(rows, ne0 // q1_0.BLOCK * q1_0.Q1_0.block_bytes)
+    return values, arb_pack(packed)

@@ -90,7 +90,7 @@ class TurboQuant:
 
     def __init__(
         self,
-        fmt: KVFormat | str,
+        fmt: KVFormat | TurboLayout | str,
         head_dim: int,
         *,
         rotation_kind: str = "hadamard",
@@ -99,6 +99,8 @@ class TurboQuant:
         seed: int = 0,
         device="cpu",
     ):
+        if isinstance(fmt, TurboLayout):  # an ad-hoc setting, e.g. b = 1 for the distortion check
+            fmt = KVFormat(f"turbo{fmt.bits}{'-prod' if fmt.qjl else ''}", "turbo", "ad hoc", "", turbo=fmt)
         fmt = kv_format(fmt) if isinstance(fmt, str) else fmt
         if fmt.turbo is None:
             raise LowbitError(f"{fmt.name} is not a TurboQuant format")
@@ -261,9 +263,3 @@ class TurboQuant:
     def dequantize(self, packed: torch.Tensor) -> torch.Tensor:
         return self.decode(self.unpack(packed))
 
-
-def layout_of(fmt: str | KVFormat) -> TurboLayout:
-    fmt = kv_format(fmt) if isinstance(fmt, str) else fmt
-    if fmt.turbo is None:
-        raise LowbitError(f"{fmt.name} is not a TurboQuant format")
-    return fmt.turbo
