@@ -45,7 +45,8 @@ def block_scales(blocks: np.ndarray) -> np.ndarray:
     acc = np.zeros(blocks.shape[0], dtype=np.float32)
     for j in range(BLOCK):
         acc += a[j]
-    return (acc / np.float32(BLOCK)).astype("<f2")
+    with np.errstate(over="ignore"):  # an overflowing scale becomes inf; quantize() refuses it
+        return (acc / np.float32(BLOCK)).astype("<f2")
 
 
 def pack(d: np.ndarray, signs: np.ndarray) -> np.ndarray:
