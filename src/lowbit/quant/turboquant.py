@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.formats.kv import KVFormat, TurboLayout, kv_format
+from lowbit.formats.kv import TURBO_BLOCK, KVFormat, TurboLayout, kv_format
 from lowbit.quant.codebooks import lloyd_max
 from lowbit.quant.packing import bytes_to_fp16, fp16_to_bytes, pack_bits, split_fields, unpack_bits
 from lowbit.quant.rotation import gaussian_matrix, rotation
@@ -98,6 +98,7 @@ class TurboQuant:
         norm_correction: bool = False,
         seed: int = 0,
         device="cpu",
+        block: int | None = None,
     ):
         if isinstance(fmt, TurboLayout):  # an ad-hoc setting, e.g. b = 1 for the distortion check
             fmt = KVFormat(f"turbo{fmt.bits}{'-prod' if fmt.qjl else ''}", "turbo", "ad hoc", "", turbo=fmt)
@@ -107,14 +108,17 @@ class TurboQuant:
         if head_dim <= 0:
             raise LowbitError(f"head_dim must be positive, got {head_dim}")
         self.fmt, self.layout, self.head_dim = fmt, fmt.turbo, head_dim
-        self.block = fmt.block_values(head_dim)
+        # `block` overrides the format's block (research use: the distortion check rotates whole vectors).
+        self.block = block or fmt.block_values(head_dim)
         self.n_blocks = math.ceil(head_dim / self.block)
-        self.vector_bytes = fmt.vector_bytes(head_dim)
+        self.vector_bytes = self.n_blocks * fmt.turbo.block_bytes(self.block)
+        if block is None:
+            assert self.vector_bytes == fmt.vector_bytes(head_dim)
         self.norm_correction = norm_correction and not self.layout.qjl
         self.device = torch.device(device)
         lay, blk = self.layout, self.block
         if lay.outlier_channels:
-            self.n_out = lay.outlier_channels * blk // 128
+            self.n_out = lay.outlier_channels * blk // TURBO_BLOCK
             self.stages = (
                 _stage(self.n_out, lay.bits + 1, "qr", codebook, seed + 1, device),
                 _stage(blk - self.n_out, lay.bits, "qr", codebook, seed + 2, device),

@@ -1,0 +1,51 @@
+"""Arguments several commands share, and their parsing into validated values."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from lowbit.errors import LowbitError
+
+_COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]i?)?\s*$")
+
+
+def count(text: str) -> int:
+    """'262144', '256k', '1M' -> int. k and M are binary (256k = 262144), as context sizes are written."""
+    m = _COUNT.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a positive count: {text!r}")
+    value, suffix = float(m.group(1)), (m.group(2) or "")
+    scale = {"": 1, "k": 1024, "ki": 1024, "m": 1024**2, "mi": 1024**2}[suffix.lower()]
+    n = int(value * scale)
+    if n != value * scale:
+        raise argparse.ArgumentTypeError(f"not a whole count: {text!r}")
+    return n
+
+
+def add_model_options(p: argparse.ArgumentParser, weights_default: str | None = "Q4_K_M") -> None:
+    p.add_argument("--context", type=count, default=262_144,
+                   help="tokens per sequence (default 262144; suffix k = 1024, so 256k = 262144)")
+    p.add_argument("--sequences", type=count, default=1, help="parallel sequences, each with the full context")
+    p.add_argument("--weights", default=weights_default, help="weight format: a llama.cpp mix (Q4_K_M, Q1_0, ...)")
+    p.add_argument("--kv", default=None, help="KV-cache format for K and V (f16, q8_0, turbo3, ...)")
+    p.add_argument("--kv-k", default=None, help="KV-cache format for K only")
+    p.add_argument("--kv-v", default=None, help="KV-cache format for V only")
+    p.add_argument("--pure", action="store_true", help="no per-tensor overrides (llama-quantize --pure)")
+    p.add_argument("--mtp", action="store_true", help="add the MTP layer and its KV cache")
+    p.add_argument("--vision", action="store_true", help="add the vision tower (llama.cpp's mmproj, F16)")
+    p.add_argument("--units", default="GB", help="GB (10^9, default) or GiB (2^30)")
+
+
+def add_format(p: argparse.ArgumentParser, choices=("table", "json", "csv", "markdown")) -> None:
+    p.add_argument("--format", default="table", choices=choices, help="output format (default table)")
+
+
+def kv_pair(args: argparse.Namespace, default: str) -> tuple[str, str]:
+    base = args.kv or default
+    return (args.kv_k or base).lower(), (args.kv_v or base).lower()
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise LowbitError(message)

@@ -1,0 +1,60 @@
+"""lowbit formats: every weight type, mix and KV-cache format, with bits and where each is defined."""
+
+from __future__ import annotations
+
+import argparse
+
+from lowbit.commands._common import add_format
+from lowbit.report.render import Table, print_json
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--head-dim", type=int, default=128, help="head_dim for KV bits per value (default 128)")
+    add_format(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lowbit.errors import LowbitError
+    from lowbit.formats.kv import KV_FORMATS
+    from lowbit.formats.weights import MIXES, WEIGHT_TYPES
+
+    if not 1 <= args.head_dim <= 65536:
+        raise LowbitError(f"--head-dim must be from 1 to 65536, got {args.head_dim}")
+    hd = args.head_dim
+    data = {
+        "weight_types": [{"name": t.name, "ggml_type": int(t.ggml), "block": t.block, "block_bytes": t.block_bytes,
+                          "bits_per_weight": float(t.bits_per_weight), "source": "gguf GGML_QUANT_SIZES"}
+                         for t in WEIGHT_TYPES.values()],
+        "mixes": [{"name": m.name, "ftype": int(m.ftype), "default_type": m.default.name, "source": m.source}
+                  for m in MIXES.values()],
+        "kv_formats": [{"name": f.name, "family": f.family, "bits_per_value": float(f.bits_per_value(hd)),
+                        "bytes_per_vector": f.vector_bytes(hd), "head_dim": hd, "description": f.description,
+                        "source": f.source} for f in KV_FORMATS.values() if _fits(f, hd)],
+    }
+    if args.format == "json":
+        print_json(data)
+        return 0
+    t = Table("Weight types (ggml)", ["type", "id", "block", "bytes/block", "bits/weight", "source"], right_align_from=1)
+    for w in data["weight_types"]:
+        t.add(w["name"], w["ggml_type"], w["block"], w["block_bytes"], f"{w['bits_per_weight']:.4g}", w["source"])
+    t.render(args.format)
+    t = Table("Mixes (llama-quantize targets; per-tensor rules in lowbit/plan/mix.py)",
+              ["mix", "ftype", "default type", "source"], right_align_from=9)
+    for m in data["mixes"]:
+        t.add(m["name"], m["ftype"], m["default_type"], m["source"])
+    t.render(args.format)
+    t = Table(f"KV-cache formats (head_dim {hd})", ["format", "family", "bits/value", "bytes/vector", "description", "source"],
+              right_align_from=2)
+    t.right_align_from, t.width = 2, 170
+    for f in data["kv_formats"]:
+        t.add(f["name"], f["family"], f"{f['bits_per_value']:.4g}", f["bytes_per_vector"], f["description"], f["source"])
+    t.render(args.format)
+    return 0
+
+
+def _fits(f, hd: int) -> bool:
+    try:
+        f.vector_bytes(hd)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,109 @@
+"""The evaluation text: real English prose from CPython's `pydoc_data.topics` (about 465k characters).
+
+The topics are joined in sorted-key order with blank lines, so the corpus is the same on every run
+of a given Python version; it is tokenized once per tokenizer and cut into windows of `context` tokens.
+Models whose tokenizer prepends BOS (Gemma) get BOS as the first token of every window, as
+llama.cpp's perplexity tool does; models that don't (SmolLM2) see plain text.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+
+from lowbit.errors import LowbitError
+
+
+@functools.lru_cache(maxsize=1)
+def corpus() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+@functools.lru_cache(maxsize=8)
+def _stream(tokenizer) -> tuple[int, ...]:
+    return tuple(tokenizer(corpus(), add_special_tokens=False)["input_ids"])
+
+
+def corpus_tokens(tokenizer) -> tuple[int, ...]:
+    """The whole corpus as token ids, without special tokens (cached per tokenizer)."""
+    return _stream(tokenizer)
+
+
+def bos_id(tokenizer) -> int | None:
+    """The BOS id if this tokenizer prepends one to plain text, else None."""
+    ids = tokenizer("a")["input_ids"]
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and ids and ids[0] == bos else None
+
+
+def eval_tokens(tokenizer, n_tokens: int, offset: int = 0) -> list[int]:
+    """`n_tokens` consecutive corpus tokens starting at `offset`."""
+    stream = corpus_tokens(tokenizer)
+    if n_tokens < 1 or offset < 0:
+        raise LowbitError(f"token count must be >= 1 and offset >= 0 (got {n_tokens}, {offset})")
+    if offset + n_tokens > len(stream):
+        raise LowbitError(f"the pydoc corpus has {len(stream)} tokens for this tokenizer; asked for {offset + n_tokens}")
+    return list(stream[offset : offset + n_tokens])
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Evaluation windows: `ids[i]` is one window of `context` tokens, the model sees each independently.
+
+    Within a window, the first `prefill` tokens are context only; the model is scored on predicting
+    tokens prefill+1 .. context-1 (llama.cpp's perplexity scores the second half the same way), so
+    each window yields `scored` = context - prefill - 1 predictions.
+    """
+
+    ids: "object"  # torch.LongTensor [n_windows, context]
+    context: int
+    prefill: int
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def scored(self) -> int:
+        return self.context - self.prefill - 1
+
+    @property
+    def tokens(self) -> int:
+        """Scored predictions over all windows."""
+        return self.n_windows * self.scored
+
+    @functools.cached_property
+    def key(self) -> str:
+        """A fingerprint of the token ids and split, for caching reference logits."""
+        h = hashlib.sha1(self.ids.numpy().tobytes())
+        h.update(f"{self.context}/{self.prefill}".encode())
+        return h.hexdigest()[:16]
+
+
+def windows(tokenizer, n_tokens: int = 4096, context: int = 512, prefill: int | None = None, offset: int = 0) -> Windows:
+    """Cut `n_tokens` corpus tokens into n_tokens // context windows of `context` tokens.
+
+    prefill defaults to context // 2. With a BOS-prepending tokenizer each window is BOS + context - 1
+    corpus tokens (the corpus is consumed contiguously either way).
+    """
+    import torch
+
+    if context < 4:
+        raise LowbitError(f"context must be at least 4 tokens (got {context})")
+    prefill = context // 2 if prefill is None else prefill
+    if not 1 <= prefill <= context - 2:
+        raise LowbitError(f"prefill must be between 1 and context - 2 = {context - 2} (got {prefill})")
+    n = n_tokens // context
+    if n < 1:
+        raise LowbitError(f"need at least one window: tokens ({n_tokens}) < context ({context})")
+    bos = bos_id(tokenizer)
+    body = context - (bos is not None)
+    stream = eval_tokens(tokenizer, n * body, offset)
+    rows = []
+    for i in range(n):
+        chunk = stream[i * body : (i + 1) * body]
+        rows.append(([bos] if bos is not None else []) + chunk)
+    return Windows(torch.tensor(rows, dtype=torch.long), context, prefill)
