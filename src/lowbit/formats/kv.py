@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from math import ceil
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from lowbit.formats.ggml import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from lowbit.errors import LowbitError
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from lowbit.formats.ggml import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, LlamaFileType
 
 from lowbit.errors import LowbitError
 
-GGUF_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT: every tensor's data is padded to this
+GGUF_ALIGNMENT = GGUF_DEFAULT_ALIGNMENT  # every tensor's data is padded to this (32)
 
 
 @dataclass(frozen=True)

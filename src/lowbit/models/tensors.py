@@ -9,6 +9,7 @@ is never quantized: 1-D tensors, routers, conv kernels and non-`.weight` tensors
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from lowbit.models.config import FULL, LINEAR, ModelConfig
 
@@ -138,6 +139,11 @@ def _vision(cfg: ModelConfig) -> list[Tensor]:
 
 def inventory(cfg: ModelConfig, mtp: bool = False, vision: bool = False) -> list[Tensor]:
     """Every tensor of the model's text GGUF (plus its MTP block and mmproj tower when asked)."""
+    return list(_inventory(cfg, mtp, vision))
+
+
+@lru_cache(maxsize=64)  # simulate asks for the same model under several scenarios
+def _inventory(cfg: ModelConfig, mtp: bool, vision: bool) -> tuple[Tensor, ...]:
     h = cfg.hidden_size
     tensors = [Tensor("token_embd.weight", (h, cfg.vocab_size), EMBED)]
     if cfg.extras.get("rope_freqs"):
@@ -159,7 +165,7 @@ def inventory(cfg: ModelConfig, mtp: bool = False, vision: bool = False) -> list
             ]
     if vision and cfg.vision is not None:
         tensors += _vision(cfg)
-    return tensors
+    return tuple(tensors)
 
 
 def gguf_order(tensors: list[Tensor]) -> list[Tensor]:

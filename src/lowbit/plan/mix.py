@@ -9,6 +9,7 @@ in lowbit.formats.weights are kept. Rules change between llama.cpp versions: thi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from lowbit.errors import LowbitError
 from lowbit.formats.weights import Mix, WeightType, weight_type
@@ -29,6 +30,7 @@ _FALLBACK = {
 }
 
 
+@lru_cache(maxsize=8192)
 def allows_quantization(t: Tensor) -> bool:
     """tensor_allows_quantization: 2-D/3-D `.weight` tensors that are not norms, routers, convs, ..."""
     if len(t.shape) < 2 or not t.name.endswith("weight"):
@@ -38,6 +40,7 @@ def allows_quantization(t: Tensor) -> bool:
     return t.name not in ("pos_embd.weight", "token_types.weight")
 
 
+@lru_cache(maxsize=8192)
 def category(name: str) -> str:
     if name == "output.weight":
         return "output"
