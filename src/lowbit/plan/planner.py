@@ -84,6 +84,7 @@ class Plan:
     header_bytes: int
     header_exact: bool
     kv_cells: dict[str, int] = field(default_factory=dict)
+    engine: str = "llama.cpp"
 
     @property
     def total_bytes(self) -> int:
@@ -203,10 +204,12 @@ def plan(
     vision: bool = False,
     scenario_name: str = "",
     imatrix: bool | None = None,
+    engine: str = "llama.cpp",
 ) -> Plan:
     """Plan one model under one scenario. `model`: built-in name, config.json path or .gguf path.
 
     `imatrix=None` assumes an importance matrix exactly for the mixes llama-quantize requires one for.
+    `engine` other than llama.cpp takes KV, state and runtime bytes from lowbit.plan.engines.
     """
     _check_counts(context, sequences)
     resolved = resolve(model) if isinstance(model, str) else model
@@ -220,6 +223,13 @@ def plan(
                for t in tensors]
     k_bytes, cells = kv_cache_bytes(cfg, k_fmt, context, sequences, mtp)
     v_bytes, _ = kv_cache_bytes(cfg, v_fmt, context, sequences, mtp)
+    state, runtime = recurrent_state_bytes(cfg, sequences), runtime_bytes(cfg, sequences)
+    if engine != "llama.cpp":  # other engines allocate differently (lowbit.plan.engines)
+        from lowbit.plan.engines import engine_model
+
+        alloc = engine_model(engine).allocate(cfg, k_fmt, v_fmt, context, sequences, mtp)
+        k_bytes, v_bytes, cells = alloc.kv_k_bytes, alloc.kv_v_bytes, alloc.cells
+        state, runtime = alloc.state_bytes, alloc.runtime_bytes
     if resolved.gguf is not None:
         header, header_exact = resolved.gguf.data_offset, True
     else:
@@ -238,9 +248,10 @@ def plan(
         kv_bytes=k_bytes + v_bytes,
         kv_k_bytes=k_bytes,
         kv_v_bytes=v_bytes,
-        state_bytes=recurrent_state_bytes(cfg, sequences),
-        runtime_bytes=runtime_bytes(cfg, sequences),
+        state_bytes=state,
+        runtime_bytes=runtime,
         header_bytes=header,
         header_exact=header_exact,
         kv_cells=cells,
+        engine=engine,
     )
