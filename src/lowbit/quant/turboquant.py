@@ -185,11 +185,12 @@ class TurboQuant:
         if self.layout.outlier_channels:
             perm = self._permutation(xb.shape[:-2])
             xp = torch.gather(xb, -1, perm)
+            bad = ~torch.isfinite(xb).all(-1)  # the whole block decodes to NaN, not just one part
             f = {}
             for part, st, sub in (("outlier", self.stages[0], xp[..., : self.n_out]),
                                   ("regular", self.stages[1], xp[..., self.n_out:])):
                 idx, norm = self._mse(st, sub)
-                f[f"{part}_idx"], f[f"{part}_norm"] = idx, norm
+                f[f"{part}_idx"], f[f"{part}_norm"] = idx, norm.masked_fill(bad, float("nan"))
             return f
         st = self.stages[0]
         if not self.layout.qjl:
