@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv or ["simulate"])
+    try:
+        args = parser.parse_args(argv or ["simulate"])
+    except SystemExit as e:  # --help, or argparse's one-line error (already printed)
+        return int(e.code or 0)
     module = getattr(args, "_module", None)
     if module is None:
         parser.print_help()

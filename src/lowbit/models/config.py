@@ -112,7 +112,7 @@ def _int(cfg: dict, key: str, default: int | None = None, lo: int = 0, hi: int =
     value = cfg.get(key, default)
     if value is None:
         raise LowbitError(f"config is missing the required field {key!r}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
         raise LowbitError(f"config field {key!r} must be an integer, got {value!r}")
     value = int(value)
     if not lo <= value <= hi:
@@ -146,7 +146,10 @@ def from_hf_config(cfg: Any, name: str = "model") -> ModelConfig:
     moe_layers: tuple[bool, ...] = ()
     if n_experts > 1:
         step = _int(text, "decoder_sparse_step", 1, lo=1)
-        mlp_only = set(text.get("mlp_only_layers") or [])
+        mlp_only = text.get("mlp_only_layers") or []
+        if not isinstance(mlp_only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in mlp_only):
+            raise LowbitError("config field 'mlp_only_layers' must be a list of layer indices")
+        mlp_only = set(mlp_only)
         moe_layers = tuple((i not in mlp_only) and (i + 1) % step == 0 for i in range(n_layers))
     needs_dense = n_experts <= 1 or not all(moe_layers)
     tie = top.get("tie_word_embeddings", text.get("tie_word_embeddings", arch.startswith("gemma")))
@@ -162,7 +165,7 @@ def from_hf_config(cfg: Any, name: str = "model") -> ModelConfig:
             num_position_embeddings=_int(v, "num_position_embeddings", 2304, lo=1),
         )
     is_qwen35 = arch.startswith("qwen35")
-    return ModelConfig(
+    cfg = ModelConfig(
         name=name,
         arch=arch,
         vocab_size=_int(text, "vocab_size", top.get("vocab_size"), lo=1),
@@ -193,6 +196,27 @@ def from_hf_config(cfg: Any, name: str = "model") -> ModelConfig:
         vision=vision,
         source="config.json",
     )
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ModelConfig) -> None:
+    """Facts that must hold together, whichever reader filled the config."""
+    if cfg.num_heads % max(1, max(cfg.num_kv_heads, default=1)) and max(cfg.num_kv_heads, default=0):
+        raise LowbitError(f"{cfg.num_heads} attention heads cannot share {max(cfg.num_kv_heads)} KV heads evenly")
+    if cfg.is_moe:
+        if not 1 <= cfg.num_experts_used <= cfg.num_experts:
+            raise LowbitError(f"experts per token ({cfg.num_experts_used}) must be from 1 to {cfg.num_experts}")
+        if cfg.moe_intermediate_size <= 0:
+            raise LowbitError("a mixture-of-experts config needs moe_intermediate_size > 0")
+    if LINEAR in cfg.layer_types and min(cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
+                                         cfg.linear_value_head_dim, cfg.linear_conv_kernel_dim) <= 0:
+        raise LowbitError("linear-attention layers need linear_num_key_heads, linear_num_value_heads, "
+                          "linear_key_head_dim, linear_value_head_dim and linear_conv_kernel_dim > 0")
+    if SLIDING in cfg.layer_types and cfg.sliding_window <= 0:
+        raise LowbitError("sliding-attention layers need sliding_window > 0")
+    if cfg.intermediate_size <= 0 and not all(cfg.layer_is_moe(i) for i in range(cfg.num_layers)):
+        raise LowbitError("dense layers need intermediate_size > 0")
 
 
 def _layer_types(text: dict, arch: str, n_layers: int) -> tuple[str, ...]:
@@ -201,7 +225,7 @@ def _layer_types(text: dict, arch: str, n_layers: int) -> tuple[str, ...]:
         if not isinstance(explicit, list) or len(explicit) != n_layers:
             raise LowbitError(f"layer_types must list {n_layers} entries (one per layer)")
         known = {FULL, SLIDING, LINEAR}
-        bad = [t for t in explicit if t not in known]
+        bad = [t for t in explicit if not isinstance(t, str) or t not in known]
         if bad:
             raise LowbitError(f"unknown layer type {bad[0]!r} in layer_types; known: {', '.join(sorted(known))}")
         return tuple(explicit)
@@ -288,7 +312,7 @@ def from_gguf_metadata(meta: dict[str, Any], name: str) -> ModelConfig:
     n_group = as_int("ssm.group_count", 0)
     dt_rank = as_int("ssm.time_step_rank", 0)
     has_output = bool(meta.get("lowbit.has_output_tensor", True))
-    return ModelConfig(
+    cfg = ModelConfig(
         name=name,
         arch=arch,
         vocab_size=vocab,
@@ -318,6 +342,8 @@ def from_gguf_metadata(meta: dict[str, Any], name: str) -> ModelConfig:
         mtp_layers=nextn,
         source="gguf",
     )
+    validate(cfg)
+    return cfg
 
 
 def with_overrides(cfg: ModelConfig, **changes: Any) -> ModelConfig:

@@ -162,6 +162,6 @@ def read_header(path: str | Path) -> GGUFHeader:
         data_offset = _pad(cur.pos, alignment)
     header = GGUFHeader(path, version, meta, infos, alignment, data_offset, size)
     end = max((t.offset + t.nbytes for t in infos), default=0)
-    if data_offset + end > size:
+    if infos and data_offset + end > size:
         raise LowbitError(f"{path.name} is truncated: its tensors need {data_offset + end} bytes, the file has {size}")
     return header
