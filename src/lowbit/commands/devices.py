@@ -1,0 +1,29 @@
+"""lowbit devices: the device catalog, with the memory each kind holds back (an estimate, named)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", choices=("phone", "apple", "gpu", "cpu"), help="only devices of this kind")
+    p.add_argument("--format", default="table", choices=("table", "json"), help="output format (default table)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lowbit.devices import format_bytes, listing, reserve_rules
+    from lowbit.report.render import Table, print_json
+
+    rows = [r for r in listing() if not args.kind or r["kind"] == args.kind]
+    if args.format == "json":
+        print_json({"devices": rows, "reserve": reserve_rules()})
+        return 0
+    t = Table("Devices (vendor memory is exact; usable memory is an estimate, see the notes)",
+              ["name", "kind", "label", "memory", "usable", "aliases"], right_align_from=3)
+    for r in rows:
+        t.add(r["name"], r["kind"], r["label"], format_bytes(r["memory_bytes"]), format_bytes(r["usable_bytes"]),
+              ", ".join(r["aliases"]))
+    t.caption = "\n".join(f"{kind}: {rule['why']}" for kind, rule in reserve_rules().items())
+    t.width = 150
+    t.render("table")
+    return 0
