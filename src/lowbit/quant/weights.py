@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, quants
 
 from lowbit.errors import LowbitError
-from lowbit.formats.weights import weight_type
+from lowbit.formats.weights import WEIGHT_TYPES, weight_type
 from lowbit.quant import binarize, q1_0, ternary
 
 GGUF_REFERENCE = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "MXFP4", "F16", "BF16", "F32")
@@ -68,6 +68,11 @@ def formats() -> list[str]:
 
 def check(fmt: str, method: str | None) -> tuple[str, str]:
     f = str(fmt).upper()
+    if f not in METHODS and f in WEIGHT_TYPES:
+        raise LowbitError(
+            f"lowbit cannot quantize to {f}: the gguf package can read it but has no quantizer for it "
+            f"(quantizable: {', '.join(METHODS)})"
+        )
     if f not in METHODS:
         raise LowbitError(f"unknown weight format {fmt!r}; known: {', '.join(METHODS)}")
     m = method or DEFAULT_METHOD[f]

@@ -1,0 +1,110 @@
+"""Write a GGUF file with gguf's own writer: the source's metadata and tokenizer kept, tensors replaced.
+
+The file appears atomically: it is written to a temporary file beside the target and renamed into
+place only after the last byte, so a failure (bad input, a full disk, Ctrl-C) leaves nothing behind.
+Tensor data is produced one tensor at a time (a callback), so memory stays near one tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import gguf
+
+from lowbit.errors import LowbitError
+from lowbit.formats.weights import weight_type
+
+FILE_TYPE_KEY = gguf.Keys.General.FILE_TYPE
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of the output file: name, ggml shape (ne0 first) and type."""
+
+    name: str
+    shape: tuple[int, ...]
+    type: str
+
+    @property
+    def nbytes(self) -> int:
+        return weight_type(self.type).tensor_bytes(self.shape)
+
+    @property
+    def byte_shape(self) -> tuple[int, ...]:
+        """numpy shape of the stored array: rows (outer dims reversed) x bytes per row."""
+        wt = weight_type(self.type)
+        outer = tuple(reversed(self.shape[1:]))
+        if wt.quantized:
+            return (*outer, wt.row_bytes(self.shape[0]))
+        return (*outer, self.shape[0])
+
+
+def reader(path: str | os.PathLike) -> gguf.GGUFReader:
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # truncated or not a GGUF: one line
+        raise LowbitError(f"cannot read GGUF file {path}: {e}") from None
+
+
+def _numpy_dtype(type_name: str):
+    return {"F32": np.float32, "F16": np.float16}.get(type_name, np.uint8)
+
+
+def write(
+    out: str | os.PathLike,
+    source: gguf.GGUFReader,
+    specs: Iterable[TensorSpec],
+    produce: Callable[[TensorSpec], np.ndarray],
+    metadata: dict[str, tuple[object, gguf.GGUFValueType]] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `out`: every metadata field of `source` (with `metadata` overrides), then `specs` in order,
+    each tensor's bytes from `produce(spec)` (checked against the spec's size)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LowbitError(f"{out} exists; choose another -o or pass --force")
+    if not out.parent.is_dir():
+        raise LowbitError(f"no such directory: {out.parent}")
+    specs = list(specs)
+    metadata = dict(metadata or {})
+    arch = source.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        w = gguf.GGUFWriter(tmp, arch)
+        for field in source.fields.values():
+            # GGUF.* are the reader's virtual fields; the writer adds the architecture itself.
+            if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE:
+                continue
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            if field.name in metadata:
+                value, vtype = metadata.pop(field.name)
+                sub = None
+            else:
+                value = field.contents()
+            w.add_key_value(field.name, value, vtype, sub_type=sub)
+        for key, (value, vtype) in metadata.items():
+            w.add_key_value(key, value, vtype)
+        for s in specs:
+            dt = np.dtype(_numpy_dtype(s.type))
+            w.add_tensor_info(s.name, s.byte_shape, dt, s.nbytes, gguf.GGMLQuantizationType[s.type])
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for s in specs:
+            data = np.ascontiguousarray(produce(s))
+            if data.nbytes != s.nbytes:
+                raise LowbitError(f"{s.name}: produced {data.nbytes} bytes, {s.type} of {s.shape} needs {s.nbytes}")
+            w.write_tensor_data(data)
+        w.close()
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
