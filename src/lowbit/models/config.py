@@ -302,8 +302,14 @@ def from_gguf_metadata(meta: dict[str, Any], name: str) -> ModelConfig:
         interval = as_int("full_attention_interval", 4, lo=1)
         layer_types = tuple(FULL if (i + 1) % interval == 0 else LINEAR for i in range(n_layers))
     elif arch == "gemma3":
-        pattern = 6  # llama.cpp hard-codes gemma3's pattern: every 6th layer is global
-        layer_types = tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers))
+        pattern = get("attention.sliding_window_pattern", 6)  # absent in older files: llama.cpp's default, 6
+        if isinstance(pattern, list):  # per layer: true = sliding window
+            if len(pattern) < n_layers:
+                raise LowbitError("GGUF sliding_window_pattern array is shorter than block_count")
+            layer_types = tuple(SLIDING if bool(p) else FULL for p in pattern[:n_layers])
+        else:
+            pattern = _int({"sliding_window_pattern": pattern}, "sliding_window_pattern", lo=1)
+            layer_types = tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers))
     else:
         layer_types = (SLIDING,) * n_layers if window else (FULL,) * n_layers
     n_experts = as_int("expert_count", 0)

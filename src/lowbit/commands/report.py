@@ -1,0 +1,27 @@
+"""lowbit report: the HTML report (family, KV against context, audit, measured results)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lowbit.commands._common import count
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", default="lowbit-report.html", help="HTML file to write")
+    p.add_argument("--context", type=count, default=262_144)
+    p.add_argument("--units", default="GB")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lowbit.errors import LowbitError
+    from lowbit.report.html import build
+    from lowbit.report.render import unit
+
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise LowbitError(f"folder {out.parent} does not exist")
+    build(out, unit(args.units), args.context)
+    print(out)
+    return 0

@@ -1,0 +1,183 @@
+"""The HTML report: one self-contained page (plots inlined as PNG) a person would rather look at.
+
+Sections: the family under both scenarios (exact bars), KV bytes against context per format, the seed's
+claims audited, and whatever lowbit has measured (KV and weight quality, kernel speed) read from the
+JSON files the eval and benchmark commands write. Every figure carries its provenance.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+from importlib import resources
+from pathlib import Path
+
+from lowbit.report.render import fmt_bytes
+
+PARTS = [("weights_bytes", "weights", "#3b6ea8"), ("kv_bytes", "KV cache", "#e08a2c"),
+         ("state_bytes", "recurrent state", "#5b9a53"), ("runtime_bytes", "runtime (estimated)", "#b9b9b9")]
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _family_plot(sim, units: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sim.models()
+    n_s = len(sim.scenarios)
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    width = 0.8 / n_s
+    div = {"GB": 1e9, "GiB": 2**30}[units]
+    for j, s in enumerate(sim.scenarios):
+        bottom = [0.0] * len(models)
+        xs = [i + (j - (n_s - 1) / 2) * width for i in range(len(models))]
+        for key, label, color in PARTS:
+            vals = [getattr(sim.get(m, s.name), key) / div for m in models]
+            ax.bar(xs, vals, width * 0.95, bottom=bottom, color=color, label=label if j == 0 else None,
+                   alpha=1.0 if j == 0 else 0.6, edgecolor="white", linewidth=0.5)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        for x, b in zip(xs, bottom):
+            ax.text(x, b, f"{b:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(models)), [m.replace("qwen3.5-", "") for m in models])
+    ax.set_yscale("log")
+    ax.set_ylabel(f"{units} (log scale)")
+    ax.set_title(" vs ".join(f"{s.name} ({s.weights}+{s.kv_k})" for s in sim.scenarios)
+                 + f": solid = {sim.scenarios[0].name}, faded = {sim.scenarios[-1].name}")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _kv_plot(model: str, formats: list[str], units: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lowbit.plan.planner import plan
+
+    contexts = [2**k for k in range(12, 21)]
+    div = {"GB": 1e9, "GiB": 2**30}[units]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for f in formats:
+        ax.plot(contexts, [plan(model, "Q4_K_M", kv=f, context=c).kv_bytes / div for c in contexts], marker="o",
+                ms=3, label=f)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context (tokens, 1 sequence)")
+    ax.set_ylabel(f"KV cache ({units})")
+    ax.set_title(f"{model}: KV cache by format (exact)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _table(columns: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _measured_sections() -> str:
+    out = []
+    for name, title in [("kv_quality.json", "KV-cache quality, measured"),
+                        ("weights_quality.json", "Weight-format quality, measured"),
+                        ("kernels.json", "GPU kernels, measured")]:
+        path = resources.files("lowbit.report").joinpath(name)
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        blocks = data if isinstance(data, list) else [data]
+        for b in blocks:
+            rows = b.get("rows", [])
+            if not rows:
+                continue
+            cols = list(rows[0].keys())
+            meta = ", ".join(f"{k}: {b[k]}" for k in ("model", "device", "date", "command") if k in b)
+            out.append(f"<h2>{html.escape(title)}</h2><p class=prov>measured — {html.escape(meta)}</p>"
+                       + _table(cols, [[_short(r.get(c)) for c in cols] for r in rows]))
+    return "".join(out)
+
+
+def _short(v: object) -> object:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)[:80]
+    return "" if v is None else v
+
+
+CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0;
+font-size:12.5px}td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}td:first-child,th:first-child{text-align:left}
+th{background:#f3f5f8}tr:nth-child(even){background:#fafafa}.prov{color:#666;font-size:12px}.bad{color:#b02a2a}
+.good{color:#2a7a2a}img{max-width:100%}"""
+
+
+def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
+    from lowbit.plan.simulate import simulate
+    from lowbit.report.audit import audit
+
+    sim = simulate(context=context)
+    fam_rows = []
+    for m in sim.models():
+        row = [m]
+        for s in sim.scenarios:
+            p = sim.get(m, s.name)
+            row += [fmt_bytes(p.weights_bytes, units), fmt_bytes(p.kv_bytes, units), fmt_bytes(p.state_bytes, units),
+                    fmt_bytes(p.runtime_bytes, units), fmt_bytes(p.total_bytes, units)]
+        row.append(f"{sim.ratio(m):.2f}x")
+        fam_rows.append(row)
+    fam_cols = ["model"] + [f"{s.name} {c}" for s in sim.scenarios for c in ("weights", "KV", "state", "runtime", "total")]
+    fam_cols.append("ratio")
+    result = audit()
+    audit_rows = []
+    for r in result["claims"]:
+        if "claimed_bytes" in r:
+            art, exact = fmt_bytes(r["claimed_bytes"], units), fmt_bytes(r["exact_bytes"], units)
+        elif "claimed_ratio" in r:
+            art, exact = f">= {r['claimed_ratio']}x", f"{r['exact_ratio']:.2f}x"
+        else:
+            art = f"{r['claimed_range'][0]:g}-{r['claimed_range'][1]:g}x"
+            exact = ", ".join(f"{m.split('-', 1)[1]} {v:.2f}x" for m, v in r["exact_ratios"].items())
+        note = ""
+        if "nearest" in r:
+            note = f"nearest: {r['nearest']['assumption']} ({r['nearest']['error']:+.1%})"
+        elif "largest_context" in r:
+            note = f"holds up to {r['largest_context']:,} tokens" if r["largest_context"] else "at no context"
+        audit_rows.append([r["quote"], art, exact, "holds" if r["holds"] else "does not hold", note])
+    kv_formats = ["f16", "q8_0", "q4_0", "turbo4", "turbo3.5", "turbo3", "turbo2.5", "turbo2"]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>lowbit report</title><style>{CSS}</style></head><body>
+<h1>lowbit: what 1-bit weights and TurboQuant KV caches really cost</h1>
+<p class=prov>Generated {dt.date.today().isoformat()} by <code>lowbit report</code>. Units: {units}.
+<b>exact</b> = format definition x shapes (llama.cpp layout); <b>estimated</b> = runtime buffers (assumption named in
+<code>lowbit plan</code>); <b>measured</b> = from a run, with its command.</p>
+<h2>The Qwen3.5 family at {context:,} tokens</h2>
+{_family_plot(sim, units)}
+{_table(fam_cols, fam_rows)}
+<p class=prov>weights, KV, state: exact. runtime: estimated (llama.cpp output + compute buffers, one 512-token micro-batch).</p>
+<h2>KV cache against context</h2>
+{_kv_plot("qwen3.5-122b-a10b", kv_formats, units)}
+<p class=prov>exact: only the 12 full-attention layers of 48 hold KV; 2 KV heads of 256 values each.</p>
+<h2>The seed article's claims, audited</h2>
+<p class=prov>{html.escape(result['source'])}. {html.escape(result['note'])}</p>
+{_table(["claim", "article", "exact", "verdict", "what would reproduce it"], audit_rows)}
+{_measured_sections()}
+</body></html>"""
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page)
+    tmp.replace(out)  # never leave a half-written report behind
+    return out
