@@ -246,3 +246,12 @@ def test_gemma3_fit_charges_the_window_not_the_context():
     # charging every layer by the context (what window-blind calculators do) would allow 4x less
     naive = 60 * 2**20 // (m["layers"] * per_token_layer)
     assert mc > 4 * naive
+
+
+def test_qwen35_27b_on_a_4090_matches_a_hand_count():
+    """docs/fit.md's 123,392: (23 GiB - weights on the GPU - state - runtime) / 64 KiB per token, in 256s."""
+    p = plan("qwen3.5-27b", context=256)
+    per_token = 16 * 4 * 256 * 2 * 2  # 16 full-attention layers x 4 KV heads x head_dim 256 x (K, V) x f16
+    left = 23 * 2**30 - (p.weights_bytes - _embd(p)) - p.state_bytes - p.runtime_bytes
+    r = fit("qwen3.5-27b", budget("rtx-4090"))
+    assert r.max_context == left // per_token // 256 * 256 == 123_392
