@@ -8,8 +8,10 @@ sizes come from the gguf package.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -62,26 +64,42 @@ def _pad(n: int, align: int) -> int:
 
 
 class _Cursor:
-    def __init__(self, f: BinaryIO, size: int):
-        self.f, self.size, self.pos = f, size, 0
+    """Reads the header from a memory map: nothing is copied that is only skipped."""
+
+    def __init__(self, buf, size: int):
+        self.buf, self.size, self.pos = buf, min(size, MAX_HEADER_BYTES), 0
+
+    def _need(self, n: int) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise LowbitError(f"GGUF header is truncated or malformed (wants {n} bytes at offset {self.pos})")
 
     def read(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > min(self.size, MAX_HEADER_BYTES):
-            raise LowbitError(f"GGUF header is truncated or malformed (wants {n} bytes at offset {self.pos})")
-        data = self.f.read(n)
-        if len(data) != n:
-            raise LowbitError("GGUF file is truncated")
+        self._need(n)
+        data = self.buf[self.pos:self.pos + n]
         self.pos += n
         return data
 
     def unpack(self, fmt: str) -> Any:
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+        n = struct.calcsize(fmt)
+        self._need(n)
+        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += n
+        return value
 
     def string(self) -> str:
         n = self.unpack("<Q")
         if n > MAX_STRING:
             raise LowbitError(f"GGUF string of {n} bytes at offset {self.pos} is implausible")
         return self.read(n).decode("utf-8", errors="replace")
+
+    def skip_strings(self, count: int) -> None:
+        """Walk `count` strings without decoding them (a vocabulary, merges)."""
+        for _ in range(count):
+            n = self.unpack("<Q")
+            if n > MAX_STRING:
+                raise LowbitError(f"GGUF string of {n} bytes at offset {self.pos} is implausible")
+            self._need(n)
+            self.pos += n
 
     def value(self, vtype: int, depth: int = 0) -> Any:
         try:
@@ -98,26 +116,43 @@ class _Cursor:
         n = self.unpack("<Q")
         if n > MAX_ARRAY:
             raise LowbitError(f"GGUF array of {n} items is implausible")
-        if item_type in [t.value for t in _SCALARS] and n > KEPT_ARRAY:  # skip big numeric arrays fast
-            self.read(n * struct.calcsize(_SCALARS[GGUFValueType(item_type)]))
-            return _Summary(n)
-        items = [self.value(item_type, depth + 1) for _ in range(n)]
-        return _Summary(n) if n > KEPT_ARRAY else items
+        if n > KEPT_ARRAY:  # long arrays are summarized by their length and skipped fast
+            if item_type in _SCALAR_IDS:
+                self.read(n * struct.calcsize(_SCALARS[GGUFValueType(item_type)]))
+                return _Summary(n)
+            if item_type == GGUFValueType.STRING:
+                self.skip_strings(n)
+                return _Summary(n)
+        return [self.value(item_type, depth + 1) for _ in range(n)]
 
 
 class _Summary(int):
     """A long array kept only as its length."""
 
 
+_SCALAR_IDS = {int(t) for t in _SCALARS}
+
+
 def read_header(path: str | Path) -> GGUFHeader:
     path = Path(path)
     try:
-        size = path.stat().st_size
+        stat = path.stat()
+    except OSError as e:
+        raise LowbitError(f"cannot read {path}: {e.strerror or e}") from None
+    return _read_header(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)  # planning one file under many scenarios reads its header once
+def _read_header(path: Path, size: int, mtime_ns: int) -> GGUFHeader:
+    try:
         f = path.open("rb")
     except OSError as e:
         raise LowbitError(f"cannot read {path}: {e.strerror or e}") from None
-    with f:
-        cur = _Cursor(f, size)
+    if size < 24:
+        f.close()
+        raise LowbitError(f"{path.name} is truncated: {size} bytes cannot hold a GGUF header")
+    with f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        cur = _Cursor(mm, size)
         if cur.read(4) != struct.pack("<I", GGUF_MAGIC):
             raise LowbitError(f"{path.name} is not a GGUF file (bad magic)")
         version = cur.unpack("<I")
