@@ -22,6 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_model_options(p, weights_default=None)
     p.add_argument("--audit", action="store_true", help="put the seed article's claims beside the exact figures")
     p.add_argument("--quality", action="store_true", help="add measured KV-cache quality (where lowbit has measured it)")
+    p.add_argument("--no-fits", action="store_true", help="leave out the devices each scenario fits")
     add_format(p)
     p.epilog = "Without --scenario: today (Q4_K_M + f16) vs 1bit-turbo (Q1_0 + turbo3); --weights/--kv redefine the second."
 
@@ -63,17 +64,32 @@ def run(args: argparse.Namespace) -> int:
         from lowbit.report.quality import kv_quality
 
         quality = kv_quality()
+    fits = None if args.no_fits else _fits(sim)
     if args.format == "json":
         data = sim.to_json()
+        if fits is not None:
+            for row in data["rows"]:
+                row["fits"] = fits[(row["model"], row["scenario"])]
+            data["fits_note"] = FITS_NOTE
         if quality is not None:
             data["kv_quality"] = quality
         print_json(data)
         return 0
-    table(sim, units, quality).render(args.format)
+    table(sim, units, quality, fits).render(args.format)
     return 0
 
 
-def table(sim, units: str, quality: dict | None = None) -> Table:
+FITS_NOTE = ("fits: the smallest device of each class (phone, Mac, CPU RAM, consumer GPU, datacenter GPU) whose "
+             "usable memory holds the total; estimated usable fractions per device in `lowbit devices`")
+
+
+def _fits(sim) -> dict:
+    from lowbit.plan.fit import fitting_devices
+
+    return {(p.model, p.scenario.name): fitting_devices(p) for p in sim.plans}
+
+
+def table(sim, units: str, quality: dict | None = None, fits: dict | None = None) -> Table:
     cols = ["model", "params"]
     for s in sim.scenarios:
         kv = s.kv_k if s.kv_k == s.kv_v else f"{s.kv_k}/{s.kv_v}"
@@ -81,11 +97,13 @@ def table(sim, units: str, quality: dict | None = None) -> Table:
         cols += [f"{label}\nweights", "KV", "state", "runtime", f"total {units}"]
         if quality is not None:
             cols.append("KV quality*")
+        if fits is not None:
+            cols.append("fits on")
     cols.append("ratio")
     t = Table(
         f"Memory at {sim.context:,} tokens x {sim.sequences} sequence(s), {units}",
         cols,
-        caption=CAPTION + ("\n* " + quality["label"] if quality else ""),
+        caption=CAPTION + ("\n" + FITS_NOTE if fits else "") + ("\n* " + quality["label"] if quality else ""),
         right_align_from=1,
     )
     from lowbit.models.config import params_label
@@ -103,6 +121,8 @@ def table(sim, units: str, quality: dict | None = None) -> Table:
                 from lowbit.report.quality import quality_cell
 
                 row.append(quality_cell(quality, s.kv_k, s.kv_v))
+            if fits is not None:
+                row.append(", ".join(fits[(m, s.name)]) or "none")
         row.append(f"{sim.ratio(m):.2f}x")
         t.add(*row)
     return t
