@@ -1,0 +1,276 @@
+"""KV-cache codecs besides TurboQuant, and the one place a KV spec string becomes a codec.
+
+A codec quantizes head vectors [..., head_dim] to packed uint8 [..., vector_bytes] and back:
+- ggml types (f32, f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_1): gguf's reference quantizers
+  (`gguf.quants.quantize/dequantize`), so the bytes are llama.cpp's `-ctk/-ctv` blocks;
+- iq4_nl: gguf has only the dequantizer, so quantization here follows llama.cpp's
+  `quantize_row_iq4_nl_ref` (scale search over ±7 steps, weights x², gguf's `kvalues` grid) and
+  gguf's dequantizer reads the bytes back;
+- fp8: float8 e4m3 (torch.float8_e4m3fn), one per-tensor scale set on the first data (the prefill)
+  and kept, as transformers' Fp8QuantizedLayer does; the scale is not counted, as in the format;
+- KIVI values: b-bit asymmetric per token, groups of 32 channels, fp16 scale + fp16 zero per group
+  (group layout: codes, then scale, then zero). KIVI keys (per channel, groups of 32 tokens) need the
+  token axis and live in `KiviKeys`, used by the cache;
+- rotation + a ggml type ("q4_0:rot"): a seeded randomized Hadamard on the head vector before the
+  type, as llama.cpp PR #21038 rotates K/V; bytes are those of the type.
+
+Spec strings: FORMAT[:opt,...], FORMAT a name from `lowbit.formats.kv`. Options: `rot` (ggml types),
+and for turbo formats `qr`|`hadamard` (rotation, default hadamard), `beta`|`gaussian` (codebook,
+default beta), `nc`|`nonc` (norm correction, default on for mse formats, as vLLM's `_nc` presets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lowbit.errors import LowbitError
+from lowbit.formats.kv import KVFormat, kv_format
+from lowbit.quant.packing import bytes_to_fp16, fp16_to_bytes, pack_bits, unpack_bits
+from lowbit.quant.rotation import rotation
+
+KIVI_GROUP = 32
+FP8_MAX = 448.0  # largest finite float8 e4m3fn
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    fmt: KVFormat
+    rot: bool = False
+    rotation: str = "hadamard"
+    codebook: str = "beta"
+    norm_correction: bool = True
+    text: str = ""
+    opts: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.text or self.fmt.name
+
+    def bits_per_value(self, head_dim: int) -> float:
+        """Exact, from the format definition (a rotation adds no bytes)."""
+        return float(self.fmt.bits_per_value(head_dim))
+
+
+def parse_kv_spec(text: str) -> KVSpec:
+    name, _, rest = str(text).strip().lower().partition(":")
+    fmt = kv_format(name)
+    opts = tuple(o for o in rest.split(",") if o) if rest else ()
+    kw: dict = {}
+    for o in opts:
+        if o == "rot" and fmt.ggml is not None:
+            kw["rot"] = True
+        elif o in ("qr", "hadamard") and fmt.turbo is not None:
+            kw["rotation"] = o
+        elif o in ("beta", "gaussian") and fmt.turbo is not None:
+            kw["codebook"] = o
+        elif o in ("nc", "nonc") and fmt.turbo is not None:
+            kw["norm_correction"] = o == "nc"
+        else:
+            raise LowbitError(f"KV spec {text!r}: option {o!r} does not apply to {fmt.name} "
+                              "(ggml types take 'rot'; turbo formats take qr|hadamard, beta|gaussian, nc|nonc)")
+    canonical = fmt.name + (":" + ",".join(opts) if opts else "")
+    return KVSpec(fmt, text=canonical, opts=opts, **kw)
+
+
+# --- ggml types through gguf --------------------------------------------------------------------
+class GGMLCodec:
+    def __init__(self, fmt: KVFormat, head_dim: int):
+        self.fmt, self.head_dim = fmt, head_dim
+        self.vector_bytes = fmt.vector_bytes(head_dim)  # raises for a head_dim the block does not divide
+        self.qtype = fmt.ggml
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        from gguf import GGMLQuantizationType as T
+        from gguf import quants
+
+        a = x.detach().to("cpu", torch.float32).numpy()
+        if self.qtype == T.IQ4_NL:
+            out = _iq4_nl_quantize(a)
+        else:
+            out = quants.quantize(a, self.qtype)
+        out = np.ascontiguousarray(out).view(np.uint8).reshape(*a.shape[:-1], self.vector_bytes)
+        return torch.from_numpy(out).to(x.device)
+
+    def dequantize(self, p: torch.Tensor) -> torch.Tensor:
+        from gguf import quants
+
+        a = np.ascontiguousarray(p.detach().to("cpu").numpy())
+        out = quants.dequantize(a, self.qtype).reshape(*a.shape[:-1], self.head_dim)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(p.device)
+
+
+def _iq4_nl_quantize(a: np.ndarray) -> np.ndarray:
+    """llama.cpp quantize_row_iq4_nl_ref (no importance weights): per 32 values one fp16 scale and
+    16 bytes of 4-bit indices into gguf's IQ4_NL.kvalues (low nibbles: values 0-15, high: 16-31)."""
+    from gguf.quants import IQ4_NL
+
+    values = np.array(IQ4_NL.kvalues, dtype=np.float32)
+    blocks = a.reshape(-1, 32).astype(np.float32)
+    w = blocks * blocks
+    amax_i = np.abs(blocks).argmax(-1)
+    vmax = np.take_along_axis(blocks, amax_i[:, None], -1)  # signed value of largest magnitude
+    safe = np.where(vmax == 0, 1.0, vmax)
+
+    def fit(inv_d):
+        idx = np.abs(blocks[..., None] * inv_d[:, None, None] - values).argmin(-1)
+        q = values[idx]
+        return idx, (w * q * blocks).sum(-1), (w * q * q).sum(-1)
+
+    _, sqx, sq2 = fit((values[0] / -safe)[:, 0] * -1)  # d = max/127 first: 1/d = -values[0]/max
+    d = np.where(sq2 > 0, sqx / np.where(sq2 > 0, sq2, 1), 0.0)
+    best = d * sqx
+    for itry in range(-7, 8):
+        _, sqx, sq2 = fit(((itry + values[0]) / safe)[:, 0])
+        better = (sq2 > 0) & (sqx * sqx > best * sq2)
+        d = np.where(better, sqx / np.where(sq2 > 0, sq2, 1), d)
+        best = np.where(better, d * sqx, best)
+    d = np.where(np.abs(vmax[:, 0]) < 1e-15, 0.0, d).astype(np.float16)
+    inv = np.where(d != 0, 1.0 / np.where(d != 0, d.astype(np.float32), 1), 0.0)
+    idx = np.abs(blocks[..., None] * inv[:, None, None] - values).argmin(-1).astype(np.uint8)
+    qs = idx[:, :16] | (idx[:, 16:] << 4)
+    out = np.concatenate([d.reshape(-1, 1).view(np.uint8), qs], axis=-1)
+    return out.reshape(*a.shape[:-1], -1)
+
+
+# --- fp8 ----------------------------------------------------------------------------------------
+class FP8Codec:
+    def __init__(self, fmt: KVFormat, head_dim: int):
+        self.fmt, self.head_dim = fmt, head_dim
+        self.vector_bytes = fmt.vector_bytes(head_dim)
+        self.scale: float | None = None
+
+    def calibrate(self, x: torch.Tensor, keep_dims=()) -> None:
+        finite = x[torch.isfinite(x)]
+        amax = float(finite.abs().max()) if finite.numel() else 0.0
+        self.scale = max(amax / FP8_MAX, torch.finfo(torch.float32).tiny)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:
+            self.calibrate(x)
+        # e4m3fn has no inf: saturate finite overflow to ±448, keep NaN as NaN.
+        y = (x.float() / self.scale).clamp(-FP8_MAX, FP8_MAX)
+        return y.to(torch.float8_e4m3fn).view(torch.uint8)
+
+    def dequantize(self, p: torch.Tensor) -> torch.Tensor:
+        return p.view(torch.float8_e4m3fn).float() * self.scale
+
+
+# --- KIVI ---------------------------------------------------------------------------------------
+def kivi_quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric b-bit over the last dim: codes, fp16 scale, fp16 zero (= min), as in KIVI."""
+    finite = torch.isfinite(x).all(-1, keepdim=True)
+    xf = torch.where(finite, x.float(), torch.zeros((), device=x.device))
+    lo, hi = xf.amin(-1, keepdim=True), xf.amax(-1, keepdim=True)
+    scale = ((hi - lo) / ((1 << bits) - 1)).to(torch.float16)
+    zero = lo.to(torch.float16)
+    s = scale.float()
+    codes = torch.where(s > 0, torch.round((xf - zero.float()) / torch.where(s > 0, s, 1)), 0).clamp(0, (1 << bits) - 1)
+    nan = torch.full((), float("nan"), device=x.device, dtype=torch.float16)
+    return codes.to(torch.int64), torch.where(finite, scale, nan), zero
+
+
+def kivi_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return codes.float() * scale.float() + zero.float()
+
+
+class KiviValueCodec:
+    """Per token: head vector cut into groups of 32 channels, each [codes | fp16 scale | fp16 zero]."""
+
+    def __init__(self, fmt: KVFormat, head_dim: int):
+        self.fmt, self.head_dim, self.bits = fmt, head_dim, fmt.kivi_bits
+        self.vector_bytes = fmt.vector_bytes(head_dim)
+        self.groups = [(s, min(KIVI_GROUP, head_dim - s)) for s in range(0, head_dim, KIVI_GROUP)]
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s, n in self.groups:
+            codes, scale, zero = kivi_quantize(x[..., s : s + n], self.bits)
+            out += [pack_bits(codes, self.bits), fp16_to_bytes(scale.squeeze(-1)), fp16_to_bytes(zero.squeeze(-1))]
+        p = torch.cat(out, -1)
+        assert p.shape[-1] == self.vector_bytes
+        return p
+
+    def dequantize(self, p: torch.Tensor) -> torch.Tensor:
+        parts, o = [], 0
+        for _, n in self.groups:
+            nb = (n * self.bits + 7) // 8
+            codes = unpack_bits(p[..., o : o + nb], self.bits, n)
+            scale = bytes_to_fp16(p[..., o + nb : o + nb + 2]).unsqueeze(-1)
+            zero = bytes_to_fp16(p[..., o + nb + 2 : o + nb + 4]).unsqueeze(-1)
+            parts.append(kivi_dequantize(codes, scale, zero))
+            o += nb + 4
+        return torch.cat(parts, -1)
+
+
+class KiviKeys:
+    """KIVI keys: per channel over groups of 32 tokens. A group [..., 32, D] packs to [..., D, 32·b/8 + 4]
+    (each channel: 32 codes, fp16 scale, fp16 zero), i.e. exactly 32 × vector_bytes when D % 32 == 0."""
+
+    def __init__(self, fmt: KVFormat, head_dim: int):
+        self.fmt, self.head_dim, self.bits = fmt, head_dim, fmt.kivi_bits
+        self.group_bytes = head_dim * ((KIVI_GROUP * self.bits + 7) // 8 + 4)
+
+    def quantize_group(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., 32, D] -> uint8 [..., group_bytes]."""
+        codes, scale, zero = kivi_quantize(x.transpose(-1, -2), self.bits)  # over tokens, per channel
+        p = torch.cat([pack_bits(codes, self.bits), fp16_to_bytes(scale.squeeze(-1)),
+                       fp16_to_bytes(zero.squeeze(-1))], -1)
+        return p.reshape(*p.shape[:-2], self.group_bytes)
+
+    def dequantize_group(self, p: torch.Tensor) -> torch.Tensor:
+        p = p.reshape(*p.shape[:-1], self.head_dim, -1)
+        nb = (KIVI_GROUP * self.bits + 7) // 8
+        codes = unpack_bits(p[..., :nb], self.bits, KIVI_GROUP)
+        scale = bytes_to_fp16(p[..., nb : nb + 2]).unsqueeze(-1)
+        zero = bytes_to_fp16(p[..., nb + 2 : nb + 4]).unsqueeze(-1)
+        x = kivi_dequantize(codes, scale, zero)
+        return x.transpose(-1, -2)
+
+
+# --- rotation around any codec ------------------------------------------------------------------
+class RotatedCodec:
+    """x -> inner(x R^T); decode -> inner⁻¹(p) R. R: seeded randomized Hadamard on the head vector."""
+
+    def __init__(self, inner, head_dim: int, seed: int):
+        if head_dim & (head_dim - 1):
+            raise LowbitError(f"':rot' needs a power-of-two head_dim, got {head_dim}")
+        self.inner, self.fmt, self.head_dim = inner, inner.fmt, head_dim
+        self.vector_bytes = inner.vector_bytes
+        self.R = rotation("hadamard", head_dim, seed)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.quantize(x.float() @ self.R.to(x.device).T)
+
+    def dequantize(self, p: torch.Tensor) -> torch.Tensor:
+        return self.inner.dequantize(p) @ self.R.to(p.device)
+
+
+def make_codec(spec: KVSpec | str, head_dim: int, seed: int = 0, device="cpu"):
+    """A per-vector codec for the spec (KIVI keys are handled by the cache via `KiviKeys`)."""
+    spec = parse_kv_spec(spec) if isinstance(spec, str) else spec
+    fmt = spec.fmt
+    if fmt.turbo is not None:
+        from lowbit.quant.turboquant import TurboQuant
+
+        return TurboQuant(fmt, head_dim, rotation_kind=spec.rotation, codebook=spec.codebook,
+                          norm_correction=spec.norm_correction, seed=seed, device=device)
+    if fmt.ggml is not None:
+        codec = GGMLCodec(fmt, head_dim)
+        return RotatedCodec(codec, head_dim, seed) if spec.rot else codec
+    if fmt.family == "fp8":
+        return FP8Codec(fmt, head_dim)
+    if fmt.kivi_bits:
+        return KiviValueCodec(fmt, head_dim)
+    raise LowbitError(f"no codec for KV format {fmt.name}")
+
+
+def check_head_dim(spec: KVSpec, head_dim: int) -> None:
+    """Fail early, in one line, for a head_dim a format cannot hold."""
+    spec.fmt.vector_bytes(head_dim)
+    if spec.rot and head_dim & (head_dim - 1):
+        raise LowbitError(f"{spec.name}: ':rot' needs a power-of-two head_dim, got {head_dim}")
+    if spec.fmt.turbo is not None and spec.fmt.block_values(head_dim) < 16 and spec.fmt.turbo.outlier_channels:
+        raise LowbitError(f"{spec.name}: head_dim {head_dim} is too small for the outlier split")
