@@ -144,3 +144,14 @@ def test_bad_files_exit_2_with_one_line(capsys, tmp_path, name, content, words):
 def test_missing_file_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "plan", str(tmp_path / "absent.gguf"))
     assert code == 2 and "no such GGUF file" in err
+
+
+def test_engine_option_changes_allocation_and_its_provenance(capsys):
+    code, out, _ = run(capsys, "plan", "qwen3.5-27b", "--engine", "vllm", "--context", "32k", "--format", "json")
+    vllm = json.loads(out)
+    code2, out2, _ = run(capsys, "plan", "qwen3.5-27b", "--context", "32k", "--format", "json")
+    llama = json.loads(out2)
+    assert code == code2 == 0 and vllm["engine"] == "vllm" and llama["engine"] == "llama.cpp"
+    assert vllm["weights_bytes"] == llama["weights_bytes"]
+    assert "vLLM" in vllm["provenance"]["kv_bytes"] and "llama.cpp" in llama["provenance"]["kv_bytes"]
+    assert vllm["state_bytes"] != llama["state_bytes"]  # vLLM keeps the conv state in bf16, llama.cpp in f32

@@ -34,6 +34,7 @@ def add_model_options(p: argparse.ArgumentParser, weights_default: str | None = 
     p.add_argument("--pure", action="store_true", help="no per-tensor overrides (llama-quantize --pure)")
     p.add_argument("--mtp", action="store_true", help="add the MTP layer and its KV cache")
     p.add_argument("--vision", action="store_true", help="add the vision tower (llama.cpp's mmproj, F16)")
+    p.add_argument("--engine", default="llama.cpp", help="allocation model: llama.cpp (default) or vllm (estimated)")
     p.add_argument("--units", default="GB", help="GB (10^9, default) or GiB (2^30)")
 
 

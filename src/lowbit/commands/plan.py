@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     units = unit(args.units)
     k, v = kv_pair(args, "f16")
     p = plan(args.model, args.weights, kv_k=k, kv_v=v, context=args.context, sequences=args.sequences,
-             pure=args.pure, mtp=args.mtp, vision=args.vision)
+             pure=args.pure, mtp=args.mtp, vision=args.vision, engine=args.engine)
     if args.format == "json":
         print_json(p.to_json())
         return 0
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         f"{cfg.count('linear_attention')} Gated DeltaNet layers; {params_label(p.params_total)} params)",
         ["part", f"{units}", "bytes", "provenance"], right_align_from=1,
     )
-    prov = p.to_json()["provenance"]
+    prov = p.provenance()
     for label, n, key in [("weights", p.weights_bytes, "weights_bytes"), ("KV cache", p.kv_bytes, "kv_bytes"),
                           ("recurrent state", p.state_bytes, "state_bytes"), ("runtime buffers", p.runtime_bytes, "runtime_bytes")]:
         memory.add(label, fmt_bytes(n, units, 3), f"{n:,}", prov[key])

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     units = unit(args.units)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    sim = simulate(models, scenarios_from(args), args.context, args.sequences, args.pure, args.mtp, args.vision)
+    sim = simulate(models, scenarios_from(args), args.context, args.sequences, args.pure, args.mtp, args.vision,
+                   args.engine)
     if args.audit:
         from lowbit.report.audit import audit, audit_table
 

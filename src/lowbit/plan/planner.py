@@ -90,6 +90,19 @@ class Plan:
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_bytes + self.state_bytes + self.runtime_bytes
 
+    def provenance(self) -> dict[str, str]:
+        """Where each figure comes from: exact (format definitions) or estimated (assumption named)."""
+        from lowbit.plan.engines import engine_model
+
+        notes = engine_model(self.engine).assumptions()
+        return {
+            "weights_bytes": "exact: llama.cpp mix rules x gguf block sizes, each tensor padded to 32 bytes",
+            "kv_bytes": notes["kv"],
+            "state_bytes": notes["state"],
+            "runtime_bytes": notes["runtime"],
+            "gguf_header_bytes": "exact: read from the file" if self.header_exact else HEADER_ASSUMPTION,
+        }
+
     def by_kind(self) -> dict[str, dict[str, int | list[str]]]:
         out: dict[str, dict] = {}
         for t in self.tensors:
@@ -118,13 +131,8 @@ class Plan:
             "total_bytes": self.total_bytes,
             "gguf_header_bytes": self.header_bytes,
             "kv_cells": self.kv_cells,
-            "provenance": {
-                "weights_bytes": "exact: llama.cpp mix rules x gguf block sizes, each tensor padded to 32 bytes",
-                "kv_bytes": "exact: KV format definition x KV heads x head_dim x cells (context padded to 256)",
-                "state_bytes": "exact: Gated DeltaNet conv + recurrent state in f32 per sequence (llama.cpp)",
-                "runtime_bytes": RUNTIME_ASSUMPTION,
-                "gguf_header_bytes": "exact: read from the file" if self.header_exact else HEADER_ASSUMPTION,
-            },
+            "engine": self.engine,
+            "provenance": self.provenance(),
             "by_kind": self.by_kind(),
             "tensors": [{"name": t.name, "shape": list(t.shape), "kind": t.kind, "type": t.type, "bytes": t.bytes}
                         for t in self.tensors],

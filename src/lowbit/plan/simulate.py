@@ -51,7 +51,8 @@ class Simulation:
                 for p in self.plans
             ],
             "ratios": {m: round(self.ratio(m), 4) for m in self.models()},
-            "provenance": self.plans[0].to_json()["provenance"] if self.plans else {},
+            "engine": self.plans[0].engine if self.plans else "llama.cpp",
+            "provenance": self.plans[0].provenance() if self.plans else {},
         }
 
 
@@ -63,6 +64,7 @@ def simulate(
     pure: bool = False,
     mtp: bool = False,
     vision: bool = False,
+    engine: str = "llama.cpp",
 ) -> Simulation:
     scenarios = scenarios or [TODAY, ONEBIT_TURBO]
     plans = []
@@ -70,5 +72,5 @@ def simulate(
         resolved = resolve(name)
         for s in scenarios:
             plans.append(plan(resolved, s.weights, kv_k=s.kv_k, kv_v=s.kv_v, context=context, sequences=sequences,
-                              pure=pure or s.pure, mtp=mtp, vision=vision, scenario_name=s.name))
+                              pure=pure or s.pure, mtp=mtp, vision=vision, scenario_name=s.name, engine=engine))
     return Simulation(context, sequences, list(scenarios), plans)
