@@ -178,3 +178,13 @@ def real_gguf(request):
 @pytest.fixture
 def gemma_gguf():
     return _real("gemma3-270m")
+
+
+def test_header_estimate_is_close_to_the_real_files(real_gguf):
+    """The header estimate used for config-only models, checked against what real files hold."""
+    from lowbit.plan.planner import header_estimate
+
+    resolved = resolve(str(real_gguf))
+    estimate = header_estimate(resolved.config)
+    assert abs(estimate - resolved.gguf.data_offset) / resolved.gguf.data_offset < 0.05
+    assert plan(resolved, "Q8_0", context=1).header_bytes == resolved.gguf.data_offset  # a file's own is exact

@@ -25,7 +25,15 @@ RUNTIME_ASSUMPTION = (
     f"for one {N_UBATCH}-token micro-batch (f32 logits for every token plus the widest layer's activations), "
     "flash attention on"
 )
-HEADER_ASSUMPTION = "estimated: GGUF metadata and tokenizer, taken as 16 bytes per vocabulary entry plus 1 MiB"
+HEADER_ASSUMPTION = (
+    "estimated: GGUF metadata and tokenizer: per vocabulary entry 36 bytes for BPE tokenizers (token string, type, "
+    "one merge) or 24 for SentencePiece (Gemma: string, score, type), plus 64 KiB of other metadata"
+)
+
+
+def header_estimate(cfg: ModelConfig) -> int:
+    per_token = 24 if cfg.arch.startswith("gemma") else 36
+    return _pad(per_token * cfg.vocab_size + (64 << 10), GGUF_ALIGNMENT)
 
 
 def _pad(n: int, to: int) -> int:
@@ -241,7 +249,7 @@ def plan(
     if resolved.gguf is not None:
         header, header_exact = resolved.gguf.data_offset, True
     else:
-        header, header_exact = _pad(16 * cfg.vocab_size + (1 << 20), GGUF_ALIGNMENT), False
+        header, header_exact = header_estimate(cfg), False
     active = sum(round(t.n_params * t.per_token_active) for t in tensors)
     return Plan(
         model=cfg.name if resolved.gguf is not None or cfg.source == "config.json" else canonical(cfg.name),
