@@ -115,13 +115,13 @@ def audit() -> dict:
             "scenarios": {k: f"{s.weights} + {s.kv_k}" for k, s in SCENARIOS.items()}, "claims": rows}
 
 
-def audit_table(result: dict, units: str = "GB") -> Table:
-    t = Table(f"The seed's claims at {result['context']:,} tokens (today = {result['scenarios']['today']}; "
-              f"1bit-turbo = {result['scenarios']['1bit-turbo']})",
-              ["claim", "article", "exact", "verdict", "what would reproduce it"],
-              caption=f"Source: {result['source']}\n{result['note']}", right_align_from=1, width=170)
+AUDIT_COLUMNS = ["claim", "article", "exact", "verdict", "what would reproduce it"]
+
+
+def audit_rows(result: dict, units: str = "GB") -> list[list[str]]:
+    """One row per claim: quote, the article's figure, the exact one, the verdict, the nearest assumption."""
+    rows = []
     for r in result["claims"]:
-        verdict = "holds" if r["holds"] else "does not hold"
         if "claimed_bytes" in r:
             article, exact = fmt_bytes(r["claimed_bytes"], units), fmt_bytes(r["exact_bytes"], units)
         elif "claimed_ratio" in r:
@@ -134,7 +134,14 @@ def audit_table(result: dict, units: str = "GB") -> Table:
             n = r["nearest"]
             note = f"nearest: {n['assumption']} = {fmt_bytes(n['bytes'], units)} ({n['error']:+.1%})"
         elif "largest_context" in r:
-            note = (f"holds up to {r['largest_context']:,} tokens" if r["largest_context"]
-                    else "not at any context")
-        t.add(f"{r['quote']} [{r['quantity']}]", article, exact, verdict, note)
+            note = f"holds up to {r['largest_context']:,} tokens" if r["largest_context"] else "not at any context"
+        rows.append([f"{r['quote']} [{r['quantity']}]", article, exact, "holds" if r["holds"] else "does not hold", note])
+    return rows
+
+
+def audit_table(result: dict, units: str = "GB") -> Table:
+    t = Table(f"The seed's claims at {result['context']:,} tokens (today = {result['scenarios']['today']}; "
+              f"1bit-turbo = {result['scenarios']['1bit-turbo']})", AUDIT_COLUMNS,
+              caption=f"Source: {result['source']}\n{result['note']}", right_align_from=1, width=170)
+    t.rows = audit_rows(result, units)
     return t

@@ -129,7 +129,7 @@ th{background:#f3f5f8}tr:nth-child(even){background:#fafafa}.prov{color:#666;fon
 
 def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
     from lowbit.plan.simulate import simulate
-    from lowbit.report.audit import audit
+    from lowbit.report.audit import AUDIT_COLUMNS, audit, audit_rows
 
     sim = simulate(context=context)
     fam_rows = []
@@ -144,21 +144,6 @@ def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
     fam_cols = ["model"] + [f"{s.name} {c}" for s in sim.scenarios for c in ("weights", "KV", "state", "runtime", "total")]
     fam_cols.append("ratio")
     result = audit()
-    audit_rows = []
-    for r in result["claims"]:
-        if "claimed_bytes" in r:
-            art, exact = fmt_bytes(r["claimed_bytes"], units), fmt_bytes(r["exact_bytes"], units)
-        elif "claimed_ratio" in r:
-            art, exact = f">= {r['claimed_ratio']}x", f"{r['exact_ratio']:.2f}x"
-        else:
-            art = f"{r['claimed_range'][0]:g}-{r['claimed_range'][1]:g}x"
-            exact = ", ".join(f"{m.split('-', 1)[1]} {v:.2f}x" for m, v in r["exact_ratios"].items())
-        note = ""
-        if "nearest" in r:
-            note = f"nearest: {r['nearest']['assumption']} ({r['nearest']['error']:+.1%})"
-        elif "largest_context" in r:
-            note = f"holds up to {r['largest_context']:,} tokens" if r["largest_context"] else "at no context"
-        audit_rows.append([r["quote"], art, exact, "holds" if r["holds"] else "does not hold", note])
     kv_formats = ["f16", "q8_0", "q4_0", "turbo4", "turbo3.5", "turbo3", "turbo2.5", "turbo2"]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>lowbit report</title><style>{CSS}</style></head><body>
 <h1>lowbit: what 1-bit weights and TurboQuant KV caches really cost</h1>
@@ -174,7 +159,7 @@ def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
 <p class=prov>exact: only the 12 full-attention layers of 48 hold KV; 2 KV heads of 256 values each.</p>
 <h2>The seed article's claims, audited</h2>
 <p class=prov>{html.escape(result['source'])}. {html.escape(result['note'])}</p>
-{_table(["claim", "article", "exact", "verdict", "what would reproduce it"], audit_rows)}
+{_table(AUDIT_COLUMNS, audit_rows(result, units))}
 {_measured_sections()}
 </body></html>"""
     tmp = out.with_name(out.name + ".tmp")
