@@ -155,3 +155,8 @@ def test_engine_option_changes_allocation_and_its_provenance(capsys):
     assert vllm["weights_bytes"] == llama["weights_bytes"]
     assert "vLLM" in vllm["provenance"]["kv_bytes"] and "llama.cpp" in llama["provenance"]["kv_bytes"]
     assert vllm["state_bytes"] != llama["state_bytes"]  # vLLM keeps the conv state in bf16, llama.cpp in f32
+
+
+def test_table_cells_are_printed_verbatim_not_as_markup(capsys):
+    code, out, _ = run(capsys, "simulate", "--audit")
+    assert code == 0 and "[weights]" in out and "[kv]" in out

@@ -39,13 +39,15 @@ class Table:
         out = out or sys.stdout
         if fmt == "table":
             from rich.console import Console
+            from rich.markup import escape
             from rich.table import Table as RichTable
 
-            t = RichTable(title=self.title, caption=self.caption, caption_justify="left")
+            # cells are data, never rich markup: "[weights]" must print as written
+            t = RichTable(title=escape(self.title), caption=escape(self.caption), caption_justify="left")
             for i, c in enumerate(self.columns):
-                t.add_column(c, justify="right" if i >= self.right_align_from else "left", overflow="fold")
+                t.add_column(escape(c), justify="right" if i >= self.right_align_from else "left", overflow="fold")
             for r in self.rows:
-                t.add_row(*r)
+                t.add_row(*(escape(c) for c in r))
             Console(file=out, width=self.width or max(100, min(220, 14 * len(self.columns)))).print(t)
         elif fmt == "csv":
             w = csv.writer(out, lineterminator="\n")
