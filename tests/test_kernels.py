@@ -1,0 +1,130 @@
+"""Triton KV-cache kernels against the CPU reference (TRITON_INTERPRET=1 on CPU, compiled on CUDA).
+
+- store: packed bytes and fp16 norms equal `TurboQuant.quantize`, except float32 ties (a rotated value
+  within 1e-6 of a Lloyd-Max threshold, or a norm at an fp16 rounding midpoint), each checked in float64;
+- attention: max|out - ref| / max|ref| <= ATTN_TOL per shape, ref = reference dequantize + float32 attention.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from lowbit import kernels  # noqa: E402
+from lowbit.errors import LowbitError  # noqa: E402
+from lowbit.kernels import reference  # noqa: E402
+from lowbit.kernels.params import turbo_params  # noqa: E402
+from lowbit.kernels.turbo_attention import turbo_decode_attention, turbo_dequantize  # noqa: E402
+from lowbit.kernels.turbo_store import turbo_store  # noqa: E402
+from lowbit.quant.turboquant import TurboQuant  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+ATTN_TOL = 3e-3  # fp16 dot operands (rotated q, codebook values, norms), float32 accumulation
+DEQ_TOL = 2e-3
+
+
+def _check_store(tq: TurboQuant, x: torch.Tensor, got: torch.Tensor) -> int:
+    """Assert got == reference bytes up to float32 ties; return how many ties differed."""
+    ref = tq.quantize(x.cpu())
+    got = got.cpu()
+    assert got.shape == ref.shape and got.shape[-1] == tq.fmt.vector_bytes(tq.head_dim)
+    if torch.equal(got, ref):
+        return 0
+    fr, fg = tq.unpack(ref), tq.unpack(got)
+    st = tq.stages[0]
+    xb = tq._blocks(x.cpu()).double()
+    finite = torch.isfinite(xb).all(-1, keepdim=True)
+    xb = torch.where(finite, xb, 0.0)
+    norm = xb.norm(dim=-1, keepdim=True)
+    y = (xb / norm.clamp_min(1e-300)) @ st.rot.double().T  # float32 matrix, float64 arithmetic
+    dist = (y.unsqueeze(-1) - st.thresholds.double()).abs().min(-1).values
+    idx_diff = fr["idx"] != fg["idx"]
+    assert (dist[idx_diff] < 1e-6).all(), f"code differs away from a threshold: {dist[idx_diff].max()}"
+    nr, ng = fr["norm"].view(torch.int16).int(), fg["norm"].view(torch.int16).int()
+    ndiff = (nr != ng) & ~idx_diff.any(-1)
+    if ndiff.any():
+        assert ((nr - ng).abs()[ndiff] == 1).all(), "fp16 norms differ by more than one ulp"
+        exact = norm.squeeze(-1)
+        if tq.norm_correction:
+            exact = exact / st.centroids.double()[fr["idx"]].norm(dim=-1)
+        mid = (fr["norm"].double() + fg["norm"].double()) / 2
+        assert ((exact - mid).abs() / exact)[ndiff].max() < 1e-6, "norm differs away from an fp16 midpoint"
+    return int(idx_diff.sum() + ndiff.sum())
+
+
+@pytest.mark.parametrize("fmt,head_dim,dtype,nc,rot", [
+    ("turbo3", 128, torch.float32, True, "hadamard"),
+    ("turbo3", 256, torch.bfloat16, True, "hadamard"),
+    ("turbo4", 128, torch.float16, False, "hadamard"),
+    ("turbo2", 64, torch.float32, True, "hadamard"),
+    ("turbo4", 64, torch.float32, True, "qr"),
+])
+def test_store_matches_reference_bytes(fmt, head_dim, dtype, nc, rot):
+    g = torch.Generator().manual_seed(head_dim + len(fmt))
+    tq = TurboQuant(fmt, head_dim, rotation_kind=rot, norm_correction=nc, seed=7)
+    x = (torch.randn(2, 3, 21, head_dim, generator=g) * 3).to(dtype)
+    x[0, 0, 0, 5] = float("nan")  # its block must store a NaN norm
+    x[1, 2, 3] = 0  # a zero vector stays zero
+    got = turbo_store(turbo_params(tq, DEV), x.to(DEV))
+    assert _check_store(tq, x, got) <= 2  # ties are rare: a handful per million values
+
+
+def test_store_into_preallocated_slice():
+    tq = TurboQuant("turbo3", 128, seed=1)
+    x = torch.randn(1, 2, 5, 128)
+    buf = torch.full((1, 2, 5, tq.vector_bytes), 0xAB, dtype=torch.uint8, device=DEV)
+    kernels.store(tq, x.to(DEV), out=buf) if DEV == "cuda" else turbo_store(turbo_params(tq, DEV), x, out=buf)
+    assert _check_store(tq, x, buf) == 0
+
+
+def _attn_case(B, Hq, Hkv, D, T, LQ, kf, vf, splits, seed):
+    g = torch.Generator().manual_seed(seed)
+    tk = TurboQuant(kf, D, norm_correction=True, seed=seed)
+    tv = TurboQuant(vf, D, norm_correction=True, seed=seed + 1)
+    k = torch.randn(B, Hkv, T, D, generator=g) * 1.5
+    v = torch.randn(B, Hkv, T, D, generator=g)
+    q = torch.randn(B, Hq, LQ, D, generator=g) * 2
+    kp, vp = tk.quantize(k), tv.quantize(v)
+    ref = reference.decode_attention(q.double(), kp, vp, tk, tv)
+    out = turbo_decode_attention(q.to(DEV), kp.to(DEV), vp.to(DEV), turbo_params(tk, DEV), turbo_params(tv, DEV),
+                                 splits=splits).cpu()
+    assert torch.isfinite(out).all()
+    return (out.double() - ref.double()).abs().max().item() / ref.abs().max().item()
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,D,T,LQ,kf,vf,splits", [
+    (2, 8, 2, 128, 100, 1, "turbo3", "turbo3", 3),   # GQA 4, tail tile and splits
+    (1, 16, 1, 256, 70, 1, "turbo4", "turbo3", 2),   # GQA 16, two 128-blocks, asymmetric K/V
+    (1, 6, 2, 256, 40, 2, "turbo3", "turbo2", 1),    # 2 new tokens (causal), group 3 padded to 16 rows
+    (2, 4, 4, 64, 33, 1, "turbo2", "turbo4", 4),     # MHA, head_dim 64
+])
+def test_decode_attention_matches_reference(B, Hq, Hkv, D, T, LQ, kf, vf, splits):
+    assert _attn_case(B, Hq, Hkv, D, T, LQ, kf, vf, splits, seed=B * 100 + D + T) <= ATTN_TOL
+
+
+def test_dequantize_matches_reference():
+    tq = TurboQuant("turbo3", 256, seed=5)
+    p = tq.quantize(torch.randn(1, 2, 19, 256))
+    got = turbo_dequantize(turbo_params(tq, DEV), p.to(DEV), torch.float32).cpu()
+    ref = tq.dequantize(p)
+    assert (got - ref).abs().max() / ref.abs().max() <= DEQ_TOL
+
+
+def test_dispatch_cpu_uses_reference_and_rejects_other_formats():
+    tq = TurboQuant("turbo3", 64, seed=2)
+    x = torch.randn(1, 1, 4, 64)
+    assert torch.equal(kernels.store(tq, x), tq.quantize(x))  # CPU tensors: the reference
+    with pytest.raises(LowbitError):
+        turbo_params(TurboQuant("turbo3-prod", 64), DEV)
+    q = torch.randn(1, 2, 1, 64)
+    kp = tq.quantize(torch.randn(1, 1, 4, 64))
+    with pytest.raises(LowbitError):  # queries of another head_dim
+        turbo_decode_attention(torch.randn(1, 2, 1, 128), kp, kp, turbo_params(tq, DEV), turbo_params(tq, DEV))
+    out = kernels.decode_attention(q, kp, kp, tq, tq)
+    assert torch.allclose(out, reference.decode_attention(q, kp, kp, tq, tq))
