@@ -188,3 +188,20 @@ def test_header_estimate_is_close_to_the_real_files(real_gguf):
     estimate = header_estimate(resolved.config)
     assert abs(estimate - resolved.gguf.data_offset) / resolved.gguf.data_offset < 0.05
     assert plan(resolved, "Q8_0", context=1).header_bytes == resolved.gguf.data_offset  # a file's own is exact
+
+
+def test_mamba2_holds_state_not_kv(tmp_path):
+    """Mamba-2 (state-spaces/mamba2-2.7b's config): no KV at any context; state from its SSM fields."""
+    import json as _json
+
+    cfg = {"model_type": "mamba2", "hidden_size": 2560, "num_hidden_layers": 64, "state_size": 128, "expand": 2,
+           "n_groups": 1, "num_heads": 80, "head_dim": 64, "conv_kernel": 4, "vocab_size": 50288,
+           "tie_word_embeddings": True}
+    (tmp_path / "config.json").write_text(_json.dumps(cfg))
+    short, long = plan(str(tmp_path), context=1024), plan(str(tmp_path), context=131_072, sequences=2)
+    assert short.kv_bytes == long.kv_bytes == 0
+    d_inner, conv_dim = 5120, 5120 + 2 * 128
+    assert short.state_bytes == 64 * (3 * conv_dim + 128 * d_inner) * 4 and long.state_bytes == 2 * short.state_bytes
+    # in_proj h x (2 d_inner + 2 groups state + heads); conv weight+bias; dt, A, D; norm; out_proj; layer norm
+    per_layer = 2560 * (2 * d_inner + 256 + 80) + conv_dim * 5 + 3 * 80 + d_inner + d_inner * 2560 + 2560
+    assert short.params_total == 50288 * 2560 + 2560 + 64 * per_layer

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     kinds.render(args.format)
     memory = Table(
         f"Memory ({cfg.count('full_attention')} full-attention, {cfg.count('sliding_attention')} sliding-window, "
-        f"{cfg.count('linear_attention')} Gated DeltaNet layers; {params_label(p.params_total)} params)",
+        f"{cfg.count('linear_attention')} recurrent (Gated DeltaNet or Mamba) layers; {params_label(p.params_total)} params)",
         ["part", f"{units}", "bytes", "provenance"], right_align_from=1,
     )
     prov = p.provenance()

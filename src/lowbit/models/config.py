@@ -22,6 +22,7 @@ HF_TO_GGUF_ARCH = {
     "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe",
     "gemma3": "gemma3", "gemma3_text": "gemma3",
     "qwen3_5": "qwen35", "qwen3_5_text": "qwen35", "qwen3_5_moe": "qwen35moe", "qwen3_5_moe_text": "qwen35moe",
+    "mamba2": "mamba2",
 }
 GGUF_ARCHES = sorted(set(HF_TO_GGUF_ARCH.values()))
 MAX_LAYERS = 4096  # far beyond any real model; guards hostile inputs
@@ -133,6 +134,8 @@ def from_hf_config(cfg: Any, name: str = "model") -> ModelConfig:
             f"unsupported architecture {model_type!r}; supported model_type values: {', '.join(sorted(HF_TO_GGUF_ARCH))}"
         )
     arch = HF_TO_GGUF_ARCH[model_type]
+    if arch == "mamba2":
+        return _mamba2_from_hf(text, name)
     n_layers = _int(text, "num_hidden_layers", lo=1, hi=MAX_LAYERS)
     hidden = _int(text, "hidden_size", lo=1)
     heads = _int(text, "num_attention_heads", lo=1)
@@ -200,6 +203,30 @@ def from_hf_config(cfg: Any, name: str = "model") -> ModelConfig:
     return cfg
 
 
+def _mamba2_from_hf(cfg: dict, name: str) -> ModelConfig:
+    """Mamba-2: every layer is a recurrent SSM block (no attention, no MLP); the SSM state maps onto the
+    same fields as Gated DeltaNet: groups x state as keys, heads x head_dim (= d_inner) as values."""
+    n_layers = _int(cfg, "num_hidden_layers", lo=1, hi=MAX_LAYERS)
+    hidden = _int(cfg, "hidden_size", lo=1)
+    heads = _int(cfg, "num_heads", lo=1)
+    head_dim = _int(cfg, "head_dim", lo=1)
+    d_inner = _int(cfg, "expand", 2, lo=1, hi=64) * hidden
+    if heads * head_dim != d_inner:
+        raise LowbitError(f"num_heads x head_dim ({heads * head_dim}) must equal expand x hidden_size ({d_inner})")
+    out = ModelConfig(
+        name=name, arch="mamba2", vocab_size=_int(cfg, "vocab_size", lo=1), hidden_size=hidden,
+        num_layers=n_layers, num_heads=heads, num_kv_heads=(0,) * n_layers, head_dim=head_dim,
+        intermediate_size=0, layer_types=(LINEAR,) * n_layers,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        max_context=_int(cfg, "max_position_embeddings", 0),
+        linear_num_key_heads=_int(cfg, "n_groups", 1, lo=1), linear_key_head_dim=_int(cfg, "state_size", lo=1),
+        linear_num_value_heads=heads, linear_value_head_dim=head_dim,
+        linear_conv_kernel_dim=_int(cfg, "conv_kernel", 4, lo=1), source="config.json",
+    )
+    validate(out)
+    return out
+
+
 def validate(cfg: ModelConfig) -> None:
     """Facts that must hold together, whichever reader filled the config."""
     if cfg.num_heads % max(1, max(cfg.num_kv_heads, default=1)) and max(cfg.num_kv_heads, default=0):
@@ -215,7 +242,7 @@ def validate(cfg: ModelConfig) -> None:
                           "linear_key_head_dim, linear_value_head_dim and linear_conv_kernel_dim > 0")
     if SLIDING in cfg.layer_types and cfg.sliding_window <= 0:
         raise LowbitError("sliding-attention layers need sliding_window > 0")
-    if cfg.intermediate_size <= 0 and not all(cfg.layer_is_moe(i) for i in range(cfg.num_layers)):
+    if cfg.arch != "mamba2" and cfg.intermediate_size <= 0 and not all(cfg.layer_is_moe(i) for i in range(cfg.num_layers)):
         raise LowbitError("dense layers need intermediate_size > 0")
 
 
@@ -283,7 +310,7 @@ def from_gguf_metadata(meta: dict[str, Any], name: str) -> ModelConfig:
     nextn = as_int("nextn_predict_layers", 0, hi=n_all - 1)
     n_layers = n_all - nextn
     hidden = as_int("embedding_length", required=True, lo=1)
-    heads = as_int("attention.head_count", required=True, lo=1)
+    heads = as_int("attention.head_count", as_int("ssm.time_step_rank", 0) if arch == "mamba2" else None, lo=1)
     kv_raw = get("attention.head_count_kv", heads)
     if isinstance(kv_raw, list):
         if len(kv_raw) < n_layers:
@@ -291,14 +318,16 @@ def from_gguf_metadata(meta: dict[str, Any], name: str) -> ModelConfig:
         kv_list = [_int({"head_count_kv": k}, "head_count_kv") for k in kv_raw[:n_layers]]
     else:
         kv_list = [_int({"head_count_kv": kv_raw}, "head_count_kv", lo=1)] * n_layers
-    head_dim = as_int("attention.key_length", hidden // heads, lo=1)
+    head_dim = as_int("attention.key_length", (as_int("ssm.inner_size", 0) if arch == "mamba2" else hidden) // heads, lo=1)
     vocab = get("vocab_size")
     if vocab is None:
         vocab = meta.get("tokenizer.ggml.tokens.count", 0)
     vocab = _int({"vocab_size": vocab}, "vocab_size", lo=1)
     window = as_int("attention.sliding_window", 0)
 
-    if arch.startswith("qwen35"):
+    if arch == "mamba2":
+        layer_types = (LINEAR,) * n_layers
+    elif arch.startswith("qwen35"):
         interval = as_int("full_attention_interval", 4, lo=1)
         layer_types = tuple(FULL if (i + 1) % interval == 0 else LINEAR for i in range(n_layers))
     elif arch == "gemma3":
@@ -340,7 +369,7 @@ def from_gguf_metadata(meta: dict[str, Any], name: str) -> ModelConfig:
         linear_num_key_heads=n_group,
         linear_num_value_heads=dt_rank,
         linear_key_head_dim=d_state,
-        linear_value_head_dim=d_state if d_inner else 0,
+        linear_value_head_dim=(d_inner // dt_rank if arch == "mamba2" else d_state) if d_inner and dt_rank else 0,
         linear_conv_kernel_dim=as_int("ssm.conv_kernel", 0),
         attn_output_gate=arch.startswith("qwen35"),
         qk_norm=arch in ("qwen3", "qwen3moe", "gemma3", "qwen35", "qwen35moe"),

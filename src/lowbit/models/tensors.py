@@ -13,11 +13,11 @@ from functools import lru_cache
 
 from lowbit.models.config import FULL, LINEAR, ModelConfig
 
-EMBED, ATTN, GDN, MLP, EXPERTS, SHARED, ROUTER, NORM, OUTPUT, MTP, VISION = (
-    "embeddings", "attention", "gated_deltanet", "dense_mlp", "routed_experts", "shared_experts",
+EMBED, ATTN, GDN, SSM, MLP, EXPERTS, SHARED, ROUTER, NORM, OUTPUT, MTP, VISION = (
+    "embeddings", "attention", "gated_deltanet", "mamba", "dense_mlp", "routed_experts", "shared_experts",
     "router", "norms", "output_head", "mtp", "vision_tower",
 )
-KINDS = (EMBED, ATTN, GDN, MLP, EXPERTS, SHARED, ROUTER, NORM, OUTPUT, MTP, VISION)
+KINDS = (EMBED, ATTN, GDN, SSM, MLP, EXPERTS, SHARED, ROUTER, NORM, OUTPUT, MTP, VISION)
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,18 @@ def _layer(cfg: ModelConfig, i: int, kind_override: str | None = None) -> list[T
 
     add("attn_norm.weight", (h,), NORM)
     layer_type = cfg.layer_types[i] if i < cfg.num_layers else FULL
+    if cfg.arch == "mamba2":  # llama.cpp mamba2 names; no attention and no MLP
+        d_inner, groups, conv = cfg.gdn_value_dim, cfg.linear_num_key_heads, cfg.gdn_conv_dim
+        heads = cfg.linear_num_value_heads
+        add("ssm_in.weight", (h, 2 * d_inner + 2 * groups * cfg.linear_key_head_dim + heads), SSM)
+        add("ssm_conv1d.weight", (cfg.linear_conv_kernel_dim, conv), SSM, f32=True)
+        add("ssm_conv1d.bias", (conv,), SSM)
+        add("ssm_dt.bias", (heads,), SSM)
+        add("ssm_a", (1, heads), SSM, f32=True)
+        add("ssm_d", (1, heads), SSM, f32=True)
+        add("ssm_norm.weight", (d_inner // groups, groups), SSM, f32=True)
+        add("ssm_out.weight", (d_inner, h), SSM)
+        return out
     if layer_type == LINEAR:  # Gated DeltaNet, llama.cpp qwen35 names
         vd, nv, conv = cfg.gdn_value_dim, cfg.linear_num_value_heads, cfg.gdn_conv_dim
         add("attn_qkv.weight", (h, conv), GDN)

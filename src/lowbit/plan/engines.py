@@ -105,7 +105,7 @@ class LlamaCpp:
         return {
             "kv": "exact for llama.cpp: cells padded to 256 (flash attention); sliding-window layers hold "
                   "window + 512 cells per sequence; KV stays with its layer's device",
-            "state": "exact for llama.cpp: Gated DeltaNet conv + recurrent state in f32, one per sequence",
+            "state": "exact for llama.cpp: conv window + recurrent state of Gated DeltaNet or Mamba layers, f32, one per sequence",
             "runtime": RUNTIME_ASSUMPTION,
             "placement": "llama.cpp keeps token_embd.weight in host memory (input layer always on the CPU)",
         }

@@ -190,7 +190,8 @@ def kv_cache_bytes(cfg: ModelConfig, kv: KVFormat, context: int, sequences: int,
 
 
 def recurrent_state_bytes(cfg: ModelConfig, sequences: int) -> int:
-    """Gated DeltaNet layers: conv window (kernel-1 x conv_dim) + state (v_heads x dk x dv), f32, per sequence."""
+    """Recurrent layers (Gated DeltaNet, Mamba-2): conv window (kernel-1 x conv_dim) + state (heads x dk x dv), f32,
+    per sequence (llama.cpp n_embd_r and n_embd_s)."""
     per_layer = (cfg.linear_conv_kernel_dim - 1) * cfg.gdn_conv_dim + (
         cfg.linear_num_value_heads * cfg.linear_key_head_dim * cfg.linear_value_head_dim
     )
