@@ -205,3 +205,44 @@ def test_mamba2_holds_state_not_kv(tmp_path):
     # in_proj h x (2 d_inner + 2 groups state + heads); conv weight+bias; dt, A, D; norm; out_proj; layer norm
     per_layer = 2560 * (2 * d_inner + 256 + 80) + conv_dim * 5 + 3 * 80 + d_inner + d_inner * 2560 + 2560
     assert short.params_total == 50288 * 2560 + 2560 + 64 * per_layer
+
+
+# Public HF configs and their published parameter counts (HF model pages): one per supported family.
+PUBLIC = {
+    "Qwen2.5-7B": (dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                        num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+                        sliding_window=131072, use_sliding_window=False), 7_615_616_512),
+    "Mistral-7B-v0.1": (dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                             num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
+                             tie_word_embeddings=False, sliding_window=4096), 7_241_732_096),
+    "Qwen3-8B": (dict(model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                      tie_word_embeddings=False), 8_190_735_360),
+    "Qwen3-30B-A3B": (dict(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, num_hidden_layers=48,
+                           num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=151936,
+                           tie_word_embeddings=False, num_experts=128, num_experts_per_tok=8,
+                           moe_intermediate_size=768, decoder_sparse_step=1, mlp_only_layers=[]), 30_532_122_624),
+    "gemma-3-270m": (dict(model_type="gemma3_text", hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                          num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262144,
+                          sliding_window=512, sliding_window_pattern=6), 268_098_176),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_public_configs_give_published_parameter_counts(name):
+    from lowbit.models.catalog import ResolvedModel
+
+    cfg, expected = PUBLIC[name]
+    assert plan(ResolvedModel(from_hf_config(cfg, name)), context=1).params_total == expected
+
+
+def test_llama_cpp_charges_mistral_the_full_context_but_gemma3_its_window():
+    """llama.cpp runs Mistral (GGUF arch `llama`) without a sliding-window cache; Gemma 3 with one."""
+    from lowbit.models.catalog import ResolvedModel
+
+    mistral = ResolvedModel(from_hf_config(PUBLIC["Mistral-7B-v0.1"][0], "m"))
+    assert set(mistral.config.layer_types) == {"sliding_attention"}  # what the model was trained with
+    p = plan(mistral, context=32_768)
+    assert p.kv_bytes == 32 * 8 * 128 * 2 * 2 * 32_768  # every layer, the whole context
+    gemma = ResolvedModel(from_hf_config(PUBLIC["gemma-3-270m"][0], "g"))
+    assert plan(gemma, context=32_768).kv_cells == {"full_attention": 32_768, "sliding_attention": 1024}

@@ -74,21 +74,12 @@ class LlamaCpp:
         """
         from lowbit.plan import planner as P
 
-        cells_full = P._pad(context, P.KV_PAD)
-        cells_swa = min(cells_full, P._pad(cfg.sliding_window + P.N_UBATCH, P.KV_PAD)) if cfg.sliding_window else 0
         per_vec = k.vector_bytes(cfg.head_dim) + v.vector_bytes(cfg.head_dim)
         n_linear = cfg.count(LINEAR)
         state_per_layer = P.recurrent_state_bytes(cfg, sequences) // n_linear if n_linear else 0
-        out = []
-        for layer_type, heads in zip(cfg.layer_types, cfg.num_kv_heads):
-            if layer_type == LINEAR:
-                out.append(state_per_layer)
-            else:
-                cells = cells_swa if layer_type == SLIDING else cells_full
-                out.append(cells * sequences * heads * per_vec)
-        if mtp:
-            out += [cells_full * sequences * max(cfg.num_kv_heads) * per_vec] * cfg.mtp_layers
-        return out
+        types = list(cfg.layer_types) + [FULL] * (cfg.mtp_layers if mtp else 0)
+        cells, heads = P.layer_cells(cfg, context, mtp), P.layer_kv_heads(cfg, mtp)
+        return [state_per_layer if t == LINEAR else c * sequences * h * per_vec for t, c, h in zip(types, cells, heads)]
 
     def host_tensors(self, tensor_names: list[str]) -> set[str]:
         """Tensors llama.cpp keeps in host memory even with every layer on the GPU.

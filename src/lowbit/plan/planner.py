@@ -171,22 +171,38 @@ def weight_types(
     return types
 
 
+# Architectures llama.cpp runs with a sliding-window cache; for any other (Mistral's GGUF is `llama`) it
+# allocates the full context even where the model was trained with a window.
+LLAMA_CPP_SWA_ARCHES = {"gemma3"}
+
+
+def layer_cells(cfg: ModelConfig, context: int, mtp: bool = False) -> list[int]:
+    """KV cells each layer holds per sequence in llama.cpp (0 for recurrent layers), MTP layers appended.
+
+    Full attention: the context padded to 256. Sliding window: window + one micro-batch, padded, at most
+    the full size (llama_kv_cache_iswa, one stream per sequence).
+    """
+    full = _pad(context, KV_PAD)
+    swa = full
+    if cfg.sliding_window and cfg.arch in LLAMA_CPP_SWA_ARCHES:
+        swa = min(full, _pad(cfg.sliding_window + N_UBATCH, KV_PAD))
+    cells = [0 if t == LINEAR else swa if t == SLIDING else full for t in cfg.layer_types]
+    return cells + [full] * (cfg.mtp_layers if mtp else 0)
+
+
+def layer_kv_heads(cfg: ModelConfig, mtp: bool = False) -> list[int]:
+    return list(cfg.num_kv_heads) + [max(cfg.num_kv_heads)] * (cfg.mtp_layers if mtp else 0)
+
+
 def kv_cache_bytes(cfg: ModelConfig, kv: KVFormat, context: int, sequences: int, mtp: bool = False) -> tuple[int, dict]:
     """Bytes of one of K or V for the whole cache, and the cells each layer type holds (llama.cpp)."""
-    cells_full = _pad(context, KV_PAD)
-    cells_swa = min(cells_full, _pad(cfg.sliding_window + N_UBATCH, KV_PAD)) if cfg.sliding_window else 0
-    total = 0
-    for layer_type, heads in zip(cfg.layer_types, cfg.num_kv_heads):
-        if layer_type == LINEAR:
-            continue
-        cells = cells_swa if layer_type == SLIDING else cells_full
-        total += cells * sequences * heads * kv.vector_bytes(cfg.head_dim)
-    if mtp and cfg.mtp_layers:
-        total += cfg.mtp_layers * cells_full * sequences * max(cfg.num_kv_heads) * kv.vector_bytes(cfg.head_dim)
-    cells = {FULL: cells_full * sequences}
-    if cells_swa:
-        cells[SLIDING] = cells_swa * sequences
-    return total, cells
+    cells = layer_cells(cfg, context, mtp)
+    total = sum(c * h for c, h in zip(cells, layer_kv_heads(cfg, mtp))) * sequences * kv.vector_bytes(cfg.head_dim)
+    by_type = {FULL: _pad(context, KV_PAD) * sequences}
+    for t, c in zip(cfg.layer_types, cells):
+        if t == SLIDING:
+            by_type[SLIDING] = c * sequences
+    return total, by_type
 
 
 def recurrent_state_bytes(cfg: ModelConfig, sequences: int) -> int:
