@@ -160,3 +160,10 @@ def test_engine_option_changes_allocation_and_its_provenance(capsys):
 def test_table_cells_are_printed_verbatim_not_as_markup(capsys):
     code, out, _ = run(capsys, "simulate", "--audit")
     assert code == 0 and "[weights]" in out and "[kv]" in out
+
+
+def test_one_model_many_scenarios_prints_a_row_per_scenario(capsys):
+    code, out, _ = run(capsys, "simulate", "--models", "qwen3.5-9b", "--format", "csv", "--scenario", "a=Q8_0+f16",
+                       "--scenario", "b=Q4_K_M+q8_0", "--scenario", "c=Q1_0+turbo3")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].startswith("scenario,") and [l.split(",")[0] for l in lines[1:]] == ["a", "b", "c"]

@@ -91,6 +91,8 @@ def _fits(sim) -> dict:
 
 
 def table(sim, units: str, quality: dict | None = None, fits: dict | None = None) -> Table:
+    if len(sim.models()) == 1 and len(sim.scenarios) > 2:
+        return _scenario_rows(sim, units, quality, fits)
     cols = ["model", "params"]
     for s in sim.scenarios:
         kv = s.kv_k if s.kv_k == s.kv_v else f"{s.kv_k}/{s.kv_v}"
@@ -125,5 +127,35 @@ def table(sim, units: str, quality: dict | None = None, fits: dict | None = None
             if fits is not None:
                 row.append(", ".join(fits[(m, s.name)]) or "none")
         row.append(f"{sim.ratio(m):.2f}x")
+        t.add(*row)
+    return t
+
+
+def _scenario_rows(sim, units: str, quality: dict | None, fits: dict | None) -> Table:
+    """One model under many scenarios reads better with a row per scenario."""
+    from lowbit.models.config import params_label
+
+    m = sim.models()[0]
+    first = sim.get(m, sim.scenarios[0].name)
+    cols = ["scenario", "weights", "KV K/V", "weights " + units, "KV", "state", "runtime", "total " + units,
+            f"vs {sim.scenarios[0].name}"]
+    cols += ["KV quality*"] if quality is not None else []
+    cols += ["fits on"] if fits is not None else []
+    t = Table(f"{m} ({params_label(first.params_total)} params) at {sim.context:,} tokens x {sim.sequences} sequence(s)",
+              cols, caption=CAPTION.replace("ratio: total of the first scenario over the last.", "")
+              + ("\n" + FITS_NOTE if fits else "") + ("\n* " + quality["label"] if quality else ""),
+              right_align_from=3)
+    for s in sim.scenarios:
+        p = sim.get(m, s.name)
+        row = [s.name, s.weights, s.kv_k if s.kv_k == s.kv_v else f"{s.kv_k}/{s.kv_v}",
+               fmt_bytes(p.weights_bytes, units), fmt_bytes(p.kv_bytes, units), fmt_bytes(p.state_bytes, units),
+               fmt_bytes(p.runtime_bytes, units), fmt_bytes(p.total_bytes, units),
+               f"{first.total_bytes / p.total_bytes:.2f}x"]
+        if quality is not None:
+            from lowbit.report.quality import quality_cell
+
+            row.append(quality_cell(quality, s.kv_k, s.kv_v))
+        if fits is not None:
+            row.append(", ".join(fits[(m, s.name)]) or "none")
         t.add(*row)
     return t
