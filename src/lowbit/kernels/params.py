@@ -34,7 +34,6 @@ class TurboParams:
     centroids: torch.Tensor  # [2**bits] fp32
     thresholds: torch.Tensor  # [2**bits - 1] fp32
     signs: torch.Tensor | None  # [block] fp32 (Hadamard only)
-    hmat: torch.Tensor | None  # [block, block] ±1 fp32 (Hadamard only)
 
 
 def turbo_params(codec, device) -> TurboParams:
@@ -54,13 +53,13 @@ def turbo_params(codec, device) -> TurboParams:
     if blk & (blk - 1) or codec.n_blocks * blk != codec.head_dim:
         raise LowbitError(f"GPU kernels need a power-of-two block that tiles head_dim, got {codec.head_dim}")
     hadamard = bool(torch.equal(st.rot.abs().cpu(), torch.full((blk, blk), 1 / math.sqrt(blk)).float()))
-    signs = hmat = None
+    signs = None
     if hadamard:
         h = sylvester_hadamard(blk).float()
         # R = H diag(s) / sqrt(d): recover s from the first row (H's first row is all ones).
         signs = torch.sign(st.rot[0].cpu()).float()
         assert torch.allclose(h * signs / math.sqrt(blk), st.rot.cpu().float())
-        signs, hmat = signs.to(device), h.to(device)
+        signs = signs.to(device)
     p = TurboParams(
         bits=st.bits, head_dim=codec.head_dim, block=blk, n_blocks=codec.n_blocks,
         block_bytes=sum(codec.field_bytes), idx_bytes=codec.field_bytes[0], vector_bytes=codec.vector_bytes,
@@ -68,7 +67,7 @@ def turbo_params(codec, device) -> TurboParams:
         rot=st.rot.to(device=device, dtype=torch.float32).contiguous(),
         centroids=st.centroids.to(device=device, dtype=torch.float32).contiguous(),
         thresholds=st.thresholds.to(device=device, dtype=torch.float32).contiguous(),
-        signs=signs, hmat=hmat,
+        signs=signs,
     )
     assert p.idx_bytes == blk * p.bits // 8 and p.block_bytes == p.idx_bytes + 2
     cache[str(device)] = p

@@ -28,7 +28,18 @@ from lowbit.kernels.params import MAX_ROWS, TurboParams
 
 _interpret.apply()
 
-_NEG = -1.0e30  # finite "minus infinity": keeps fully masked rows NaN-free
+_NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": keeps fully masked rows NaN-free
+
+
+@triton.jit
+def hadamard_tile(BLK: tl.constexpr):
+    """The Sylvester Hadamard matrix H[i, j] = (-1)^popcount(i & j), BLK <= 256, built in registers."""
+    i = tl.arange(0, BLK)
+    v = i[:, None] & i[None, :]
+    v = v ^ (v >> 4)
+    v = v ^ (v >> 2)
+    v = v ^ (v >> 1)
+    return tl.where((v & 1) == 1, -1.0, 1.0)
 
 
 @triton.jit
@@ -55,11 +66,11 @@ def dequant_tile(P, row_off, tmask, C, BITS: tl.constexpr, BB: tl.constexpr, BLK
 
 
 @triton.jit
-def _stage1(Q, K, V, RKT, CK, CV, OP, ML, T, split_len,
+def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
             sqb, sqh, sql, skb, skh, skt, svb, svh, svt, qk_scale,
             HKV: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, M: tl.constexpr,
             BLK: tl.constexpr, NBLK: tl.constexpr, KBITS: tl.constexpr, VBITS: tl.constexpr,
-            KBB: tl.constexpr, VBB: tl.constexpr, BLOCK_N: tl.constexpr, NSPLIT):
+            KBB: tl.constexpr, VBB: tl.constexpr, BLOCK_N: tl.constexpr, HADAMARD: tl.constexpr, NSPLIT):
     D: tl.constexpr = NBLK * BLK
     bh = tl.program_id(0)
     sp = tl.program_id(1)
@@ -74,8 +85,12 @@ def _stage1(Q, K, V, RKT, CK, CV, OP, ML, T, split_len,
                 mask=rvalid[:, None], other=0.0).to(tl.float32)
     # Rotate each 128-block of every row: [M, D] -> [M*NBLK, BLK] rows, one dot with Rᵀ, and back.
     bc = tl.arange(0, BLK)
-    rkt = tl.load(RKT + bc[:, None] * BLK + bc[None, :])  # fp16 Rᵀ
-    qr = tl.dot(tl.reshape(q * qk_scale, [M * NBLK, BLK]).to(tl.float16), rkt)
+    qb = tl.reshape(q * qk_scale, [M * NBLK, BLK])
+    if HADAMARD:  # q Rᵀ = ((q∘s) H) / sqrt(BLK): H (±1) from registers, no matrix load
+        qb = qb * tl.load(SK + bc)[None, :] * (1.0 / tl.sqrt(BLK * 1.0))
+        qr = tl.dot(qb.to(tl.float16), hadamard_tile(BLK).to(tl.float16))
+    else:
+        qr = tl.dot(qb.to(tl.float16), tl.load(RKT + bc[:, None] * BLK + bc[None, :]))  # fp16 Rᵀ
     qr = tl.reshape(qr, [M, D]).to(tl.float16)
 
     start = sp * split_len
@@ -108,9 +123,9 @@ def _stage1(Q, K, V, RKT, CK, CV, OP, ML, T, split_len,
 
 
 @triton.jit
-def _stage2(OP, ML, RV, O, sob, soh, sol,
+def _stage2(OP, ML, RV, SV, O, sob, soh, sol,
             HKV: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, M: tl.constexpr,
-            BLK: tl.constexpr, NBLK: tl.constexpr, NSPLIT):
+            BLK: tl.constexpr, NBLK: tl.constexpr, HADAMARD: tl.constexpr, NSPLIT):
     D: tl.constexpr = NBLK * BLK
     bh = tl.program_id(0)
     b = bh // HKV
@@ -134,12 +149,24 @@ def _stage2(OP, ML, RV, O, sob, soh, sol,
         m = m_new
     y = acc / tl.where(l > 0, l, 1.0)[:, None]  # padded rows have l = 0 and are never stored
     bc = tl.arange(0, BLK)
-    rv = tl.load(RV + bc[:, None] * BLK + bc[None, :])  # x = y @ R (inverse rotation), fp32
-    out = tl.reshape(tl.dot(tl.reshape(y, [M * NBLK, BLK]), rv, input_precision="tf32x3"), [M, D])
+    yb = tl.reshape(y, [M * NBLK, BLK])
+    if HADAMARD:  # x = y R = ((y H)∘s) / sqrt(BLK)
+        xb = tl.dot(yb, hadamard_tile(BLK), input_precision="tf32x3")
+        xb = xb * tl.load(SV + bc)[None, :] * (1.0 / tl.sqrt(BLK * 1.0))
+    else:
+        xb = tl.dot(yb, tl.load(RV + bc[:, None] * BLK + bc[None, :]), input_precision="tf32x3")
+    out = tl.reshape(xb, [M, D])
     g = rows // LQ
     t = rows % LQ
     tl.store(O + b * sob + (h * GROUP + g)[:, None] * soh + t[:, None] * sol + dcol[None, :],
              out.to(O.dtype.element_ty), mask=rvalid[:, None])
+
+
+def _cached(p: TurboParams, name: str, make):
+    """Derived device tensors, made once per params (never inside a CUDA-graph capture after the first call)."""
+    if name not in p.__dict__:
+        p.__dict__[name] = make()
+    return p.__dict__[name]
 
 
 def _pow2(n: int) -> int:
@@ -180,29 +207,32 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
     splits = math.ceil(T / split_len)
     scale = D ** -0.5 if scale is None else scale
     dev = q.device
-    rkt = pk.__dict__.setdefault("_rkt16", pk.rot.t().contiguous().to(torch.float16))
-    ck = pk.__dict__.setdefault("_c16", pk.centroids.to(torch.float16))
-    cv = pv.__dict__.setdefault("_c16", pv.centroids.to(torch.float16))
+    rkt = _cached(pk, "_rkt16", lambda: pk.rot.t().contiguous().to(torch.float16))
+    ck = _cached(pk, "_c16", lambda: pk.centroids.to(torch.float16))
+    cv = _cached(pv, "_c16", lambda: pv.centroids.to(torch.float16))
     op = torch.empty(B * HKV * splits * M * D, dtype=torch.float32, device=dev)
     ml = torch.empty(B * HKV * splits * 2 * M, dtype=torch.float32, device=dev)
     out = torch.empty_like(q)
     _stage1[(B * HKV, splits)](
-        q, k_packed, v_packed, rkt, ck, cv, op, ml, T, split_len,
+        q, k_packed, v_packed, rkt, pk.signs if pk.hadamard else ck, ck, cv, op, ml, T, split_len,
         q.stride(0), q.stride(1), q.stride(2), k_packed.stride(0), k_packed.stride(1), k_packed.stride(2),
         v_packed.stride(0), v_packed.stride(1), v_packed.stride(2), scale * math.log2(math.e),
         HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pk.block, NBLK=pk.n_blocks, KBITS=pk.bits, VBITS=pv.bits,
-        KBB=pk.block_bytes, VBB=pv.block_bytes, BLOCK_N=block_n, NSPLIT=splits, num_warps=num_warps,
+        KBB=pk.block_bytes, VBB=pv.block_bytes, BLOCK_N=block_n, HADAMARD=pk.hadamard, NSPLIT=splits,
+        num_warps=num_warps,
     )
     _stage2[(B * HKV,)](
-        op, ml, pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
-        HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pk.block, NBLK=pk.n_blocks, NSPLIT=splits, num_warps=4,
+        op, ml, pv.rot, pv.signs if pv.hadamard else pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
+        HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pk.block, NBLK=pk.n_blocks, HADAMARD=pv.hadamard, NSPLIT=splits,
+        num_warps=8,
     )
     return out
 
 
 @triton.jit
-def _dequant_kernel(P, R, C, O, T, spb, sph, spt, sob, soh, sot, H: tl.constexpr, BITS: tl.constexpr,
-                    BB: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dequant_kernel(P, R, S, C, O, T, spb, sph, spt, sob, soh, sot, H: tl.constexpr, BITS: tl.constexpr,
+                    BB: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr, BLOCK_N: tl.constexpr,
+                    HADAMARD: tl.constexpr):
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
@@ -212,8 +242,12 @@ def _dequant_kernel(P, R, C, O, T, spb, sph, spt, sob, soh, sot, H: tl.constexpr
     y = dequant_tile(P + b.to(tl.int64) * spb + h.to(tl.int64) * sph, offs64 * spt, tmask, C, BITS, BB, BLK, NBLK,
                      BLOCK_N)
     bc = tl.arange(0, BLK)
-    r = tl.load(R + bc[:, None] * BLK + bc[None, :])  # fp16 R: x = y @ R
-    x = tl.reshape(tl.dot(tl.reshape(y, [BLOCK_N * NBLK, BLK]), r), [BLOCK_N, NBLK * BLK])
+    yb = tl.reshape(y, [BLOCK_N * NBLK, BLK])
+    if HADAMARD:
+        xb = tl.dot(yb, hadamard_tile(BLK).to(tl.float16)) * tl.load(S + bc)[None, :] * (1.0 / tl.sqrt(BLK * 1.0))
+    else:
+        xb = tl.dot(yb, tl.load(R + bc[:, None] * BLK + bc[None, :]))  # fp16 R: x = y @ R
+    x = tl.reshape(xb, [BLOCK_N, NBLK * BLK])
     d = tl.arange(0, NBLK * BLK)
     tl.store(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs64[:, None] * sot + d[None, :],
              x.to(O.dtype.element_ty), mask=tmask[:, None])
@@ -230,11 +264,11 @@ def turbo_dequantize(p: TurboParams, packed: torch.Tensor, dtype=torch.bfloat16,
     out = torch.empty(B, H, T, p.head_dim, dtype=dtype, device=packed.device)
     if T == 0 or B * H == 0:
         return out
-    r16 = p.__dict__.setdefault("_r16", p.rot.to(torch.float16).contiguous())
-    c16 = p.__dict__.setdefault("_c16", p.centroids.to(torch.float16))
+    r16 = _cached(p, "_r16", lambda: p.rot.to(torch.float16).contiguous())
+    c16 = _cached(p, "_c16", lambda: p.centroids.to(torch.float16))
     _dequant_kernel[(B * H, triton.cdiv(T, block_n))](
-        packed, r16, c16, out, T, packed.stride(0), packed.stride(1), packed.stride(2),
+        packed, r16, p.signs if p.hadamard else c16, c16, out, T, packed.stride(0), packed.stride(1), packed.stride(2),
         out.stride(0), out.stride(1), out.stride(2), H=H, BITS=p.bits, BB=p.block_bytes, BLK=p.block,
-        NBLK=p.n_blocks, BLOCK_N=block_n, num_warps=4,
+        NBLK=p.n_blocks, BLOCK_N=block_n, HADAMARD=p.hadamard, num_warps=8,
     )
     return out

@@ -24,19 +24,36 @@ import triton.language as tl
 from lowbit.kernels import _interpret
 
 from lowbit.kernels.params import TurboParams
+from lowbit.kernels.turbo_attention import hadamard_tile
 
 _interpret.apply()
 
-_NAN16 = 0x7E00  # the fp16 NaN torch writes (CPU reference), not the GPU's canonical 0x7FFF
+_NAN16 = tl.constexpr(0x7E00)  # the fp16 NaN torch writes (CPU reference), not the GPU's canonical 0x7FFF
 
 
 @triton.jit
-def _store_kernel(X, OUT, SIGNS, HMAT, ROT, CENT, THR, n_rows, stride_x, post_scale,
+def _store_kernel(X, OUT, SIGNS, ROT, CENT, THR, n_rows, stride_x, post_scale,
                   BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr,
                   BB: tl.constexpr, NC: tl.constexpr, HADAMARD: tl.constexpr, DOT_NATIVE: tl.constexpr,
                   BLOCK_T: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLK)
+    if HADAMARD:  # H built once per program, in registers
+        mat = hadamard_tile(BLK)
+        sg = tl.load(SIGNS + cols)
+    else:
+        mat = tl.load(ROT + cols[None, :] * BLK + cols[:, None])  # Rᵀ: [k, i] = rot[i, k]
+        sg = tl.full([BLK], 1.0, tl.float32)
+    # Persistent: each program walks row tiles pid, pid + nprog, ...
+    for tile in range(tl.program_id(0), tl.cdiv(n_rows, BLOCK_T), tl.num_programs(0)):
+        _store_tile(X, OUT, sg, mat, CENT, THR, n_rows, stride_x,
+                    post_scale, tile, BLK, NBLK, BITS, VB, BB, NC, HADAMARD, DOT_NATIVE, BLOCK_T)
+
+
+@triton.jit
+def _store_tile(X, OUT, sg, mat, CENT, THR, n_rows, stride_x, post_scale, tile, BLK: tl.constexpr,
+                NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr, BB: tl.constexpr, NC: tl.constexpr,
+                HADAMARD: tl.constexpr, DOT_NATIVE: tl.constexpr, BLOCK_T: tl.constexpr):
+    rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < n_rows
     rows64 = rows.to(tl.int64)
     cols = tl.arange(0, BLK)
@@ -53,17 +70,15 @@ def _store_kernel(X, OUT, SIGNS, HMAT, ROT, CENT, THR, n_rows, stride_x, post_sc
         norm = tl.sqrt_rn(tl.sum(xf * xf, axis=1))
         safe = tl.maximum(norm, TINY)
         if HADAMARD:
-            xs = xf * tl.load(SIGNS + cols)[None, :]
-            h = tl.load(HMAT + cols[:, None] * BLK + cols[None, :])
+            xs = xf * sg[None, :]
             if DOT_NATIVE:  # bf16/fp16 values times ±1: exact products
-                y = tl.dot(xs.to(x.dtype), h.to(x.dtype))
+                y = tl.dot(xs.to(x.dtype), mat.to(x.dtype))
             else:
-                y = tl.dot(xs, h, input_precision="tf32x3")
+                y = tl.dot(xs, mat, input_precision="tf32x3")
             y = tl.math.div_rn(y * post_scale, safe[:, None])
         else:
             u = tl.math.div_rn(xf, safe[:, None])
-            rot_t = tl.load(ROT + cols[None, :] * BLK + cols[:, None])  # [k, i] = rot[i, k]
-            y = tl.dot(u, rot_t, input_precision="tf32x3")
+            y = tl.dot(u, mat, input_precision="tf32x3")
         idx = tl.zeros([BLOCK_T, BLK], dtype=tl.int32)
         for k in tl.static_range(2**BITS - 1):
             idx += (y > tl.load(THR + k)).to(tl.int32)
@@ -84,7 +99,8 @@ def _store_kernel(X, OUT, SIGNS, HMAT, ROT, CENT, THR, n_rows, stride_x, post_sc
         tl.store(nb + 1, (n16 >> 8).to(tl.uint8), mask=rmask)
 
 
-def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None, block_t: int = 32) -> torch.Tensor:
+def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None, block_t: int = 32,
+                programs: int | None = None) -> torch.Tensor:
     """Quantize head vectors x [..., head_dim] to packed uint8 [..., vector_bytes] (into `out` if given)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, p.head_dim)
@@ -99,12 +115,23 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
         return out
     # The interpreter keeps bf16 as raw uint16 and cannot dot it: there bf16 takes the float32 path.
     native = p.hadamard and (x2.dtype == torch.float16 or (x2.dtype == torch.bfloat16 and not _interpret.INTERPRET))
-    dummy = p.centroids
-    grid = (triton.cdiv(n, block_t),)
-    _store_kernel[grid](
-        x2, o2, p.signs if p.hadamard else dummy, p.hmat if p.hadamard else dummy, p.rot, p.centroids,
+    tiles = triton.cdiv(n, block_t)
+    if programs is None:
+        programs = tiles if x.device.type != "cuda" else min(tiles, 8 * _sms(x.device))
+    _store_kernel[(programs,)](
+        x2, o2, p.signs if p.hadamard else p.centroids, p.rot, p.centroids,
         p.thresholds, n, x2.stride(0), p.block ** -0.5,
         BLK=p.block, NBLK=p.n_blocks, BITS=p.bits, VB=p.vector_bytes, BB=p.block_bytes, NC=p.norm_correction,
         HADAMARD=p.hadamard, DOT_NATIVE=native, BLOCK_T=block_t, num_warps=4,
     )
     return out
+
+
+_SMS: dict = {}
+
+
+def _sms(device) -> int:
+    key = str(device)
+    if key not in _SMS:
+        _SMS[key] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[key]
