@@ -4,8 +4,12 @@
 
 Runs `lowbit eval kv` (lowbit.commands.eval_kv.evaluate_kv) for every row below, in one process so
 the f16 reference is computed once per model. Rows are saved after each one (temp file + rename) to
---out (default src/lowbit/report/kv_quality.json, read by `lowbit simulate`), and a markdown table
-is printed at the end. Bits per value are exact (formats/kv.py); everything else is measured.
+--out (default src/lowbit/report/kv_quality.json, read by `lowbit simulate --quality`), and a
+markdown table is printed at the end. Bits per value are exact (formats/kv.py); the rest is measured.
+
+The output is a list with one document per model: {"model", "command", "date", "setup", "rows"}.
+Models can run in separate processes (2 CPU cores go further that way) and be combined with
+    python benchmarks/turboquant_kv_table.py --merge a.json b.json --out src/lowbit/report/kv_quality.json
 """
 
 from __future__ import annotations
@@ -23,28 +27,30 @@ DEFAULT_OUT = ROOT / "src" / "lowbit" / "report" / "kv_quality.json"
 
 # (K, V, boundary layers in f16)
 ROWS = [
+    # the issue's set
     ("f16", "f16", 0),
     ("q8_0", "q8_0", 0),
-    ("fp8", "fp8", 0),
     ("q4_0", "q4_0", 0),
-    ("q4_0:rot", "q4_0:rot", 0),
     ("kivi4", "kivi4", 0),
     ("kivi2", "kivi2", 0),
     ("turbo4", "turbo4", 0),
     ("turbo3", "turbo3", 0),
-    ("turbo3:nonc", "turbo3:nonc", 0),
     ("turbo2", "turbo2", 0),
     ("turbo4-prod", "turbo4-prod", 0),
     ("turbo3-prod", "turbo3-prod", 0),
     ("turbo3.5", "turbo3.5", 0),
     ("turbo2.5", "turbo2.5", 0),
     ("q8_0", "turbo4", 0),  # k8v4: keys 8-bit, values TurboQuant 4-bit (llama.cpp -ctk q8_0 -ctv turbo4)
+    # extras
     ("q8_0", "turbo3", 0),
     ("turbo3", "turbo3", 2),  # vLLM-style boundary protection: first and last 2 layers f16
+    ("turbo3:nonc", "turbo3:nonc", 0),
+    ("q4_0:rot", "q4_0:rot", 0),
+    ("fp8", "fp8", 0),
 ]
 
 
-def _save(path: Path, doc: dict) -> None:
+def _save(path: Path, doc) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kvq-", suffix=".json")
     with os.fdopen(fd, "w") as f:
@@ -74,33 +80,42 @@ def main(argv=None) -> int:
     ap.add_argument("--niah-depths", default="0.1,0.5,0.9")
     ap.add_argument("--rows", default="", help="only these row numbers (comma list, 0-based)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--merge", nargs="+", type=Path, help="combine finished outputs into --out and print the table")
     args = ap.parse_args(argv)
+    if args.merge:
+        docs = []
+        for path in args.merge:
+            data = json.loads(path.read_text())
+            docs += data if isinstance(data, list) else [data]
+        _save(args.out, docs)
+        print(markdown([r for d in docs for r in d["rows"]]))
+        return 0
 
     from lowbit.commands.eval_kv import evaluate_kv
 
     command = "python benchmarks/turboquant_kv_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    doc = {"model": args.models.replace(",", " + "), "command": command.strip(),
-           "date": datetime.date.today().isoformat(),
-           "provenance": "measured on CPU (bits_per_value: exact, from lowbit.formats.kv)",
-           "setup": {"tokens": args.tokens, "context": args.context, "chunk": args.chunk,
-                     "niah_lengths": args.niah_lengths, "niah_depths": args.niah_depths,
-                     "text": "pydoc_data.topics", "reference": "f16 QuantizedKVCache"},
-           "rows": []}
+    setup = {"tokens": args.tokens, "context": args.context, "chunk": args.chunk, "niah_lengths": args.niah_lengths,
+             "niah_depths": args.niah_depths, "text": "pydoc_data.topics", "reference": "f16 QuantizedKVCache"}
     pick = {int(i) for i in args.rows.split(",") if i.strip()}
     lengths = tuple(int(x) for x in args.niah_lengths.split(",") if x)
     depths = tuple(float(x) for x in args.niah_depths.split(",") if x)
+    docs = []
     for model in args.models.split(","):
+        doc = {"model": model, "command": command.strip(), "date": datetime.date.today().isoformat(),
+               "provenance": "measured on CPU (bits_per_value: exact, from lowbit.formats.kv)", "setup": setup,
+               "rows": []}
+        docs.append(doc)
         for i, (k, v, boundary) in enumerate(ROWS):
             if pick and i not in pick:
                 continue
             r = evaluate_kv(model, k, v, boundary=boundary, tokens=args.tokens, context=args.context,
                             chunk=args.chunk, niah_lengths=lengths, niah_depths=depths, progress=False)
             doc["rows"].append(r)
-            _save(args.out, doc)
+            _save(args.out, docs)
             print(f"{model} K={r['kv_k']} V={r['kv_v']} b={boundary}: bpv {r['bits_per_value']:.3f} ppl {r['ppl']:.3f} "
                   f"(f16 {r['ppl_f16']:.3f}) kld {r['kld']:.4f} top1 {r['top1']:.3f} niah {r['niah']} "
                   f"[{r['seconds']:.0f}s]", file=sys.stderr, flush=True)
-    print(markdown(doc["rows"]))
+    print(markdown([r for d in docs for r in d["rows"]]))
     return 0
 
 
