@@ -8,7 +8,8 @@ Nothing dequantized goes to memory. Per (batch, KV head, split) program:
   scaled by the block's fp16 norm into an fp16 tile in registers, and one tensor-core dot scores all
   M rows against it: the unpack is paid once per KV head, not once per query head;
 - online softmax (base 2), then the same for V: P @ (norm_v·c_v[idx]) accumulates in V's rotated frame.
-A second kernel merges the splits and applies V's inverse rotation once per output row.
+A second kernel, one program per (KV head, query row, 128-block), merges the splits and applies V's inverse
+rotation once per output row.
 
 Precision: dot operands are fp16 (codebook values, norms and rotated queries), accumulation float32.
 """
@@ -43,9 +44,10 @@ def hadamard_tile(BLK: tl.constexpr):
 
 
 @triton.jit
-def dequant_tile(P, row_off, tmask, C, BITS: tl.constexpr, BB: tl.constexpr, BLK: tl.constexpr,
-                  NBLK: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_N, NBLK*BLK] fp16 values norm·c[idx] (rotated frame) of the tokens at byte offsets row_off."""
+def load_raw(P, row_off, tmask, BITS: tl.constexpr, BB: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr):
+    """Packed bytes of the tokens at byte offsets row_off: index words [BLOCK_N, NBLK, BLK/8] (8 codes each)
+    and fp16 norm bits [BLOCK_N, NBLK]. Split from `decode_raw` so the next tile's loads can be in flight
+    while this one is decoded."""
     G: tl.constexpr = BLK // 8
     j = tl.arange(0, NBLK)
     gi = tl.arange(0, G)
@@ -54,15 +56,28 @@ def dequant_tile(P, row_off, tmask, C, BITS: tl.constexpr, BB: tl.constexpr, BLK
     word = tl.load(P + off, mask=m3, other=0).to(tl.int32)
     for i in tl.static_range(1, BITS):
         word = word | (tl.load(P + off + i, mask=m3, other=0).to(tl.int32) << (8 * i))
-    shifts = tl.arange(0, 8) * BITS
-    codes = (word[:, :, :, None] >> shifts[None, None, None, :]) & ((1 << BITS) - 1)
-    vals = tl.load(C + codes)  # fp16 codebook, L1-resident
     noff = row_off[:, None] + j[None, :] * BB + BLK * BITS // 8
     m2 = tmask[:, None]
     n16 = tl.load(P + noff, mask=m2, other=0).to(tl.int32) | (tl.load(P + noff + 1, mask=m2, other=0).to(tl.int32) << 8)
+    return word, n16
+
+
+@triton.jit
+def decode_raw(word, n16, C, BITS: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_N, NBLK*BLK] fp16 values norm·c[idx] (rotated frame)."""
+    shifts = tl.arange(0, 8) * BITS
+    codes = (word[:, :, :, None] >> shifts[None, None, None, :]) & ((1 << BITS) - 1)
+    vals = tl.load(C + codes)  # fp16 codebook, L1-resident
     norm = n16.to(tl.int16).to(tl.float16, bitcast=True)
     vals = vals * norm[:, :, None, None]
     return tl.reshape(vals, [BLOCK_N, NBLK * BLK])
+
+
+@triton.jit
+def dequant_tile(P, row_off, tmask, C, BITS: tl.constexpr, BB: tl.constexpr, BLK: tl.constexpr,
+                 NBLK: tl.constexpr, BLOCK_N: tl.constexpr):
+    word, n16 = load_raw(P, row_off, tmask, BITS, BB, BLK, NBLK)
+    return decode_raw(word, n16, C, BITS, BLK, NBLK, BLOCK_N)
 
 
 @triton.jit
@@ -101,11 +116,18 @@ def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
     acc = tl.zeros([M, D], dtype=tl.float32)
     kbase = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
     vbase = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+    offs = start + tl.arange(0, BLOCK_N)
+    kw, kn = load_raw(kbase, offs.to(tl.int64) * skt, offs < end, KBITS, KBB, BLK, NBLK)
+    vw, vn = load_raw(vbase, offs.to(tl.int64) * svt, offs < end, VBITS, VBB, BLK, NBLK)
     for n0 in range(0, split_len, BLOCK_N):  # tiles past T are fully masked (only in the last split)
         offs = start + n0 + tl.arange(0, BLOCK_N)
         tmask = offs < end
-        offs64 = offs.to(tl.int64)
-        kt = dequant_tile(kbase, offs64 * skt, tmask, CK, KBITS, KBB, BLK, NBLK, BLOCK_N)
+        # Prefetch: the next tile's bytes are loading while this one is decoded and multiplied.
+        nxt = offs + BLOCK_N
+        nmask = nxt < end
+        kw2, kn2 = load_raw(kbase, nxt.to(tl.int64) * skt, nmask, KBITS, KBB, BLK, NBLK)
+        vw2, vn2 = load_raw(vbase, nxt.to(tl.int64) * svt, nmask, VBITS, VBB, BLK, NBLK)
+        kt = decode_raw(kw, kn, CK, KBITS, BLK, NBLK, BLOCK_N)
         s = tl.dot(qr, tl.trans(kt))
         ok = tmask[None, :] & (offs[None, :] <= last[:, None])
         s = tl.where(ok, s, float("-inf"))
@@ -113,9 +135,10 @@ def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = dequant_tile(vbase, offs64 * svt, tmask, CV, VBITS, VBB, BLK, NBLK, BLOCK_N)
+        vt = decode_raw(vw, vn, CV, VBITS, BLK, NBLK, BLOCK_N)
         acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vt)
         m_i = m_new
+        kw, kn, vw, vn = kw2, kn2, vw2, vn2
     base = bh * NSPLIT + sp
     tl.store(OP + base.to(tl.int64) * (M * D) + rows[:, None] * D + dcol[None, :], acc, mask=rvalid[:, None])
     tl.store(ML + base * (2 * M) + rows, m_i, mask=rvalid)
@@ -125,41 +148,48 @@ def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
 @triton.jit
 def _stage2(OP, ML, RV, SV, O, sob, soh, sol,
             HKV: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, M: tl.constexpr,
-            BLK: tl.constexpr, NBLK: tl.constexpr, HADAMARD: tl.constexpr, NSPLIT):
+            BLK: tl.constexpr, NBLK: tl.constexpr, HADAMARD: tl.constexpr, SC: tl.constexpr, NSPLIT):
+    """One program per (batch x KV head, query row, 128-block): merge the splits, rotate back, store."""
     D: tl.constexpr = NBLK * BLK
     bh = tl.program_id(0)
+    r = tl.program_id(1)
+    j = tl.program_id(2)
     b = bh // HKV
     h = bh % HKV
-    rows = tl.arange(0, M)
-    rvalid = rows < GROUP * LQ
-    dcol = tl.arange(0, D)
-    m = tl.full([M], _NEG, dtype=tl.float32)
-    l = tl.zeros([M], dtype=tl.float32)
-    acc = tl.zeros([M, D], dtype=tl.float32)
-    for sp in range(NSPLIT):
-        base = bh * NSPLIT + sp
-        ms = tl.load(ML + base * (2 * M) + rows, mask=rvalid, other=_NEG)
-        ls = tl.load(ML + base * (2 * M) + M + rows, mask=rvalid, other=0.0)
-        os = tl.load(OP + base.to(tl.int64) * (M * D) + rows[:, None] * D + dcol[None, :], mask=rvalid[:, None], other=0.0)
-        m_new = tl.maximum(m, ms)
-        a = tl.math.exp2(m - m_new)
-        c = tl.math.exp2(ms - m_new)
-        acc = acc * a[:, None] + os * c[:, None]
-        l = l * a + ls * c
-        m = m_new
-    y = acc / tl.where(l > 0, l, 1.0)[:, None]  # padded rows have l = 0 and are never stored
+    sc = tl.arange(0, SC)
     bc = tl.arange(0, BLK)
-    yb = tl.reshape(y, [M * NBLK, BLK])
-    if HADAMARD:  # x = y R = ((y H)∘s) / sqrt(BLK)
-        xb = tl.dot(yb, hadamard_tile(BLK), input_precision="tf32x3")
-        xb = xb * tl.load(SV + bc)[None, :] * (1.0 / tl.sqrt(BLK * 1.0))
-    else:
-        xb = tl.dot(yb, tl.load(RV + bc[:, None] * BLK + bc[None, :]), input_precision="tf32x3")
-    out = tl.reshape(xb, [M, D])
-    g = rows // LQ
-    t = rows % LQ
-    tl.store(O + b * sob + (h * GROUP + g)[:, None] * soh + t[:, None] * sol + dcol[None, :],
-             out.to(O.dtype.element_ty), mask=rvalid[:, None])
+    mx = tl.full([SC], _NEG, dtype=tl.float32)
+    for s0 in range(0, NSPLIT, SC):
+        sp = s0 + sc
+        mx = tl.maximum(mx, tl.load(ML + (bh * NSPLIT + sp) * (2 * M) + r, mask=sp < NSPLIT, other=_NEG))
+    m = tl.max(mx, axis=0)
+    acc = tl.zeros([BLK], dtype=tl.float32)
+    lsum = tl.zeros([SC], dtype=tl.float32)
+    for s0 in range(0, NSPLIT, SC):
+        sp = s0 + sc
+        ok = sp < NSPLIT
+        base = (bh * NSPLIT + sp).to(tl.int64)
+        w = tl.math.exp2(tl.load(ML + base * (2 * M) + r, mask=ok, other=_NEG) - m)
+        lsum += w * tl.load(ML + base * (2 * M) + M + r, mask=ok, other=0.0)
+        o = tl.load(OP + base[:, None] * (M * D) + r * D + j * BLK + bc[None, :], mask=ok[:, None], other=0.0)
+        acc += tl.sum(o * w[:, None], axis=0)
+    y = acc / tl.sum(lsum, axis=0)
+    g = r // LQ
+    t = r % LQ
+    obase = O + b * sob + (h * GROUP + g) * soh + t * sol + j * BLK
+    CC: tl.constexpr = 32
+    for c0 in tl.static_range(0, BLK, CC):  # x = y R, 32 output columns at a time
+        cols = c0 + tl.arange(0, CC)
+        if HADAMARD:  # R = H diag(s) / sqrt(BLK), H[i, c] = (-1)^popcount(i & c)
+            v = bc[:, None] & cols[None, :]
+            v = v ^ (v >> 4)
+            v = v ^ (v >> 2)
+            v = v ^ (v >> 1)
+            x = tl.sum(tl.where((v & 1) == 1, -y[:, None], y[:, None]), axis=0)
+            x = x * tl.load(SV + cols) * (1.0 / tl.sqrt(BLK * 1.0))
+        else:
+            x = tl.sum(y[:, None] * tl.load(RV + bc[:, None] * BLK + cols[None, :]), axis=0)
+        tl.store(obase + cols, x.to(O.dtype.element_ty))
 
 
 def _cached(p: TurboParams, name: str, make):
@@ -173,18 +203,18 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def default_config(batch: int, kv_heads: int, seq_len: int, head_dim: int, sms: int = 132) -> tuple[int, int]:
-    """(BLOCK_N, splits): enough programs to fill the GPU twice, each split a whole number of tiles."""
-    block_n = 32 if head_dim >= 256 else 64
+def default_config(batch: int, kv_heads: int, seq_len: int, head_dim: int, sms: int = 132) -> tuple[int, int, int]:
+    """(BLOCK_N, splits, num_warps): enough programs to fill the GPU twice, each split whole tiles."""
+    block_n, warps = (32, 8) if head_dim >= 256 else (64, 4)
     tiles = max(1, math.ceil(seq_len / block_n))
     splits = max(1, min(tiles, math.ceil(2 * sms / (batch * kv_heads))))
-    return block_n, splits
+    return block_n, splits, warps
 
 
 def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor,
                            pk: TurboParams, pv: TurboParams, scale: float | None = None,
                            seq_len: int | None = None, block_n: int | None = None, splits: int | None = None,
-                           num_warps: int = 4) -> torch.Tensor:
+                           num_warps: int | None = None) -> torch.Tensor:
     """softmax(q kᵀ·scale) v for q [B, Hq, LQ, D] over packed K/V [B, Hkv, >=T, bytes]; the LQ new tokens
     are the last LQ of the T cached ones (causal). Returns [B, Hq, LQ, D] in q's dtype."""
     B, Hq, LQ, D = q.shape
@@ -201,8 +231,8 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
     if k_packed.stride(-1) != 1 or v_packed.stride(-1) != 1 or q.stride(-1) != 1:
         raise LowbitError("packed K/V and q need a contiguous last dimension")
     M = max(16, _pow2(group * LQ))
-    bn, sp = default_config(B, HKV, T, D)
-    block_n, splits = block_n or bn, splits or sp
+    bn, sp, nw = default_config(B, HKV, T, D)
+    block_n, splits, num_warps = block_n or bn, splits or sp, num_warps or nw
     split_len = math.ceil(math.ceil(T / splits) / block_n) * block_n
     splits = math.ceil(T / split_len)
     scale = D ** -0.5 if scale is None else scale
@@ -221,10 +251,10 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
         KBB=pk.block_bytes, VBB=pv.block_bytes, BLOCK_N=block_n, HADAMARD=pk.hadamard, NSPLIT=splits,
         num_warps=num_warps,
     )
-    _stage2[(B * HKV,)](
+    _stage2[(B * HKV, group * LQ, pk.n_blocks)](
         op, ml, pv.rot, pv.signs if pv.hadamard else pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
-        HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pk.block, NBLK=pk.n_blocks, HADAMARD=pv.hadamard, NSPLIT=splits,
-        num_warps=8,
+        HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pk.block, NBLK=pk.n_blocks, HADAMARD=pv.hadamard, SC=16,
+        NSPLIT=splits, num_warps=4,
     )
     return out
 
