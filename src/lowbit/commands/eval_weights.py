@@ -31,6 +31,10 @@ LADDER = [  # (weights, method) rows of the results table
     ("TQ1_0", "absmean"), ("TQ1_0", "absmean-group"), ("Q1_0", "ref"), ("Q1_0", "gptq"),
     ("ARB1", "rht-arb"), ("ARB1", "rht-arb-gptq"),
 ]
+COMBINED = [  # weights x KV cache: "today" against the seed's "1-bit + TurboQuant", and the two mixed cells
+    ("shipped", None, "f16"), ("shipped", None, "turbo3"), ("Q1_0", "ref", "f16"), ("Q1_0", "ref", "turbo3"),
+    ("ARB1", "rht-arb-gptq", "f16"), ("ARB1", "rht-arb-gptq", "turbo3"),
+]
 ONE_BIT = ("Q1_0", "ARB1")
 REPORT_JSON = "src/lowbit/report/weights_quality.json"
 
@@ -45,7 +49,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pure", action="store_true", help="no mix overrides: every quantizable tensor gets the format")
     p.add_argument("--pad", action="store_true", help="let Q1_0/ARB1 zero-pad rows that are not whole blocks")
     p.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens for gptq methods")
+    p.add_argument("--kv", default=None, help="also run through a KV cache in this format (f16, turbo3, q8_0, ...): "
+                   "the prompt half prefilled, the rest teacher-forced 32 tokens at a time through the cache")
     p.add_argument("--ladder", action="store_true", help="run the whole results table for the model")
+    p.add_argument("--combined", action="store_true",
+                   help="weights x KV cache: shipped 4-bit + f16 KV ('today') against 1-bit + turbo3 KV, and the mixed cells")
     p.add_argument("--write", default=None, help=f"with --ladder: also merge the rows into this JSON (e.g. {REPORT_JSON})")
     add_format(p, ("table", "json"))
 
@@ -127,16 +135,40 @@ def _bits(nbytes: dict[str, int], n: dict[str, int]) -> dict:
     }
 
 
+def _cache_factory(kv: str | None):
+    if kv is None:
+        return None
+    if kv.lower() == "f16":
+        from lowbit.eval.metrics import dynamic_cache
+
+        return dynamic_cache
+    from lowbit.kvcache import QuantizedKVCache
+
+    def make(config, _kv=kv.lower()):
+        return QuantizedKVCache(config, _kv)
+
+    make.__qualname__ = f"QuantizedKVCache[{kv.lower()}]"
+    return make
+
+
 def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4096, context: int = 512,
-                     pure: bool = False, pad: bool = False, calib_tokens: int = 4096, progress: bool = True) -> dict:
+                     pure: bool = False, pad: bool = False, calib_tokens: int = 4096, progress: bool = True,
+                     kv: str | None = None) -> dict:
     from lowbit.errors import LowbitError
     from lowbit.eval import lm, metrics, text
 
+    from lowbit.quant import weights as W
+
     t0 = time.perf_counter()
-    fmt = fmt if fmt.lower() != "shipped" else "shipped"
-    fmt = fmt.upper() if fmt != "shipped" else fmt
+    fmt = "shipped" if fmt.lower() == "shipped" else fmt.upper()
     if tokens < context:
         raise LowbitError(f"--tokens ({tokens}) must be at least --context ({context})")
+    if fmt != "shipped":  # refuse bad names before minutes of model loading
+        W.check(fmt if fmt in ONE_BIT else _mix_default(fmt), method)
+    if kv is not None:
+        from lowbit.formats.kv import kv_format
+
+        kv_format(kv)
     path = lm.resolve(model)
     tok = lm.load_tokenizer(path)
     win = text.windows(tok, n_tokens=tokens, context=context)
@@ -144,7 +176,8 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4
     ref = metrics.reference(base, win, progress=progress)
     replace, bits, own = quantized_weights(path, fmt, method, pure, pad, calib_tokens, progress)
     net = lm.load_model(path, replace=replace) if replace else base
-    q = metrics.evaluate(net, win, reference=ref, progress=progress, description=f"{fmt} {method or ''}".strip())
+    q = metrics.evaluate(net, win, reference=ref, progress=progress, make_cache=_cache_factory(kv),
+                         description=f"{fmt} {method or ''} {kv or ''}".strip())
     from lowbit.eval.artifacts import MODELS
 
     name = next((m for m in MODELS if lm.resolve(m) == path), str(path)) if str(model) in MODELS else str(model)
@@ -154,7 +187,7 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4
         "body_bits_per_weight": round(bits["body_bits_per_weight"], 4),
         "tensor_bytes": bits["tensor_bytes"], "tokens": q.tokens, "context": q.context,
         "ppl": q.ppl, "ppl_reference": q.ppl_reference, "kld": q.kld, "top1": q.top1,
-        "pure": pure, "padded": pad, "seconds": round(time.perf_counter() - t0, 1),
+        "pure": pure, "padded": pad, "kv": kv, "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
@@ -164,10 +197,10 @@ def _table(rows: list[dict]) -> None:
 
     t = Table(title=f"{rows[0]['model']}: weights vs the model as shipped "
                     f"({rows[0]['tokens']} scored tokens, context {rows[0]['context']}, pydoc text)")
-    for c in ("weights", "method", "bpw (model)", "bpw (body)", "PPL", "KLD", "top-1"):
+    for c in ("weights", "method", "KV", "bpw (model)", "bpw (body)", "PPL", "KLD", "top-1"):
         t.add_column(c, justify="left" if c in ("weights", "method") else "right")
     for r in rows:
-        t.add_row(r["weights"], str(r["method"] or ""), f"{r['bits_per_weight']:.3f}", f"{r['body_bits_per_weight']:.3f}",
+        t.add_row(r["weights"], str(r["method"] or ""), str(r.get("kv") or "none"), f"{r['bits_per_weight']:.3f}", f"{r['body_bits_per_weight']:.3f}",
                   f"{r['ppl']:.2f}", f"{r['kld']:.3f}", f"{r['top1']:.3f}")
     Console().print(t)
 
@@ -175,12 +208,13 @@ def _table(rows: list[dict]) -> None:
 def run(args: argparse.Namespace) -> int:
     from lowbit.errors import LowbitError
 
-    if args.ladder:
+    if args.ladder or args.combined:
         rows = []
-        for fmt, method in LADDER:
+        plan = LADDER if args.ladder else COMBINED
+        for fmt, method, *kv in [(*x, None) if len(x) == 2 else x for x in plan]:
             try:
                 rows.append(evaluate_weights(args.model, fmt, method, args.tokens, args.context, args.pure,
-                                             args.pad or fmt in ONE_BIT, args.calib_tokens))
+                                             args.pad or fmt in ONE_BIT, args.calib_tokens, kv=kv[0] or args.kv))
             except LowbitError as e:
                 print(f"lowbit: {fmt} {method}: {e}", file=sys.stderr)
         if args.write:
@@ -191,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
             _table(rows)
         return 0
     r = evaluate_weights(args.model, args.weights, args.method, args.tokens, args.context, args.pure, args.pad,
-                         args.calib_tokens)
+                         args.calib_tokens, kv=args.kv)
     if args.format == "json":
         print(json.dumps(r, indent=2))
     else:
@@ -208,7 +242,9 @@ def _merge(path: str, rows: list[dict]) -> None:
     p = Path(path)
     data = json.loads(p.read_text()) if p.exists() else {"rows": []}
     models = {r["model"] for r in rows}
-    data["rows"] = [r for r in data.get("rows", []) if r["model"] not in models] + rows
+    kinds = {r.get("kv") is not None for r in rows}  # ladder rows (no KV) and combined rows are kept apart
+    data["rows"] = [r for r in data.get("rows", [])
+                    if r["model"] not in models or (r.get("kv") is not None) not in kinds] + rows
     fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)

@@ -38,13 +38,14 @@ def _layer(name: str) -> int:
 def plan_types(path, mix_name: str, pure: bool, r=None) -> dict[str, str]:
     """GGUF tensor name -> type, by the simulator's mix rules applied to the file's own tensors."""
     from lowbit.models.catalog import resolve
+    from lowbit.models.gguf_header import read_header
     from lowbit.models.tensors import Tensor
     from lowbit.plan.planner import weight_types
-    from lowbit.quant.gguf_io import reader
 
-    r = r if r is not None else reader(path)
+    # names and shapes only: the bounded header reader is fast where gguf's reader parses the vocabulary
+    listed = r.tensors if r is not None else read_header(path).tensors
     tensors = [Tensor(t.name, tuple(int(d) for d in t.shape), "weights", _layer(t.name), len(t.shape) == 1)
-               for t in r.tensors]
+               for t in listed]
     cfg = resolve(str(path)).config
     return {n: wt.name for n, wt in weight_types(cfg, tensors, mix_name, pure).items()}
 
