@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Idle OpenMP threads sleep instead of spinning: with other torch processes on a small machine,
+# spinning made real-model tests 30x slower (see lowbit/eval/__init__.py). Must precede torch's import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _gguf(name: str):

