@@ -128,3 +128,15 @@ def test_dispatch_cpu_uses_reference_and_rejects_other_formats():
         turbo_decode_attention(torch.randn(1, 2, 1, 128), kp, kp, turbo_params(tq, DEV), turbo_params(tq, DEV))
     out = kernels.decode_attention(q, kp, kp, tq, tq)
     assert torch.allclose(out, reference.decode_attention(q, kp, kp, tq, tq))
+
+
+def test_cache_backend_falls_back_to_the_reference_off_cuda():
+    kvcache = pytest.importorskip("lowbit.kvcache")
+    from lowbit.kernels.cache_backend import CudaBackend
+
+    fused, ref = kvcache.make_store("turbo3", 64, keys=True, seed=3), kvcache.make_store("turbo3", 64, keys=True, seed=3)
+    x = torch.randn(1, 2, 5, 64)
+    CudaBackend().store(fused, x)
+    kvcache.TorchBackend().store(ref, x)
+    assert torch.equal(fused.packed, ref.packed)
+    assert torch.equal(CudaBackend().load(fused, torch.float32), kvcache.TorchBackend().load(ref, torch.float32))

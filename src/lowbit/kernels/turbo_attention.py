@@ -17,7 +17,6 @@ Precision: dot operands are fp16 (codebook values, norms and rotated queries), a
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -30,7 +29,6 @@ from lowbit.kernels.params import MAX_ROWS, TurboParams
 
 _interpret.apply()
 
-_SELECT = os.environ.get("LOWBIT_TQ_SELECT") == "1"  # codebook by selects instead of a table load
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": keeps fully masked rows NaN-free
 
 
@@ -65,32 +63,14 @@ def load_raw(P, row_off, tmask, BITS: tl.constexpr, BB: tl.constexpr, BLK: tl.co
 
 
 @triton.jit
-def decode_raw(word, n16, C, BITS: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr, BLOCK_N: tl.constexpr,
-               SELECT: tl.constexpr = False):
+def decode_raw(word, n16, C, BITS: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr, BLOCK_N: tl.constexpr):
     """[BLOCK_N, NBLK*BLK] fp16 values norm·c[idx] (rotated frame)."""
     shifts = tl.arange(0, 8) * BITS
     codes = (word[:, :, :, None] >> shifts[None, None, None, :]) & ((1 << BITS) - 1)
-    if SELECT:
-        vals = centroid(codes, C, BITS)
-    else:
-        vals = tl.load(C + codes)  # fp16 codebook, L1-resident
+    vals = tl.load(C + codes)  # fp16 codebook, L1-resident (selects instead measured 3-5x slower)
     norm = n16.to(tl.int16).to(tl.float16, bitcast=True)
     vals = vals * norm[:, :, None, None]
     return tl.reshape(vals, [BLOCK_N, NBLK * BLK])
-
-
-@triton.jit
-def centroid(codes, C, BITS: tl.constexpr):
-    """fp16 c[codes] by selects, no memory gather: the Lloyd-Max codebook is exactly antisymmetric
-    (c[k] = -c[2^b - 1 - k], enforced in codebooks.py), so pick |c| among 2^(b-1) uniform scalars and
-    apply the sign. Experimental (LOWBIT_TQ_SELECT=1): fewer L1 loads, but more ALU work and registers."""
-    HALF: tl.constexpr = 1 << (BITS - 1)
-    up = codes >= HALF
-    mag = tl.where(up, codes - HALF, HALF - 1 - codes)
-    val = tl.zeros(codes.shape, dtype=tl.float16) + tl.load(C + HALF)
-    for k in tl.static_range(1, HALF):
-        val = tl.where(mag == k, tl.load(C + HALF + k), val)
-    return tl.where(up, val, -val)
 
 
 @triton.jit
@@ -105,8 +85,7 @@ def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
             sqb, sqh, sql, skb, skh, skt, svb, svh, svt, qk_scale,
             HKV: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, M: tl.constexpr,
             BLK: tl.constexpr, NBLK: tl.constexpr, KBITS: tl.constexpr, VBITS: tl.constexpr,
-            KBB: tl.constexpr, VBB: tl.constexpr, BLOCK_N: tl.constexpr, HADAMARD: tl.constexpr,
-            SELECT: tl.constexpr, NSPLIT):
+            KBB: tl.constexpr, VBB: tl.constexpr, BLOCK_N: tl.constexpr, HADAMARD: tl.constexpr, NSPLIT):
     D: tl.constexpr = NBLK * BLK
     bh = tl.program_id(0)
     sp = tl.program_id(1)
@@ -148,7 +127,7 @@ def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
         nmask = nxt < end
         kw2, kn2 = load_raw(kbase, nxt.to(tl.int64) * skt, nmask, KBITS, KBB, BLK, NBLK)
         vw2, vn2 = load_raw(vbase, nxt.to(tl.int64) * svt, nmask, VBITS, VBB, BLK, NBLK)
-        kt = decode_raw(kw, kn, CK, KBITS, BLK, NBLK, BLOCK_N, SELECT)
+        kt = decode_raw(kw, kn, CK, KBITS, BLK, NBLK, BLOCK_N)
         s = tl.dot(qr, tl.trans(kt))
         ok = tmask[None, :] & (offs[None, :] <= last[:, None])
         s = tl.where(ok, s, float("-inf"))
@@ -156,7 +135,7 @@ def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = decode_raw(vw, vn, CV, VBITS, BLK, NBLK, BLOCK_N, SELECT)
+        vt = decode_raw(vw, vn, CV, VBITS, BLK, NBLK, BLOCK_N)
         acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vt)
         m_i = m_new
         kw, kn, vw, vn = kw2, kn2, vw2, vn2
@@ -269,7 +248,7 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
         q.stride(0), q.stride(1), q.stride(2), k_packed.stride(0), k_packed.stride(1), k_packed.stride(2),
         v_packed.stride(0), v_packed.stride(1), v_packed.stride(2), scale * math.log2(math.e),
         HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pk.block, NBLK=pk.n_blocks, KBITS=pk.bits, VBITS=pv.bits,
-        KBB=pk.block_bytes, VBB=pv.block_bytes, BLOCK_N=block_n, HADAMARD=pk.hadamard, SELECT=_SELECT, NSPLIT=splits,
+        KBB=pk.block_bytes, VBB=pv.block_bytes, BLOCK_N=block_n, HADAMARD=pk.hadamard, NSPLIT=splits,
         num_warps=num_warps,
     )
     _stage2[(B * HKV, group * LQ, pk.n_blocks)](

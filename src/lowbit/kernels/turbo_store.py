@@ -99,7 +99,7 @@ def _store_tile(X, OUT, sg, mat, CENT, THR, n_rows, stride_x, post_scale, tile, 
         tl.store(nb + 1, (n16 >> 8).to(tl.uint8), mask=rmask)
 
 
-def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None, block_t: int = 32,
+def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None, block_t: int = 16,
                 programs: int | None = None) -> torch.Tensor:
     """Quantize head vectors x [..., head_dim] to packed uint8 [..., vector_bytes] (into `out` if given)."""
     lead = x.shape[:-1]
