@@ -47,6 +47,8 @@ ROWS = [
     ("turbo3:nonc", "turbo3:nonc", 0),
     ("q4_0:rot", "q4_0:rot", 0),
     ("fp8", "fp8", 0),
+    ("turbo3", "q8_0", 0),  # keys alone at 3 bits: K sensitivity
+    ("turbo4", "q8_0", 0),
 ]
 
 
