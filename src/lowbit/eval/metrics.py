@@ -18,10 +18,12 @@ same logits up to float rounding (a test checks it).
          llama.cpp's --kl-divergence reports it
   top1   fraction of scored tokens where test and reference agree on the most likely next token
 
-The reference is the same windows through a reference model/cache. Its log-probabilities are kept
-in memory as float16 (llama.cpp's --kl-divergence-base also stores 16 bits per logit), its argmax
-from float32, and reused across evaluations, so comparing many formats computes it once. The 16-bit
-storage limits KLD resolution to about 1e-5 nats (a model against itself measures below that).
+The reference is the same windows through a reference model/cache. Its float32 log-probabilities
+are kept exactly (in memory up to REFERENCE_RAM_BYTES, beyond that in an unlinked temporary file,
+memory-mapped: Gemma 3's 262k vocabulary makes 2 GB at the default 2040 scored tokens) and reused
+across evaluations, so comparing many formats computes it once. A model against itself measures
+|KLD| < 1e-8 (float32 summation); 16-bit storage, as llama.cpp's --kl-divergence-base uses, would
+add noise of about 1e-5 nats, the size of a good 8-bit KV cache's whole effect.
 """
 
 from __future__ import annotations
@@ -67,11 +69,18 @@ class Quality:
 class Reference:
     """Reference next-token distributions over a set of windows."""
 
-    logprobs: object  # torch.float16 [windows, scored, vocab], log-softmax
-    argmax: object  # torch.int64 [windows, scored], from float32 logits
+    logprobs: object  # numpy float32 [windows, scored, vocab] log-softmax (an array or a memmap)
+    argmax: object  # torch.int64 [windows, scored]
     ppl: float
     windows_key: str
     name: str
+
+    def window(self, w: int):
+        """Log-probabilities of window w as a float32 tensor [scored, vocab]."""
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.array(self.logprobs[w], dtype=np.float32))
 
 
 def _cache_kwarg(model) -> str:
@@ -104,7 +113,8 @@ def window_logits(model, ids, prefill: int, make_cache: CacheFactory | None = No
         return torch.cat(parts)[:-1]
 
 
-def _progress(enabled: bool, description: str, total: int):
+def progress_bar(enabled: bool, description: str, total: int):
+    """(rich Progress on stderr, task id); use as `with bar: ... bar.advance(task, n)`. Disabled: prints nothing."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -123,12 +133,27 @@ def _progress(enabled: bool, description: str, total: int):
     return progress, task
 
 
+_progress = progress_bar  # the name other modules first imported
+
+
 def _nll(logprobs, targets):
     return -logprobs.gather(-1, targets[:, None]).squeeze(-1)
 
 
 _REFERENCES: "OrderedDict[tuple, tuple[object, Reference]]" = OrderedDict()
-MAX_CACHED_REFERENCES = 2  # each is windows x scored x vocab x 2 bytes (about 1 GB for Gemma 3 at 2k tokens)
+MAX_CACHED_REFERENCES = 2
+REFERENCE_RAM_BYTES = 512 << 20  # larger references live in a memory-mapped temporary file
+
+
+def _reference_store(shape: tuple[int, int, int]):
+    import tempfile
+
+    import numpy as np
+
+    if np.prod(shape) * 4 <= REFERENCE_RAM_BYTES:
+        return np.empty(shape, dtype=np.float32)
+    # An unlinked file: the OS frees it when the process ends, however it ends.
+    return np.memmap(tempfile.TemporaryFile(prefix="lowbit-ref-"), dtype=np.float32, mode="w+", shape=shape)
 
 
 def clear_reference_cache() -> None:
@@ -157,19 +182,19 @@ def reference(
     if hit is not None and hit[0] is model:
         _REFERENCES.move_to_end(key)
         return hit[1]
-    vocab = None
-    lps, argmaxes, nll = [], [], 0.0
-    bar, task = _progress(progress, f"reference ({name})", windows.tokens)
+    store, argmaxes, nll = None, [], 0.0
+    bar, task = progress_bar(progress, f"reference ({name})", windows.tokens)
     with bar:
         for w in range(windows.n_windows):
             logits = window_logits(model, windows.ids[w], windows.prefill, make_cache, chunk)
             lp = torch.log_softmax(logits, dim=-1)
-            vocab = lp.shape[-1] if vocab is None else vocab
+            if store is None:
+                store = _reference_store((windows.n_windows, *lp.shape))
+            store[w] = lp.numpy()
             nll += float(_nll(lp, windows.ids[w, windows.prefill + 1 :]).sum())
-            lps.append(lp.to(torch.float16))
             argmaxes.append(logits.argmax(-1))
             bar.advance(task, windows.scored)
-    ref = Reference(torch.stack(lps), torch.stack(argmaxes), math.exp(nll / windows.tokens), windows.key, name)
+    ref = Reference(store, torch.stack(argmaxes), math.exp(nll / windows.tokens), windows.key, name)
     _REFERENCES[key] = (model, ref)  # holding the model keeps id(model) from being reused while cached
     while len(_REFERENCES) > MAX_CACHED_REFERENCES:
         _REFERENCES.popitem(last=False)
@@ -195,18 +220,17 @@ def evaluate(
         raise LowbitError("the reference was computed on different windows")
     t0 = time.perf_counter()
     nll = kld = agree = 0.0
-    bar, task = _progress(progress, description, windows.tokens)
+    bar, task = progress_bar(progress, description, windows.tokens)
     with bar:
         for w in range(windows.n_windows):
             logits = window_logits(model, windows.ids[w], windows.prefill, make_cache, chunk)
             lp = torch.log_softmax(logits, dim=-1)
             nll += float(_nll(lp, windows.ids[w, windows.prefill + 1 :]).sum())
             if reference is not None:
-                ref = reference.logprobs[w].float()
+                ref = reference.window(w)
                 if ref.shape != lp.shape:
                     raise LowbitError(f"reference vocabulary/shape {tuple(ref.shape)} differs from the model's {tuple(lp.shape)}")
-                ref = ref - torch.logsumexp(ref, dim=-1, keepdim=True)  # renormalise after 16-bit storage
-                kld += float((ref.exp() * (ref - lp)).sum())
+                kld += float((ref.exp() * (ref - lp)).sum(-1, dtype=torch.float64).sum())
                 agree += float((logits.argmax(-1) == reference.argmax[w]).sum())
             bar.advance(task, windows.scored)
     n = windows.tokens

@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from lowbit.errors import LowbitError
-from lowbit.eval.metrics import CacheFactory, _cache_kwarg, _progress, dynamic_cache
+from lowbit.eval.metrics import CacheFactory, _cache_kwarg, dynamic_cache, progress_bar
 from lowbit.eval.text import bos_id, corpus_tokens
 
 ADJECTIVES = ("purple", "golden", "silent", "frozen", "crimson", "hidden", "ancient", "velvet", "copper", "gentle", "rapid", "hollow")
@@ -146,7 +146,7 @@ def niah(
     """One trial per (length, depth); the score is the fraction found."""
     lengths = tuple(lengths or default_lengths(model))
     trials = []
-    bar, task = _progress(progress, "needle in a haystack", len(lengths) * len(depths))
+    bar, task = progress_bar(progress, "needle in a haystack", len(lengths) * len(depths))
     with bar:
         for length in lengths:
             for depth in depths:
