@@ -49,6 +49,10 @@ ROWS = [
     ("fp8", "fp8", 0),
     ("turbo3", "q8_0", 0),  # keys alone at 3 bits: K sensitivity
     ("turbo4", "q8_0", 0),
+    # lowbit's addition (not the paper's): per-channel mean removed before TurboQuant
+    ("turbo4:center", "turbo4:center", 0),
+    ("turbo3:center", "turbo3:center", 0),
+    ("turbo2.5:center", "turbo2.5:center", 0),
 ]
 
 

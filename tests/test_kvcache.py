@@ -59,7 +59,7 @@ def test_f32_cache_is_lossless_and_matches_dynamic_cache(which, request):
     assert torch.allclose(f16, ref, atol=5e-3)
 
 
-@pytest.mark.parametrize("spec", ["turbo4", "turbo3", "turbo2", "turbo3-prod", "turbo3.5", "turbo2.5",
+@pytest.mark.parametrize("spec", ["turbo4", "turbo3", "turbo2", "turbo3-prod", "turbo3.5", "turbo2.5", "turbo3:center",
                                   "q8_0", "q4_0", "q4_0:rot", "iq4_nl", "fp8", "kivi4", "kivi2"])
 def test_every_format_runs_and_stores_exact_bytes(llama, spec):
     ids = _ids(batch=2)

@@ -278,3 +278,22 @@ def test_distortion_cli_json(capsys):
         assert key in out["rows"][0]
     assert main(["eval", "distortion", "--dim", "2"]) == 2
     assert main(["eval", "distortion", "--dim", "96", "--rotation", "hadamard"]) == 2
+
+
+def test_centering_removes_a_channel_offset_at_no_byte_cost():
+    """lowbit's `center` option: keys with a common per-channel offset (most of SmolLM2's key energy)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 200, 64, generator=g) + 5 * torch.randn(1, 3, 1, 64, generator=g)
+    rel = lambda q: float(((q.dequantize(q.quantize(x)) - x) ** 2).sum() / (x**2).sum())  # noqa: E731
+    plain, centered = TurboQuant("turbo3", 64), TurboQuant("turbo3", 64, center=True)
+    assert centered.needs_calibration
+    with pytest.raises(LowbitError):
+        centered.encode(x)
+    centered.calibrate(x, keep_dims=(1,))
+    assert centered.mean.shape == (1, 3, 1, 64)
+    assert centered.quantize(x).shape == plain.quantize(x).shape
+    # the offset is 25x the per-token spread in energy: centering leaves only the spread to quantize
+    assert rel(centered) < 0.2 * rel(plain)
+    assert rel(centered) < unit_mse(3, 64) * 1.1 * float(((x - x.mean(2, keepdim=True)) ** 2).sum() / (x**2).sum())
+    with pytest.raises(LowbitError):
+        TurboQuant("turbo3", 64).calibrate(x)  # nothing to calibrate

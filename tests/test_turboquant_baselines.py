@@ -115,6 +115,7 @@ def test_spec_parsing():
     assert parse_kv_spec("TURBO3:qr,nonc").rotation == "qr"
     assert parse_kv_spec("turbo3:qr,nonc").norm_correction is False
     assert parse_kv_spec("turbo3").norm_correction is True
+    assert parse_kv_spec("turbo3:center").center and not parse_kv_spec("turbo3").center
     assert parse_kv_spec("q4_0:rot").rot and parse_kv_spec("q4_0:rot").name == "q4_0:rot"
     for bad in ("turbo9", "q4_0:qr", "turbo3:rot", "kivi2:nc"):
         with pytest.raises(LowbitError):

@@ -49,8 +49,9 @@ class _NativeCodec:
 
 
 def _needs_calibration(codec) -> bool:
-    return (getattr(codec, "n_out", 0) and getattr(codec, "outliers", None) is None) or (
-        hasattr(codec, "scale") and codec.scale is None)
+    if hasattr(codec, "needs_calibration"):
+        return codec.needs_calibration
+    return hasattr(codec, "scale") and codec.scale is None
 
 
 class VectorStore:
@@ -69,7 +70,7 @@ class VectorStore:
                 self.packed = torch.empty(*x.shape[:-1], self.codec.vector_bytes, dtype=torch.uint8, device=x.device)
             return
         if _needs_calibration(self.codec):
-            # Outlier channels (per KV head) and fp8's scale come from the first tokens, i.e. the prefill.
+            # Outlier channels and channel means (per KV head) and fp8's scale come from the first tokens (the prefill).
             self.codec.calibrate(x, keep_dims=(1,))
         p = self.codec.quantize(x)
         self.packed = p if self.packed is None else torch.cat([self.packed, p], dim=-2)

@@ -16,7 +16,9 @@ A codec quantizes head vectors [..., head_dim] to packed uint8 [..., vector_byte
 
 Spec strings: FORMAT[:opt,...], FORMAT a name from `lowbit.formats.kv`. Options: `rot` (ggml types),
 and for turbo formats `qr`|`hadamard` (rotation, default hadamard), `beta`|`gaussian` (codebook,
-default beta), `nc`|`nonc` (norm correction, default on for mse formats, as vLLM's `_nc` presets).
+default beta), `nc`|`nonc` (norm correction, default on for mse formats, as vLLM's `_nc` presets),
+`center` (lowbit's addition: subtract a per-channel mean calibrated on the prefill, per KV head; the
+mean is per-head metadata, D fp16 values per head and layer, not per-vector storage).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class KVSpec:
     rotation: str = "hadamard"
     codebook: str = "beta"
     norm_correction: bool = True
+    center: bool = False
     text: str = ""
     opts: tuple[str, ...] = field(default=())
 
@@ -68,9 +71,11 @@ def parse_kv_spec(text: str) -> KVSpec:
             kw["codebook"] = o
         elif o in ("nc", "nonc") and fmt.turbo is not None:
             kw["norm_correction"] = o == "nc"
+        elif o == "center" and fmt.turbo is not None:
+            kw["center"] = True
         else:
             raise LowbitError(f"KV spec {text!r}: option {o!r} does not apply to {fmt.name} "
-                              "(ggml types take 'rot'; turbo formats take qr|hadamard, beta|gaussian, nc|nonc)")
+                              "(ggml types take 'rot'; turbo formats take qr|hadamard, beta|gaussian, nc|nonc, center)")
     canonical = fmt.name + (":" + ",".join(opts) if opts else "")
     return KVSpec(fmt, text=canonical, opts=opts, **kw)
 
@@ -256,7 +261,7 @@ def make_codec(spec: KVSpec | str, head_dim: int, seed: int = 0, device="cpu"):
         from lowbit.quant.turboquant import TurboQuant
 
         return TurboQuant(fmt, head_dim, rotation_kind=spec.rotation, codebook=spec.codebook,
-                          norm_correction=spec.norm_correction, seed=seed, device=device)
+                          norm_correction=spec.norm_correction, seed=seed, device=device, center=spec.center)
     if fmt.ggml is not None:
         codec = GGMLCodec(fmt, head_dim)
         return RotatedCodec(codec, head_dim, seed) if spec.rot else codec

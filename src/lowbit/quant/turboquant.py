@@ -99,6 +99,7 @@ class TurboQuant:
         seed: int = 0,
         device="cpu",
         block: int | None = None,
+        center: bool = False,
     ):
         if isinstance(fmt, TurboLayout):  # an ad-hoc setting, e.g. b = 1 for the distortion check
             fmt = KVFormat(f"turbo{fmt.bits}{'-prod' if fmt.qjl else ''}", "turbo", "ad hoc", "", turbo=fmt)
@@ -115,6 +116,11 @@ class TurboQuant:
         if block is None:
             assert self.vector_bytes == fmt.vector_bytes(head_dim)
         self.norm_correction = norm_correction and not self.layout.qjl
+        # center (lowbit's addition, not in the paper): subtract a per-channel mean calibrated on the first
+        # tokens (per KV head in the cache) before quantizing, add it back after. Keys of small models carry
+        # a large common offset (62% of SmolLM2's key energy) that TurboQuant's per-vector norm spends bits on.
+        self.center = center
+        self.mean: torch.Tensor | None = None
         self.device = torch.device(device)
         lay, blk = self.layout, self.block
         if lay.outlier_channels:
@@ -156,15 +162,26 @@ class TurboQuant:
         return xb.reshape(*xb.shape[:-2], self.n_blocks * self.block)[..., : self.head_dim]
 
     # -- outlier channels -------------------------------------------------------------------------
-    def calibrate(self, x: torch.Tensor, keep_dims: tuple[int, ...] = ()) -> torch.Tensor:
-        """Pick the outlier channels: per block, the n_out channels with the largest L2 norm over all
-        leading dims of x except `keep_dims` (e.g. keep the KV-head dim). Stores and returns the ids."""
-        if not self.layout.outlier_channels:
-            raise LowbitError(f"{self.fmt.name} has no outlier split")
-        xb = torch.nan_to_num(self._blocks(x), nan=0.0, posinf=0.0, neginf=0.0)
-        lead = xb.dim() - 2
+    @property
+    def needs_calibration(self) -> bool:
+        return (self.center and self.mean is None) or (bool(self.layout.outlier_channels) and self.outliers is None)
+
+    def calibrate(self, x: torch.Tensor, keep_dims: tuple[int, ...] = ()):
+        """Per-channel mean (with center) and outlier channels (with the split), pooled over all leading
+        dims of x except `keep_dims` (e.g. keep the KV-head dim). Outliers: per block, the n_out channels
+        with the largest L2 norm (after centering). Stores and returns the outlier ids (None without split)."""
+        if not (self.layout.outlier_channels or self.center):
+            raise LowbitError(f"{self.fmt.name} has nothing to calibrate (no outlier split, no centering)")
+        lead = x.dim() - 1
         keep = {d % lead for d in keep_dims} if lead else set()
         pool = [d for d in range(lead) if d not in keep]
+        if self.center:
+            xf = torch.nan_to_num(x.to(self.device, torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
+            self.mean = xf.mean(dim=pool, keepdim=True) if pool else xf
+            x = x.to(self.device, torch.float32) - self.mean
+        if not self.layout.outlier_channels:
+            return None
+        xb = torch.nan_to_num(self._blocks(x), nan=0.0, posinf=0.0, neginf=0.0)
         energy = (xb * xb).sum(dim=pool, keepdim=True) if pool else xb * xb
         self.outliers = energy.topk(self.n_out, dim=-1).indices.sort(-1).values
         return self.outliers
@@ -181,6 +198,10 @@ class TurboQuant:
 
     # -- encode / decode (unpacked) ---------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.center:
+            if self.mean is None:
+                raise LowbitError(f"{self.fmt.name}: call calibrate() to set the channel means first")
+            x = x.to(self.device, torch.float32) - self.mean
         xb = self._blocks(x)
         if self.layout.outlier_channels:
             perm = self._permutation(xb.shape[:-2])
@@ -220,13 +241,16 @@ class TurboQuant:
             xp = torch.cat(parts, dim=-1)
             perm = self._permutation(xp.shape[:-2])
             xb = torch.empty_like(xp).scatter_(-1, perm, xp)
-            return self._unblocks(xb)
+            return self._uncenter(self._unblocks(xb))
         st = self.stages[0]
         y = st.centroids[f["idx"]]
         if self.layout.qjl:
             z = f["qjl_signs"].to(torch.float32) * 2 - 1
             y = y + (math.sqrt(math.pi / 2) / self.block) * f["gamma"].unsqueeze(-1).float() * (z @ self.S)
-        return self._unblocks(f["norm"].unsqueeze(-1).float() * (y @ st.rot))
+        return self._uncenter(self._unblocks(f["norm"].unsqueeze(-1).float() * (y @ st.rot)))
+
+    def _uncenter(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mean if self.center else x
 
     # -- packed bytes -----------------------------------------------------------------------------
     def pack(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
