@@ -89,10 +89,18 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="+", type=Path, help="combine finished outputs into --out and print the table")
     args = ap.parse_args(argv)
     if args.merge:
-        docs = []
+        by_model: dict[str, dict] = {}  # one document per model; rows of several runs are concatenated
         for path in args.merge:
             data = json.loads(path.read_text())
-            docs += data if isinstance(data, list) else [data]
+            for d in data if isinstance(data, list) else [data]:
+                if d["model"] not in by_model:
+                    by_model[d["model"]] = {**d, "rows": list(d["rows"])}
+                else:
+                    m = by_model[d["model"]]
+                    m["rows"] += d["rows"]
+                    if d["command"] not in m["command"]:
+                        m["command"] += " ; " + d["command"]
+        docs = list(by_model.values())
         _save(args.out, docs)
         print(markdown([r for d in docs for r in d["rows"]]))
         return 0
