@@ -70,9 +70,10 @@ def markdown(rows: list[dict]) -> str:
            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         v = r["kv_v"] + (f" (+{r['boundary']} f16 boundary layers)" if r.get("boundary") else "")
-        niah = "-" if r.get("niah") is None else f"{r['niah']:.2f}"
+        trials = r.get("niah_trials") or []
+        niah = "-" if r.get("niah") is None else f"{sum(t['found'] for t in trials)}/{len(trials)}"
         out.append(f"| {r['model']} | {r['kv_k']} | {v} | {r['bits_per_value']:.3f} | {r['ppl']:.3f} | "
-                   f"{r['ppl_f16']:.3f} | {r['kld']:.4f} | {r['top1']:.3f} | {niah} |")
+                   f"{r['ppl_f16']:.3f} | {max(r['kld'], 0.0):.4f} | {r['top1']:.3f} | {niah} |")
     return "\n".join(out)
 
 
