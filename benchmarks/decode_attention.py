@@ -31,6 +31,7 @@ SHAPES = {  # name: (query heads, KV heads, head_dim)
 }
 PEAK_GBPS = {"H100 80GB HBM3": 3350.0, "H100": 3350.0, "H200": 4800.0}  # vendor datasheets
 L2_BYTES = 50 * 2**20
+ALTS = ((32, 4, False), (64, 4, False), (64, 8, False), (128, 4, False), (128, 8, False), (64, 4, True))  # --alts
 
 
 def peak_gbps(name: str) -> float:
@@ -124,7 +125,7 @@ def best_sdpa(q, kvs, skip_math=True):
 def run_row(shape, T, B, kv_list, args, peak):
     from lowbit import kernels
     from lowbit.kernels.params import turbo_params
-    from lowbit.kernels.turbo_attention import turbo_decode_attention
+    from lowbit.kernels.turbo_attention import PREFETCH, default_config, turbo_decode_attention
 
     Hq, HKV, D = SHAPES[shape]
     bf16_bytes = 2 * B * HKV * T * D * 2
@@ -148,6 +149,13 @@ def run_row(shape, T, B, kv_list, args, peak):
         copies = max(1, min(64, math.ceil(4 * L2_BYTES / packed_bytes)))
         caches = make_cache(B, HKV, T, D, kc, vc, copies)
         ms = bench(lambda: [turbo_decode_attention(q, kp, vp, pk, pv) for kp, vp in caches]) / copies
+        alts = {}
+        for bn, nw, pf in (ALTS if args.alts else ()):  # other tile/warp/prefetch choices, same caches
+            try:
+                alts[f"{bn}/{nw}/{int(pf)}"] = round(bench(lambda: [turbo_decode_attention(
+                    q, kp, vp, pk, pv, block_n=bn, num_warps=nw, prefetch=pf) for kp, vp in caches]) / copies, 5)
+            except Exception as e:  # out of registers / shared memory
+                print(f"alt {bn}/{nw}/{pf}: {type(e).__name__}", file=sys.stderr)
         eager = None
         if args.eager:
             import triton.testing as tt
@@ -167,6 +175,7 @@ def run_row(shape, T, B, kv_list, args, peak):
             "baseline_gbps": round(bf16_bytes / base_ms / 1e6, 1), "speedup": round(base_ms / ms, 2),
             "dequant_sdpa_ms": None if deq_ms is None else round(deq_ms, 5),
             "eager_ms": None if eager is None else round(eager, 5),
+            "config": "{}/{}/{}".format(*default_config(B, HKV, T, D)[::2], int(PREFETCH)), "alt_ms": alts,
             "sdpa_all_ms": {k: round(v, 5) for k, v in all_sdpa.items()}, "copies": copies,
         })
         del caches, kp, vp
@@ -294,6 +303,7 @@ def main(argv=None) -> int:
     ap.add_argument("--store", action="store_true", help="store-kernel bandwidth, then exit")
     ap.add_argument("--sweep", action="store_true", help="tile/split/warp sweep, then exit")
     ap.add_argument("--eager", action="store_true", help="also time one eager call (launch overhead included)")
+    ap.add_argument("--alts", action="store_true", help="also time other (block_n, num_warps, prefetch) choices")
     ap.add_argument("--profile-one", nargs=4, metavar=("SHAPE", "CONTEXT", "BATCH", "KV"))
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)

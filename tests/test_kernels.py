@@ -83,7 +83,7 @@ def test_store_into_preallocated_slice():
     assert _check_store(tq, x, buf) == 0
 
 
-def _attn_case(B, Hq, Hkv, D, T, LQ, kf, vf, splits, seed):
+def _attn_case(B, Hq, Hkv, D, T, LQ, kf, vf, splits, seed, **kw):
     g = torch.Generator().manual_seed(seed)
     tk = TurboQuant(kf, D, norm_correction=True, seed=seed)
     tv = TurboQuant(vf, D, norm_correction=True, seed=seed + 1)
@@ -93,7 +93,7 @@ def _attn_case(B, Hq, Hkv, D, T, LQ, kf, vf, splits, seed):
     kp, vp = tk.quantize(k), tv.quantize(v)
     ref = reference.decode_attention(q.double(), kp, vp, tk, tv)
     out = turbo_decode_attention(q.to(DEV), kp.to(DEV), vp.to(DEV), turbo_params(tk, DEV), turbo_params(tv, DEV),
-                                 splits=splits).cpu()
+                                 splits=splits, **kw).cpu()
     assert torch.isfinite(out).all()
     return (out.double() - ref.double()).abs().max().item() / ref.abs().max().item()
 
@@ -106,6 +106,22 @@ def _attn_case(B, Hq, Hkv, D, T, LQ, kf, vf, splits, seed):
 ])
 def test_decode_attention_matches_reference(B, Hq, Hkv, D, T, LQ, kf, vf, splits):
     assert _attn_case(B, Hq, Hkv, D, T, LQ, kf, vf, splits, seed=B * 100 + D + T) <= ATTN_TOL
+
+
+@pytest.mark.parametrize("block_n,prefetch", [(32, True), (128, False)])
+def test_decode_attention_other_tiles(block_n, prefetch):
+    """The non-default tile sizes and the register-prefetch variant the benchmark also times."""
+    assert _attn_case(1, 8, 2, 256, 150, 1, "turbo3", "turbo3", 2, seed=9, block_n=block_n,
+                      prefetch=prefetch) <= ATTN_TOL
+
+
+def test_decode_attention_head_dim_512_uses_the_reference():
+    tq = TurboQuant("turbo3", 512, seed=4)
+    q = torch.randn(1, 2, 1, 512)
+    kp = tq.quantize(torch.randn(1, 1, 6, 512))
+    with pytest.raises(LowbitError):
+        turbo_decode_attention(q, kp, kp, turbo_params(tq, DEV), turbo_params(tq, DEV))
+    assert torch.allclose(kernels.decode_attention(q, kp, kp, tq, tq), reference.decode_attention(q, kp, kp, tq, tq))
 
 
 def test_dequantize_matches_reference():

@@ -64,7 +64,8 @@ def decode_attention(q, k_packed, v_packed, kcodec, vcodec, scale: float | None 
     from lowbit.kernels.params import MAX_ROWS
 
     rows = q.shape[1] // k_packed.shape[1] * q.shape[2]
-    if _fused(kcodec, q.device) and _fused(vcodec, q.device) and rows <= MAX_ROWS and kcodec.block == vcodec.block:
+    if _fused(kcodec, q.device) and _fused(vcodec, q.device) and rows <= MAX_ROWS and kcodec.block == vcodec.block \
+            and kcodec.n_blocks <= 2:
         from lowbit.kernels.params import turbo_params
         from lowbit.kernels.turbo_attention import turbo_decode_attention
 

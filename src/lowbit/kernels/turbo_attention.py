@@ -26,6 +26,7 @@ from lowbit.kernels import _interpret
 
 from lowbit.errors import LowbitError
 from lowbit.kernels.params import MAX_ROWS, TurboParams
+from lowbit.kernels.unpack import USE_ASM, load_units, norm_f32, table_words, unit_values
 
 _interpret.apply()
 
@@ -44,48 +45,43 @@ def hadamard_tile(BLK: tl.constexpr):
 
 
 @triton.jit
-def load_raw(P, row_off, tmask, BITS: tl.constexpr, BB: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr):
-    """Packed bytes of the tokens at byte offsets row_off: index words [BLOCK_N, NBLK, BLK/8] (8 codes each)
-    and fp16 norm bits [BLOCK_N, NBLK]. Split from `decode_raw` so the next tile's loads can be in flight
-    while this one is decoded."""
-    G: tl.constexpr = BLK // 8
-    j = tl.arange(0, NBLK)
-    gi = tl.arange(0, G)
-    off = row_off[:, None, None] + j[None, :, None] * BB + gi[None, None, :] * BITS
-    m3 = tmask[:, None, None]
-    word = tl.load(P + off, mask=m3, other=0).to(tl.int32)
-    for i in tl.static_range(1, BITS):
-        word = word | (tl.load(P + off + i, mask=m3, other=0).to(tl.int32) << (8 * i))
-    noff = row_off[:, None] + j[None, :] * BB + BLK * BITS // 8
-    m2 = tmask[:, None]
-    n16 = tl.load(P + noff, mask=m2, other=0).to(tl.int32) | (tl.load(P + noff + 1, mask=m2, other=0).to(tl.int32) << 8)
-    return word, n16
+def dequant_tile(P16, row16, tmask, C, L0, L1, L2, L3, H0, H1, H2, H3, BITS: tl.constexpr, BB2: tl.constexpr,
+                 BLK: tl.constexpr, NBLK: tl.constexpr, BLOCK_N: tl.constexpr, ASM_: tl.constexpr):
+    """[BLOCK_N, NBLK, BLK] fp16 codebook values and [BLOCK_N, NBLK] float32 norms of a tile of tokens."""
+    w0, w1, w2, w3, n16 = load_units(P16, row16, tmask, BITS, BB2, BLK, NBLK)
+    c = unit_values(w0, w1, w2, w3, C, L0, L1, L2, L3, H0, H1, H2, H3, BITS, ASM_)
+    return tl.reshape(c, [BLOCK_N, NBLK, BLK]), norm_f32(n16)
 
 
 @triton.jit
-def decode_raw(word, n16, C, BITS: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_N, NBLK*BLK] fp16 values norm·c[idx] (rotated frame)."""
-    shifts = tl.arange(0, 8) * BITS
-    codes = (word[:, :, :, None] >> shifts[None, None, None, :]) & ((1 << BITS) - 1)
-    vals = tl.load(C + codes)  # fp16 codebook, L1-resident (selects instead measured 3-5x slower)
-    norm = n16.to(tl.int16).to(tl.float16, bitcast=True)
-    vals = vals * norm[:, :, None, None]
-    return tl.reshape(vals, [BLOCK_N, NBLK * BLK])
+def _halves(x, D: tl.constexpr):
+    """A row tile of head vectors (any shape with D values per row) -> its first and second halves [R, D/2]:
+    the two 128-blocks when D = 256. A split (not a reshape to [R, D]) lets Triton keep 8 consecutive values
+    per thread for 16-byte shared stores (measured in the SASS: a plain reshape stored 2 bytes at a time)."""
+    return tl.split(tl.permute(tl.reshape(x, [x.shape[0], 2, D // 2]), (0, 2, 1)))
 
 
 @triton.jit
-def dequant_tile(P, row_off, tmask, C, BITS: tl.constexpr, BB: tl.constexpr, BLK: tl.constexpr,
-                 NBLK: tl.constexpr, BLOCK_N: tl.constexpr):
-    word, n16 = load_raw(P, row_off, tmask, BITS, BB, BLK, NBLK)
-    return decode_raw(word, n16, C, BITS, BLK, NBLK, BLOCK_N)
+def _norms(n, NBLK: tl.constexpr):
+    """[N, NBLK] norms -> one [N] tensor per block (the second is the first when NBLK == 1)."""
+    if NBLK == 1:
+        n1 = tl.reshape(n, [n.shape[0]])
+        return n1, n1
+    else:
+        return tl.split(n)
 
 
 @triton.jit
 def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
             sqb, sqh, sql, skb, skh, skt, svb, svh, svt, qk_scale,
+            KL0, KL1, KL2, KL3, KH0, KH1, KH2, KH3, VL0, VL1, VL2, VL3, VH0, VH1, VH2, VH3,
             HKV: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, M: tl.constexpr,
             BLK: tl.constexpr, NBLK: tl.constexpr, KBITS: tl.constexpr, VBITS: tl.constexpr,
-            KBB: tl.constexpr, VBB: tl.constexpr, BLOCK_N: tl.constexpr, HADAMARD: tl.constexpr, NSPLIT):
+            KBB2: tl.constexpr, VBB2: tl.constexpr, BLOCK_N: tl.constexpr, HADAMARD: tl.constexpr,
+            ASM_: tl.constexpr, PREFETCH: tl.constexpr, NSPLIT):
+    """K, V: the packed caches as 16-bit words (strides in words). NBLK (128-blocks per head) is 1 or 2.
+    Per block j the score is norm_j · (q_j · c_j): the codebook values go to the tensor cores as they are and
+    the norms scale M x BLOCK_N scores (and P for V), not every value."""
     D: tl.constexpr = NBLK * BLK
     bh = tl.program_id(0)
     sp = tl.program_id(1)
@@ -106,41 +102,62 @@ def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
         qr = tl.dot(qb.to(tl.float16), hadamard_tile(BLK).to(tl.float16))
     else:
         qr = tl.dot(qb.to(tl.float16), tl.load(RKT + bc[:, None] * BLK + bc[None, :]))  # fp16 Rᵀ
-    qr = tl.reshape(qr, [M, D]).to(tl.float16)
+    q0, q1 = _halves(tl.reshape(qr.to(tl.float16), [M, D]), D)
 
     start = sp * split_len
     end = tl.minimum(start + split_len, T)
     last = T - LQ + t  # causal: query row t sees keys 0..last
     m_i = tl.full([M], _NEG, dtype=tl.float32)
     l_i = tl.zeros([M], dtype=tl.float32)
-    acc = tl.zeros([M, D], dtype=tl.float32)
-    kbase = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    vbase = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
-    offs = start + tl.arange(0, BLOCK_N)
-    kw, kn = load_raw(kbase, offs.to(tl.int64) * skt, offs < end, KBITS, KBB, BLK, NBLK)
-    vw, vn = load_raw(vbase, offs.to(tl.int64) * svt, offs < end, VBITS, VBB, BLK, NBLK)
+    HALF: tl.constexpr = D // 2
+    acc0 = tl.zeros([M, HALF], dtype=tl.float32)
+    acc1 = tl.zeros([M, HALF], dtype=tl.float32)
+    # 32-bit offsets inside one (batch, KV head); the tile's first token moves the base pointer.
+    tok = tl.arange(0, BLOCK_N)
+    kbase = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh + start.to(tl.int64) * skt
+    vbase = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh + start.to(tl.int64) * svt
+    n_here = end - start
+    if PREFETCH:
+        kw0, kw1, kw2, kw3, kn = load_units(kbase, tok * skt, tok < n_here, KBITS, KBB2, BLK, NBLK)
+        vw0, vw1, vw2, vw3, vn = load_units(vbase, tok * svt, tok < n_here, VBITS, VBB2, BLK, NBLK)
     for n0 in range(0, split_len, BLOCK_N):  # tiles past T are fully masked (only in the last split)
-        offs = start + n0 + tl.arange(0, BLOCK_N)
+        offs = start + n0 + tok
         tmask = offs < end
-        # Prefetch: the next tile's bytes are loading while this one is decoded and multiplied.
-        nxt = offs + BLOCK_N
-        nmask = nxt < end
-        kw2, kn2 = load_raw(kbase, nxt.to(tl.int64) * skt, nmask, KBITS, KBB, BLK, NBLK)
-        vw2, vn2 = load_raw(vbase, nxt.to(tl.int64) * svt, nmask, VBITS, VBB, BLK, NBLK)
-        kt = decode_raw(kw, kn, CK, KBITS, BLK, NBLK, BLOCK_N)
-        s = tl.dot(qr, tl.trans(kt))
+        if PREFETCH:  # the next tile's words load while this one is decoded and multiplied
+            kbase += BLOCK_N * skt
+            vbase += BLOCK_N * svt
+            nmask = (n0 + BLOCK_N + tok) < n_here
+            kx0, kx1, kx2, kx3, kn2 = load_units(kbase, tok * skt, nmask, KBITS, KBB2, BLK, NBLK)
+            vx0, vx1, vx2, vx3, vn2 = load_units(vbase, tok * svt, nmask, VBITS, VBB2, BLK, NBLK)
+        else:
+            kw0, kw1, kw2, kw3, kn = load_units(kbase, tok * skt, tmask, KBITS, KBB2, BLK, NBLK)
+            vw0, vw1, vw2, vw3, vn = load_units(vbase, tok * svt, tmask, VBITS, VBB2, BLK, NBLK)
+            kbase += BLOCK_N * skt
+            vbase += BLOCK_N * svt
+        kc0, kc1 = _halves(unit_values(kw0, kw1, kw2, kw3, CK, KL0, KL1, KL2, KL3, KH0, KH1, KH2, KH3, KBITS, ASM_), D)
+        kn0, kn1 = _norms(norm_f32(kn), NBLK)
+        if NBLK == 2:
+            s = tl.dot(q0, tl.trans(kc0)) * kn0[None, :] + tl.dot(q1, tl.trans(kc1)) * kn1[None, :]
+        else:
+            s = tl.dot(q1, tl.trans(kc1), acc=tl.dot(q0, tl.trans(kc0))) * kn0[None, :]
         ok = tmask[None, :] & (offs[None, :] <= last[:, None])
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = decode_raw(vw, vn, CV, VBITS, BLK, NBLK, BLOCK_N)
-        acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), vt)
+        vc0, vc1 = _halves(unit_values(vw0, vw1, vw2, vw3, CV, VL0, VL1, VL2, VL3, VH0, VH1, VH2, VH3, VBITS, ASM_), D)
+        vn0, vn1 = _norms(norm_f32(vn), NBLK)
+        acc0 = acc0 * alpha[:, None] + tl.dot((p * vn0[None, :]).to(tl.float16), vc0)
+        acc1 = acc1 * alpha[:, None] + tl.dot((p * vn1[None, :]).to(tl.float16), vc1)
         m_i = m_new
-        kw, kn, vw, vn = kw2, kn2, vw2, vn2
+        if PREFETCH:
+            kw0, kw1, kw2, kw3, kn = kx0, kx1, kx2, kx3, kn2
+            vw0, vw1, vw2, vw3, vn = vx0, vx1, vx2, vx3, vn2
     base = bh * NSPLIT + sp
-    tl.store(OP + base.to(tl.int64) * (M * D) + rows[:, None] * D + dcol[None, :], acc, mask=rvalid[:, None])
+    optr = OP + base.to(tl.int64) * (M * D) + rows[:, None] * D + tl.arange(0, HALF)[None, :]
+    tl.store(optr, acc0, mask=rvalid[:, None])
+    tl.store(optr + HALF, acc1, mask=rvalid[:, None])
     tl.store(ML + base * (2 * M) + rows, m_i, mask=rvalid)
     tl.store(ML + base * (2 * M) + M + rows, l_i, mask=rvalid)
 
@@ -199,22 +216,39 @@ def _cached(p: TurboParams, name: str, make):
     return p.__dict__[name]
 
 
+def _tables(p: TurboParams):
+    """The fp16 codebook (interpreter path) and its 8 table words (PTX path), made once per params."""
+    return (_cached(p, "_c16", lambda: p.centroids.to(torch.float16)),
+            _cached(p, "_tabw", lambda: table_words(p.centroids)))
+
+
+def _words(packed: torch.Tensor) -> torch.Tensor:
+    """The packed bytes as 16-bit words (every vector and block is an even number of bytes)."""
+    try:
+        return packed.view(torch.int16)
+    except RuntimeError:  # odd strides or offset: a copy (does not happen for caches the store kernel wrote)
+        return packed.contiguous().view(torch.int16)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+PREFETCH = False  # measured in SASS: register prefetch adds moves and registers; occupancy hides latency instead
+
+
 def default_config(batch: int, kv_heads: int, seq_len: int, head_dim: int, sms: int = 132) -> tuple[int, int, int]:
-    """(BLOCK_N, splits, num_warps): enough programs to fill the GPU twice, each split whole tiles."""
-    block_n, warps = (32, 8) if head_dim >= 256 else (64, 4)
+    """(BLOCK_N, splits, num_warps): about 4 programs per SM (2-3 fit at once), each split whole tiles."""
+    block_n, warps = 64, 4
     tiles = max(1, math.ceil(seq_len / block_n))
-    splits = max(1, min(tiles, math.ceil(2 * sms / (batch * kv_heads))))
+    splits = max(1, min(tiles, math.ceil(4 * sms / (batch * kv_heads))))
     return block_n, splits, warps
 
 
 def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor,
                            pk: TurboParams, pv: TurboParams, scale: float | None = None,
                            seq_len: int | None = None, block_n: int | None = None, splits: int | None = None,
-                           num_warps: int | None = None) -> torch.Tensor:
+                           num_warps: int | None = None, prefetch: bool | None = None) -> torch.Tensor:
     """softmax(q kᵀ·scale) v for q [B, Hq, LQ, D] over packed K/V [B, Hkv, >=T, bytes]; the LQ new tokens
     are the last LQ of the T cached ones (causal). Returns [B, Hq, LQ, D] in q's dtype."""
     B, Hq, LQ, D = q.shape
@@ -225,6 +259,8 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
     if Hq % HKV or Bk != B or v_packed.shape[:2] != (B, HKV) or vbk != pk.vector_bytes \
             or v_packed.shape[-1] != pv.vector_bytes or T > min(cap, v_packed.shape[2]) or T < LQ:
         raise LowbitError(f"packed K {tuple(k_packed.shape)} / V {tuple(v_packed.shape)} do not fit q {tuple(q.shape)}")
+    if pk.n_blocks > 2:
+        raise LowbitError(f"decode kernel takes head_dim up to 256 (two 128-blocks), got {D}")
     group = Hq // HKV
     if group * LQ > MAX_ROWS:
         raise LowbitError(f"{group * LQ} query rows per KV head is prefill; decode kernel takes at most {MAX_ROWS}")
@@ -233,23 +269,25 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
     M = max(16, _pow2(group * LQ))
     bn, sp, nw = default_config(B, HKV, T, D)
     block_n, splits, num_warps = block_n or bn, splits or sp, num_warps or nw
+    prefetch = PREFETCH if prefetch is None else prefetch
     split_len = math.ceil(math.ceil(T / splits) / block_n) * block_n
     splits = math.ceil(T / split_len)
     scale = D ** -0.5 if scale is None else scale
     dev = q.device
     rkt = _cached(pk, "_rkt16", lambda: pk.rot.t().contiguous().to(torch.float16))
-    ck = _cached(pk, "_c16", lambda: pk.centroids.to(torch.float16))
-    cv = _cached(pv, "_c16", lambda: pv.centroids.to(torch.float16))
+    ck, ktab = _tables(pk)
+    cv, vtab = _tables(pv)
+    k16, v16 = _words(k_packed), _words(v_packed)
     op = torch.empty(B * HKV * splits * M * D, dtype=torch.float32, device=dev)
     ml = torch.empty(B * HKV * splits * 2 * M, dtype=torch.float32, device=dev)
     out = torch.empty_like(q)
     _stage1[(B * HKV, splits)](
-        q, k_packed, v_packed, rkt, pk.signs if pk.hadamard else ck, ck, cv, op, ml, T, split_len,
-        q.stride(0), q.stride(1), q.stride(2), k_packed.stride(0), k_packed.stride(1), k_packed.stride(2),
-        v_packed.stride(0), v_packed.stride(1), v_packed.stride(2), scale * math.log2(math.e),
+        q, k16, v16, rkt, pk.signs if pk.hadamard else ck, ck, cv, op, ml, T, split_len,
+        q.stride(0), q.stride(1), q.stride(2), k16.stride(0), k16.stride(1), k16.stride(2),
+        v16.stride(0), v16.stride(1), v16.stride(2), scale * math.log2(math.e), *ktab, *vtab,
         HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pk.block, NBLK=pk.n_blocks, KBITS=pk.bits, VBITS=pv.bits,
-        KBB=pk.block_bytes, VBB=pv.block_bytes, BLOCK_N=block_n, HADAMARD=pk.hadamard, NSPLIT=splits,
-        num_warps=num_warps,
+        KBB2=pk.block_bytes // 2, VBB2=pv.block_bytes // 2, BLOCK_N=block_n, HADAMARD=pk.hadamard,
+        ASM_=USE_ASM, PREFETCH=prefetch, NSPLIT=splits, num_warps=num_warps,
     )
     _stage2[(B * HKV, group * LQ, pk.n_blocks)](
         op, ml, pv.rot, pv.signs if pv.hadamard else pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
@@ -260,23 +298,24 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
 
 
 @triton.jit
-def _dequant_kernel(P, R, S, C, O, T, spb, sph, spt, sob, soh, sot, H: tl.constexpr, BITS: tl.constexpr,
-                    BB: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr, BLOCK_N: tl.constexpr,
-                    HADAMARD: tl.constexpr):
+def _dequant_kernel(P, R, S, C, O, T, spb, sph, spt, sob, soh, sot, L0, L1, L2, L3, H0, H1, H2, H3,
+                    H: tl.constexpr, BITS: tl.constexpr, BB2: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr,
+                    BLOCK_N: tl.constexpr, HADAMARD: tl.constexpr, ASM_: tl.constexpr):
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
     offs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     tmask = offs < T
     offs64 = offs.to(tl.int64)
-    y = dequant_tile(P + b.to(tl.int64) * spb + h.to(tl.int64) * sph, offs64 * spt, tmask, C, BITS, BB, BLK, NBLK,
-                     BLOCK_N)
+    c, nrm = dequant_tile(P + b.to(tl.int64) * spb + h.to(tl.int64) * sph, offs64 * spt, tmask, C,
+                          L0, L1, L2, L3, H0, H1, H2, H3, BITS, BB2, BLK, NBLK, BLOCK_N, ASM_)
     bc = tl.arange(0, BLK)
-    yb = tl.reshape(y, [BLOCK_N * NBLK, BLK])
+    yb = tl.reshape(c, [BLOCK_N * NBLK, BLK])
     if HADAMARD:
         xb = tl.dot(yb, hadamard_tile(BLK).to(tl.float16)) * tl.load(S + bc)[None, :] * (1.0 / tl.sqrt(BLK * 1.0))
     else:
         xb = tl.dot(yb, tl.load(R + bc[:, None] * BLK + bc[None, :]))  # fp16 R: x = y @ R
+    xb = xb * tl.reshape(nrm, [BLOCK_N * NBLK])[:, None]
     x = tl.reshape(xb, [BLOCK_N, NBLK * BLK])
     d = tl.arange(0, NBLK * BLK)
     tl.store(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs64[:, None] * sot + d[None, :],
@@ -295,10 +334,11 @@ def turbo_dequantize(p: TurboParams, packed: torch.Tensor, dtype=torch.bfloat16,
     if T == 0 or B * H == 0:
         return out
     r16 = _cached(p, "_r16", lambda: p.rot.to(torch.float16).contiguous())
-    c16 = _cached(p, "_c16", lambda: p.centroids.to(torch.float16))
+    c16, tab = _tables(p)
+    w = _words(packed)
     _dequant_kernel[(B * H, triton.cdiv(T, block_n))](
-        packed, r16, p.signs if p.hadamard else c16, c16, out, T, packed.stride(0), packed.stride(1), packed.stride(2),
-        out.stride(0), out.stride(1), out.stride(2), H=H, BITS=p.bits, BB=p.block_bytes, BLK=p.block,
-        NBLK=p.n_blocks, BLOCK_N=block_n, HADAMARD=p.hadamard, num_warps=8,
+        w, r16, p.signs if p.hadamard else c16, c16, out, T, w.stride(0), w.stride(1), w.stride(2),
+        out.stride(0), out.stride(1), out.stride(2), *tab, H=H, BITS=p.bits, BB2=p.block_bytes // 2, BLK=p.block,
+        NBLK=p.n_blocks, BLOCK_N=block_n, HADAMARD=p.hadamard, ASM_=USE_ASM, num_warps=8,
     )
     return out
