@@ -241,7 +241,7 @@ def test_niah_finds_the_needle_with_the_plain_cache(smollm2):
     r = niah.niah(model, tok, lengths=(256,), depths=(0.9,), progress=False)
     (t,) = r.trials
     assert t.length == 256 and t.found and r.score == 1.0, t
-    assert t.passphrase in t.answer.lower()
+    assert t.passphrase in t.answer.lower() and r.by_cell() == {(256, 0.9): 1.0}
 
 
 def test_niah_loses_the_needle_through_a_lossy_cache(smollm2):
@@ -259,6 +259,12 @@ def test_niah_prompt_has_the_asked_length_and_one_needle(smollm2):
     assert tok.decode(ids[q_start:]) == niah.QUESTION
 
 
+def test_niah_default_lengths_follow_the_model(smollm2, gemma3):
+    assert niah.default_lengths(smollm2[0]) == (1024, 2048, 4096)  # 8192 context, capped at 4096 for CPU
+    assert niah.default_lengths(smollm2[0], cap=10**6)[-1] == 8192
+    assert niah.default_lengths(gemma3[0], cap=10**6)[-1] == 32768
+
+
 def test_niah_rejects_impossible_requests(smollm2):
     model, tok = smollm2
     with pytest.raises(LowbitError):
@@ -267,3 +273,5 @@ def test_niah_rejects_impossible_requests(smollm2):
         niah.trial(model, tok, length=256, depth=1.5)
     with pytest.raises(LowbitError):
         niah.trial(model, tok, length=20, depth=0.5)
+    with pytest.raises(LowbitError):
+        niah.niah(model, tok, lengths=(256,), repeats=0, progress=False)

@@ -44,6 +44,13 @@ class NiahResult:
     def score(self) -> float:
         return sum(t.found for t in self.trials) / len(self.trials) if self.trials else float("nan")
 
+    def by_cell(self) -> dict[tuple[int, float], float]:
+        """(length, depth) -> fraction found over that cell's repeats."""
+        cells: dict[tuple[int, float], list[bool]] = {}
+        for t in self.trials:
+            cells.setdefault((t.length, t.depth), []).append(t.found)
+        return {k: sum(v) / len(v) for k, v in cells.items()}
+
     def as_dict(self) -> dict:
         return {"score": self.score, "trials": [asdict(t) for t in self.trials]}
 
@@ -140,16 +147,21 @@ def niah(
     depths: tuple[float, ...] = DEPTHS,
     make_cache: CacheFactory | None = None,
     seed: int = 0,
+    repeats: int = 1,
     progress: bool = True,
     **kw,
 ) -> NiahResult:
-    """One trial per (length, depth); the score is the fraction found."""
+    """`repeats` trials (seeds seed, seed+1, ...: other passphrases and haystacks) per (length, depth);
+    the score is the fraction found. kw goes to `trial` (max_new_tokens, prefill_chunk)."""
     lengths = tuple(lengths or default_lengths(model))
+    if repeats < 1 or not lengths or not depths:
+        raise LowbitError("NIAH needs at least one length, one depth and one repeat")
     trials = []
-    bar, task = progress_bar(progress, "needle in a haystack", len(lengths) * len(depths))
+    bar, task = progress_bar(progress, "needle in a haystack", len(lengths) * len(depths) * repeats)
     with bar:
         for length in lengths:
             for depth in depths:
-                trials.append(trial(model, tokenizer, length, depth, make_cache, seed, **kw))
-                bar.advance(task)
+                for r in range(repeats):
+                    trials.append(trial(model, tokenizer, length, depth, make_cache, seed + r, **kw))
+                    bar.advance(task)
     return NiahResult(trials)
