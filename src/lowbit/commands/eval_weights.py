@@ -215,6 +215,10 @@ def run(args: argparse.Namespace) -> int:
             try:
                 rows.append(evaluate_weights(args.model, fmt, method, args.tokens, args.context, args.pure,
                                              args.pad or fmt in ONE_BIT, args.calib_tokens, kv=kv[0] or args.kv))
+                r = rows[-1]
+                print(f"{r['model']} {fmt} {method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
+                      f"(body {r['body_bits_per_weight']:.3f}) ppl {r['ppl']:.2f} kld {r['kld']:.3f} "
+                      f"top1 {r['top1']:.3f} [{r['seconds']:.0f} s]", file=sys.stderr, flush=True)
             except LowbitError as e:
                 print(f"lowbit: {fmt} {method}: {e}", file=sys.stderr)
         if args.write:
