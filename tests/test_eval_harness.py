@@ -98,6 +98,10 @@ def test_replace_rejects_bad_tensors(smollm2_gguf):
         lm.load_model(smollm2_gguf, replace={"blk.99.ffn_up.weight": w})
     with pytest.raises(LowbitError, match="shape"):
         lm.load_model(smollm2_gguf, replace={"blk.0.ffn_up.weight": w[:, :-1]})
+    bad = w.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(LowbitError, match="NaN"):
+        lm.load_model(smollm2_gguf, replace={"blk.0.ffn_up.weight": bad})
 
 
 # --- text -------------------------------------------------------------------------------------
