@@ -238,8 +238,11 @@ PREFETCH = False  # measured in SASS: register prefetch adds moves and registers
 
 
 def default_config(batch: int, kv_heads: int, seq_len: int, head_dim: int, sms: int = 132) -> tuple[int, int, int]:
-    """(BLOCK_N, splits, num_warps): about 4 programs per SM (2-3 fit at once), each split whole tiles."""
-    block_n, warps = 64, 4
+    """(BLOCK_N, splits, num_warps): about 4 programs per SM (2-3 fit at once), each split whole tiles.
+    Tiles from the H100 sweep (docs/kernels.md): 128 tokens x 4 warps, except 64 for head_dim 256 with few
+    (batch x KV head) rows."""
+    block_n = 64 if head_dim >= 256 and batch * kv_heads <= 16 else 128
+    warps = 4
     tiles = max(1, math.ceil(seq_len / block_n))
     splits = max(1, min(tiles, math.ceil(4 * sms / (batch * kv_heads))))
     return block_n, splits, warps

@@ -150,6 +150,18 @@ def load_units(P16, row16, tmask, BITS: tl.constexpr, BB2: tl.constexpr, BLK: tl
 
 
 @triton.jit
+def pairs_to_values(o0, o1, o2, o3, o4, o5, o6, o7):
+    """8 int32 tensors [N, B, U] of fp16 pairs (o_k = values 2k | 2k+1 << 16) -> fp16 [N, B, U, 16] in order.
+
+    tl.join adds its new axis last, so the last join picks the fastest-moving index: join (o_k, o_k+4)
+    first, then (+2), then (+1), for flat position 4·a + 2·b + c = o_(4a+2b+c)."""
+    p = tl.join(tl.join(tl.join(o0, o4), tl.join(o2, o6)), tl.join(tl.join(o1, o5), tl.join(o3, o7)))
+    p = tl.reshape(p, [o0.shape[0], o0.shape[1], o0.shape[2], 8])
+    v = tl.join(p.to(tl.int16), (p >> 16).to(tl.int16)).to(tl.float16, bitcast=True)
+    return tl.reshape(v, [o0.shape[0], o0.shape[1], o0.shape[2], 16])
+
+
+@triton.jit
 def unit_values(w0, w1, w2, w3, C, L0, L1, L2, L3, H0, H1, H2, H3, BITS: tl.constexpr, ASM_: tl.constexpr):
     """fp16 codebook values [N, NBLK, U, 16] of the units whose words are w0..w3 [N, NBLK, U]."""
     if ASM_:
@@ -163,10 +175,7 @@ def unit_values(w0, w1, w2, w3, C, L0, L1, L2, L3, H0, H1, H2, H3, BITS: tl.cons
         else:
             o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
                 _ASM4, _CONSTRAINTS, args, dtype=(tl.int32,) * 8, is_pure=True, pack=1)
-        p = tl.join(tl.join(tl.join(o0, o1), tl.join(o2, o3)), tl.join(tl.join(o4, o5), tl.join(o6, o7)))
-        p = tl.reshape(p, [w0.shape[0], w0.shape[1], w0.shape[2], 8])
-        v = tl.join(p.to(tl.int16), (p >> 16).to(tl.int16)).to(tl.float16, bitcast=True)
-        return tl.reshape(v, [w0.shape[0], w0.shape[1], w0.shape[2], 16])
+        return pairs_to_values(o0, o1, o2, o3, o4, o5, o6, o7)
     else:
         word = w0.to(tl.int64) | (w1.to(tl.int64) << 16)
         if BITS >= 3:
