@@ -262,8 +262,8 @@ def calibration_hessians(model, names: list[str], n_tokens: int = CALIBRATION_TO
 
     def hook(mod_name):
         def f(_m, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
-            h = x.T @ x
+            x = args[0].reshape(-1, args[0].shape[-1]).float()
+            h = (x.T @ x).double()  # float32 product per window (fast), float64 running sum
             sums[mod_name] = sums[mod_name] + h if mod_name in sums else h
         return f
 
