@@ -129,9 +129,10 @@ def test_pairs_to_values_keeps_code_order():
     bits = vals.view(torch.int16).to(torch.int64) & 0xFFFF
     pairs = (bits[:, 0::2] | (bits[:, 1::2] << 16))  # [unit, k]
     pairs = torch.where(pairs >= 2**31, pairs - 2**32, pairs).to(torch.int32)
-    out = torch.empty(16, 16, dtype=torch.float16)
-    _pairs_kernel[(1,)](pairs.t().contiguous(), out)
-    assert torch.equal(out.view(torch.int16), vals.view(torch.int16))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    out = torch.empty(16, 16, dtype=torch.float16, device=dev)
+    _pairs_kernel[(1,)](pairs.t().contiguous().to(dev), out)
+    assert torch.equal(out.cpu().view(torch.int16), vals.view(torch.int16))
 
 
 def test_table_words_are_the_fp16_bytes():
