@@ -17,6 +17,11 @@ the stored bytes, the new tokens' own K/V included (decode-time semantics, also 
 A CUDA backend with fused kernels registers itself with `register_backend("cuda", backend)`,
 providing `store(store, x)` and `load(store, dtype)` over the same store objects and bytes.
 
+Fused decode attention (`fused_attention=True`, with the model's attention set to "lowbit_turbo", see
+`lowbit.kernels.attention`): when a full-attention layer gets at most FUSED_MAX_NEW new tokens, update()
+skips the dense load and returns empty K/V tensors tagged with the layer (`key.lowbit_layer`); that
+attention function reads the packed stores itself (the Triton kernel on CUDA, the reference elsewhere).
+
 Sliding-window layers (Gemma 3) keep the last `sliding_window - 1` tokens like transformers'
 DynamicSlidingWindowLayer (KIVI keys drop whole groups only, so a few more may stay).
 The cache is not croppable (as transformers' own quantized caches): rolling back stored bytes
@@ -32,6 +37,7 @@ from lowbit.errors import LowbitError
 from lowbit.quant.kv_baselines import KiviKeys, KVSpec, check_head_dim, make_codec, parse_kv_spec
 
 _TORCH_NATIVE = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+FUSED_MAX_NEW = 16  # new tokens per step that take the fused decode path (more is prefill: dense K/V)
 
 
 class _NativeCodec:
@@ -176,9 +182,11 @@ class QuantizedKVLayer(DynamicLayer):
 
     is_croppable = False
 
-    def __init__(self, k_spec: KVSpec, v_spec: KVSpec, seed: int = 0, sliding_window: int | None = None):
+    def __init__(self, k_spec: KVSpec, v_spec: KVSpec, seed: int = 0, sliding_window: int | None = None,
+                 fused_attention: bool = False):
         super().__init__()
         self.k_spec, self.v_spec, self.seed = k_spec, v_spec, seed
+        self.fused_attention = fused_attention
         self.sliding_window = sliding_window
         self.is_sliding = sliding_window is not None
         self.cumulative_length = 0
@@ -206,6 +214,10 @@ class QuantizedKVLayer(DynamicLayer):
         backend.store(self.k_store, key_states)
         backend.store(self.v_store, value_states)
         self.cumulative_length += key_states.shape[-2]
+        if self._fused_step(key_states):
+            k = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
+            k.lowbit_layer = self  # the packed stores, for the "lowbit_turbo" attention function
+            return k, value_states.new_empty(k.shape)
         k = backend.load(self.k_store, key_states.dtype)
         v = backend.load(self.v_store, value_states.dtype)
         if self.is_sliding:
@@ -214,6 +226,10 @@ class QuantizedKVLayer(DynamicLayer):
             self.k_store.keep_last(self.sliding_window - 1)
             self.v_store.keep_last(self.sliding_window - 1)
         return k, v
+
+    def _fused_step(self, key_states: torch.Tensor) -> bool:
+        return (self.fused_attention and not self.is_sliding and 0 < key_states.shape[-2] <= FUSED_MAX_NEW
+                and all(isinstance(s, VectorStore) for s in (self.k_store, self.v_store)))
 
     def get_seq_length(self) -> int:
         return self.cumulative_length
@@ -276,7 +292,7 @@ class QuantizedKVCache(Cache):
     """Drop-in for DynamicCache: same layer types (full or sliding), K and V stored packed per format."""
 
     def __init__(self, config, kv_k: str = "turbo3", kv_v: str | None = None, *, boundary: int = 0,
-                 per_layer: dict[int, tuple[str, str]] | None = None, seed: int = 0):
+                 per_layer: dict[int, tuple[str, str]] | None = None, seed: int = 0, fused_attention: bool = False):
         config = config.get_text_config(decoder=True)
         layer_types, kwargs = get_layer_types_and_kwargs(config)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -288,7 +304,7 @@ class QuantizedKVCache(Cache):
         for i, (kind, kw) in enumerate(zip(layer_types, kwargs)):
             k, v = self.plan[i]
             if kind == "full_attention":
-                layers.append(QuantizedKVLayer(k, v, seed=seed + 2 * i))
+                layers.append(QuantizedKVLayer(k, v, seed=seed + 2 * i, fused_attention=fused_attention))
             elif kind in ("sliding_attention", "chunked_attention"):
                 layers.append(QuantizedKVLayer(k, v, seed=seed + 2 * i, sliding_window=kw["sliding_window"]))
             else:

@@ -5,9 +5,8 @@
 
 store(): turbo2/3/4 K/V go through the fused store kernel (rotate, normalize, quantize, pack) instead of
 the torch quantizer; load(): the whole layer is dequantized by the Triton kernel for the model's own
-attention. Other formats fall back to the cache's torch path. The fused decode attention
-(`lowbit.kernels.decode_attention`) needs the cache to hand the packed stores to attention instead of
-dense K/V; the cache's seam has no such hook yet (see docs/kernels.md).
+attention. Other formats fall back to the cache's torch path. For decoding without any dense K/V, use
+`lowbit.kernels.attention.enable(model)`: the cache hands its packed stores to the fused decode attention.
 """
 
 from __future__ import annotations
