@@ -186,6 +186,12 @@ def test_large_references_spill_to_a_memory_mapped_file_exactly(smollm2, small_w
     assert q.top1 == 1.0 and abs(q.kld) < 1e-7
 
 
+def test_progress_bar_goes_to_stderr_only(smollm2, capsys):
+    model, tok = smollm2
+    metrics.evaluate(model, text.windows(tok, n_tokens=32, context=32), progress=True)
+    assert capsys.readouterr().out == ""
+
+
 def test_reference_on_other_windows_is_refused(smollm2, small_windows):
     ref = metrics.reference(smollm2[0], small_windows, progress=False)
     other = text.windows(smollm2[1], n_tokens=256, context=128, offset=7)

@@ -217,8 +217,6 @@ def to_hf(info: GGUFInfo, gguf_name: str, w: np.ndarray) -> np.ndarray:
 
 
 def _state_dict(path: Path, replace: dict[str, np.ndarray] | None):
-    import torch
-
     info, _ = _metadata(path)
     weights = _gguf_weights(path)
     names = _name_map(path)
