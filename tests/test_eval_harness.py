@@ -49,6 +49,7 @@ def test_gemma3_assembly_replaces_a_corrupt_cached_file(gemma3_gguf, tmp_path, m
     p = artifacts.model_path("gemma3-270m")
     assert p.parent == tmp_path and p.stat().st_size == gemma3_gguf.stat().st_size
     assert [f.name for f in tmp_path.iterdir()] == [p.name]  # no temp file left behind
+    p.unlink()  # 253 MB: not worth keeping in pytest's retained tmp dirs
 
 
 # --- loading ----------------------------------------------------------------------------------
