@@ -3,15 +3,15 @@
 Nothing dequantized goes to memory. Per (batch, KV head, split) program:
 - the query rows of all query heads of the KV head (GQA: GROUP heads x LQ new tokens, padded to M >= 16
   for the tensor cores) are rotated once by K's rotation (q·k = norm·(q Rᵀ)·c[idx] per 128-block);
-- per tile of BLOCK_N tokens, K's packed indices are unpacked (every 8 codes fill exactly `bits` bytes,
-  so 3-bit codes cost 3 byte loads per 8 codes and no straddle logic), looked up in the fp16 codebook,
-  scaled by the block's fp16 norm into an fp16 tile in registers, and one tensor-core dot scores all
-  M rows against it: the unpack is paid once per KV head, not once per query head;
-- online softmax (base 2), then the same for V: P @ (norm_v·c_v[idx]) accumulates in V's rotated frame.
+- per tile of BLOCK_N tokens, K's packed 16-bit words are unpacked in registers into fp16 codebook values
+  (`lowbit.kernels.unpack`: PTX `prmt` lookups, no per-value memory access), one tensor-core dot per half of
+  the head scores all M rows against them, and the fp16 norms scale the M x BLOCK_N scores (per 128-block):
+  the unpack is paid once per KV head, not once per query head;
+- online softmax (base 2), then the same for V: (P∘norm_v) @ c_v accumulates in V's rotated frame.
 A second kernel, one program per (KV head, query row, 128-block), merges the splits and applies V's inverse
 rotation once per output row.
 
-Precision: dot operands are fp16 (codebook values, norms and rotated queries), accumulation float32.
+Precision: dot operands are fp16 (codebook values, rotated queries, P∘norm), accumulation float32.
 """
 
 from __future__ import annotations
