@@ -167,3 +167,17 @@ def test_one_model_many_scenarios_prints_a_row_per_scenario(capsys):
                        "--scenario", "b=Q4_K_M+q8_0", "--scenario", "c=Q1_0+turbo3")
     lines = out.strip().splitlines()
     assert code == 0 and lines[0].startswith("scenario,") and [l.split(",")[0] for l in lines[1:]] == ["a", "b", "c"]
+
+
+def test_quality_column_shows_measured_kld_per_model(capsys):
+    from lowbit.report.quality import kv_quality
+
+    q = kv_quality()
+    if q is None:
+        pytest.skip("no measured KV quality shipped")
+    code, out, _ = run(capsys, "simulate", "--quality", "--no-fits", "--models", "qwen3.5-4b", "--format", "csv")
+    assert code == 0 and "KV quality" in out.splitlines()[0]
+    measured = {(r["kv_k"], r["kv_v"]): r["kld"] for r in q["models"][0]["rows"]}
+    header, row = (line.split(",") for line in out.splitlines()[:2])
+    cell = row[len(header) - 1 - header[::-1].index("KV quality*")]  # the last scenario's (1bit-turbo) column
+    assert cell.split("/")[0] == f"{max(0.0, measured[('turbo3', 'turbo3')]):.3f}"
