@@ -181,3 +181,18 @@ def test_quality_column_shows_measured_kld_per_model(capsys):
     header, row = (line.split(",") for line in out.splitlines()[:2])
     cell = row[len(header) - 1 - header[::-1].index("KV quality*")]  # the last scenario's (1bit-turbo) column
     assert cell.split("/")[0] == f"{max(0.0, measured[('turbo3', 'turbo3')]):.3f}"
+
+
+def test_the_readme_command_runs_as_a_fresh_process():
+    """`lowbit simulate` in a new interpreter: catches import-order luck that in-process tests hide."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "lowbit.cli", "simulate", "--format", "json"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["rows"]) == 16
+    assert "torch" not in subprocess.run(
+        [sys.executable, "-c", "import sys, lowbit.cli; lowbit.cli.main(['simulate', '--format', 'json']); "
+                               "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))"],
+        capture_output=True, text=True, timeout=120).stdout.split("\n")[-2]
