@@ -33,7 +33,7 @@ LADDER = [  # (weights, method) rows of the results table
 ]
 COMBINED = [  # weights x KV cache: "today" against the seed's "1-bit + TurboQuant", and the two mixed cells
     ("shipped", None, "f16"), ("shipped", None, "turbo3"), ("Q1_0", "ref", "f16"), ("Q1_0", "ref", "turbo3"),
-    ("ARB1", "rht-arb-gptq", "f16"), ("ARB1", "rht-arb-gptq", "turbo3"),
+    ("ARB1", "rht-arb", "f16"), ("ARB1", "rht-arb", "turbo3"),
 ]
 ONE_BIT = ("Q1_0", "ARB1")
 REPORT_JSON = "src/lowbit/report/weights_quality.json"
