@@ -91,25 +91,58 @@ def _table(columns: list[str], rows: list[list[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+MEASURED = [  # file, title, the columns a reader needs (the JSON keeps the rest)
+    ("kv_quality.json", "KV-cache quality, measured",
+     ["model", "kv_k", "kv_v", "boundary", "bits_per_value", "ppl", "ppl_f16", "kld", "top1", "niah"]),
+    ("weights_quality.json", "Weight-format quality, measured",
+     ["model", "weights", "method", "kv", "bits_per_weight", "body_bits_per_weight", "ppl", "ppl_reference", "kld",
+      "top1"]),
+    ("kernels.json", "GPU kernels, measured", ["shape", "context", "batch", "kv", "ms", "baseline_ms", "speedup"]),
+]
+
+
 def _measured_sections() -> str:
     out = []
-    for name, title in [("kv_quality.json", "KV-cache quality, measured"),
-                        ("weights_quality.json", "Weight-format quality, measured"),
-                        ("kernels.json", "GPU kernels, measured")]:
+    for name, title, cols in MEASURED:
         path = resources.files("lowbit.report").joinpath(name)
         if not path.is_file():
             continue
         data = json.loads(path.read_text())
         blocks = data if isinstance(data, list) else [data]
-        for b in blocks:
-            rows = b.get("rows", [])
-            if not rows:
-                continue
-            cols = list(rows[0].keys())
-            meta = ", ".join(f"{k}: {b[k]}" for k in ("model", "device", "date", "command") if k in b)
-            out.append(f"<h2>{html.escape(title)}</h2><p class=prov>measured — {html.escape(meta)}</p>"
-                       + _table(cols, [[_short(r.get(c)) for c in cols] for r in rows]))
+        rows = [r for b in blocks for r in b.get("rows", [])]
+        if not rows:
+            continue
+        cols = [c for c in cols if any(c in r for r in rows)]
+        meta = "; ".join(f"{k}: {b[k]}" for b in blocks for k in ("model", "date", "command") if k in b)
+        meta = meta or " ".join(b.get("description", "") for b in blocks)
+        out.append(f"<h2>{html.escape(title)}</h2><p class=prov>measured — {html.escape(meta)}"
+                   f" (all columns in src/lowbit/report/{name})</p>"
+                   + (_quality_plot(rows) if name == "kv_quality.json" else "")
+                   + _table(cols, [[_short(r.get(c)) for c in cols] for r in rows]))
     return "".join(out)
+
+
+def _quality_plot(rows: list[dict]) -> str:
+    """KL divergence against bits per value, one marker per format and model: the trade-off at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for model, marker in zip(sorted({r["model"] for r in rows}), "os^"):
+        pts = [r for r in rows if r["model"] == model and not r.get("boundary") and r.get("kld") is not None]
+        ax.scatter([r["bits_per_value"] for r in pts], [max(r["kld"], 1e-4) for r in pts], marker=marker, label=model)
+        for r in pts:
+            name = r["kv_k"] if r["kv_k"] == r["kv_v"] else f"{r['kv_k']}/{r['kv_v']}"
+            ax.annotate(name, (r["bits_per_value"], max(r["kld"], 1e-4)), fontsize=6, alpha=0.7)
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per value (K and V averaged, exact)")
+    ax.set_ylabel("KL divergence vs f16 cache (measured)")
+    ax.set_title("KV-cache formats: bytes against quality")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _png(fig)
 
 
 def _short(v: object) -> object:
