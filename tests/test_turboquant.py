@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import integrate, special
 
 from lowbit.errors import LowbitError
-from lowbit.formats.kv import KV_FORMATS, TurboLayout
+from lowbit.formats.kv import KV_FORMATS
 from lowbit.quant.codebooks import lloyd_max, lower_bound, prod_variance_bound, unit_mse
 from lowbit.quant.packing import pack_bits, packed_bytes, unpack_bits
 from lowbit.quant.rotation import dense_qr, randomized_hadamard, rotation

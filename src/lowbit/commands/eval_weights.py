@@ -83,8 +83,6 @@ def tensor_types(path, fmt: str, pure: bool, pad: bool) -> dict[str, str]:
 def quantized_weights(model, fmt: str, method: str | None, pure: bool = False, pad: bool = False,
                       calib_tokens: int = 4096, progress: bool = True):
     """(replace dict for lm.load_model, bits dict) for one format."""
-    import numpy as np
-
     from lowbit.eval import lm
     from lowbit.formats.weights import weight_type
     from lowbit.quant import weights as W

@@ -59,7 +59,7 @@ def quantize_file(model, to: str, out, method: str | None = None, pure: bool = F
 
     from lowbit.errors import LowbitError
     from lowbit.eval.artifacts import model_path
-    from lowbit.formats.weights import mix, weight_type
+    from lowbit.formats.weights import mix
     from lowbit.quant import gguf_io
     from lowbit.quant import weights as W
 

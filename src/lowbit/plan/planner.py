@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import KVFormat, kv_format
-from lowbit.formats.weights import GGUF_ALIGNMENT, Mix, WeightType, mix, weight_type
-from lowbit.models.catalog import ResolvedModel, canonical, resolve
+from lowbit.formats.weights import GGUF_ALIGNMENT, WeightType, mix, weight_type
+from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.models.config import FULL, LINEAR, SLIDING, ModelConfig
 from lowbit.models.tensors import KINDS, VISION, Tensor, gguf_order, inventory
 from lowbit.plan.mix import assign_types
@@ -43,7 +43,7 @@ def _pad(n: int, to: int) -> int:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    weights: str  # mix name (Q4_K_M, Q1_0, ...) or a single ggml type with pure=True
+    weights: str  # a llama.cpp mix name (Q4_K_M, Q1_0, ...); pure=True gives every tensor its default type
     kv_k: str
     kv_v: str
     pure: bool = False
@@ -269,7 +269,7 @@ def plan(
         header, header_exact = header_estimate(cfg), False
     active = sum(round(t.n_params * t.per_token_active) for t in tensors)
     return Plan(
-        model=cfg.name if resolved.gguf is not None or cfg.source == "config.json" else canonical(cfg.name),
+        model=cfg.name,  # built-ins are named canonically; files by their file or folder name
         config=cfg,
         scenario=scenario,
         context=context,
