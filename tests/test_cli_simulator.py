@@ -196,3 +196,10 @@ def test_the_readme_command_runs_as_a_fresh_process():
         [sys.executable, "-c", "import sys, lowbit.cli; lowbit.cli.main(['simulate', '--format', 'json']); "
                                "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))"],
         capture_output=True, text=True, timeout=120).stdout.split("\n")[-2]
+
+
+def test_caption_follows_the_engine(capsys):
+    _, llama, _ = run(capsys, "simulate", "--models", "qwen3.5-2b", "--no-fits", "--format", "markdown")
+    _, vllm, _ = run(capsys, "simulate", "--models", "qwen3.5-2b", "--no-fits", "--format", "markdown", "--engine", "vllm")
+    assert "exact for llama.cpp" in llama and "vLLM" not in llama
+    assert "exact for vLLM" in vllm and "512-token micro-batch" not in vllm

@@ -18,3 +18,10 @@ def test_report_builds_a_self_contained_page(tmp_path, capsys):
 def test_report_into_a_missing_folder_is_one_error_line(tmp_path, capsys):
     assert main(["report", "-o", str(tmp_path / "nope" / "r.html")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_report_accepts_every_unit_the_tables_do(tmp_path):
+    from lowbit.report.render import UNITS
+
+    for u in UNITS:
+        assert main(["report", "-o", str(tmp_path / f"{u}.html"), "--units", u, "--context", "4k"]) == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import re
 
-from lowbit.errors import LowbitError
 
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]i?)?\s*$")
 
@@ -46,7 +45,3 @@ def kv_pair(args: argparse.Namespace, default: str) -> tuple[str, str]:
     base = args.kv or default
     return (args.kv_k or base).lower(), (args.kv_v or base).lower()
 
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise LowbitError(message)

@@ -39,13 +39,12 @@ def run(args: argparse.Namespace) -> int:
         t.add(w["name"], w["ggml_type"], w["block"], w["block_bytes"], f"{w['bits_per_weight']:.4g}", w["source"])
     t.render(args.format)
     t = Table("Mixes (llama-quantize targets; per-tensor rules in lowbit/plan/mix.py)",
-              ["mix", "ftype", "default type", "source"], right_align_from=9)
+              ["mix", "ftype", "default type", "source"], right_align_from=4)
     for m in data["mixes"]:
         t.add(m["name"], m["ftype"], m["default_type"], m["source"])
     t.render(args.format)
     t = Table(f"KV-cache formats (head_dim {hd})", ["format", "family", "bits/value", "bytes/vector", "description", "source"],
-              right_align_from=2)
-    t.right_align_from, t.width = 2, 170
+              right_align_from=2, width=170)
     for f in data["kv_formats"]:
         t.add(f["name"], f["family"], f"{f['bits_per_value']:.4g}", f["bytes_per_vector"], f["description"], f["source"])
     t.render(args.format)
@@ -53,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fits(f, hd: int) -> bool:
+    from lowbit.errors import LowbitError
+
     try:
         f.vector_bytes(hd)
         return True
-    except Exception:
+    except LowbitError:  # a block that does not divide this head_dim
         return False

@@ -8,11 +8,14 @@ from lowbit.commands._common import add_format, add_model_options, kv_pair
 from lowbit.errors import LowbitError
 from lowbit.report.render import Table, fmt_bytes, print_json, unit
 
-CAPTION = (
-    "weights, KV and state: exact (llama.cpp mix x gguf block sizes; KV format x KV heads x cells; f32 GDN state). "
-    "runtime: estimated (llama.cpp output + compute buffers for one 512-token micro-batch). "
-    "ratio: total of the first scenario over the last."
-)
+RATIO_NOTE = "ratio: total of the first scenario over the last."
+
+
+def caption(sim) -> str:
+    """What each column is, from the plans' own provenance (it changes with --engine)."""
+    prov = sim.plans[0].provenance()
+    return (f"weights: {prov['weights_bytes']}. KV: {prov['kv_bytes']}. state: {prov['state_bytes']}. "
+            f"runtime: {prov['runtime_bytes']}.")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -106,7 +109,8 @@ def table(sim, units: str, quality: dict | None = None, fits: dict | None = None
     t = Table(
         f"Memory at {sim.context:,} tokens x {sim.sequences} sequence(s), {units}",
         cols,
-        caption=CAPTION + ("\n" + FITS_NOTE if fits else "") + ("\n* " + quality["label"] if quality else ""),
+        caption=caption(sim) + " " + RATIO_NOTE + ("\n" + FITS_NOTE if fits else "")
+        + ("\n* " + quality["label"] if quality else ""),
         right_align_from=1,
     )
     from lowbit.models.config import params_label
@@ -142,8 +146,7 @@ def _scenario_rows(sim, units: str, quality: dict | None, fits: dict | None) -> 
     cols += ["KV quality*"] if quality is not None else []
     cols += ["fits on"] if fits is not None else []
     t = Table(f"{m} ({params_label(first.params_total)} params) at {sim.context:,} tokens x {sim.sequences} sequence(s)",
-              cols, caption=CAPTION.replace("ratio: total of the first scenario over the last.", "")
-              + ("\n" + FITS_NOTE if fits else "") + ("\n* " + quality["label"] if quality else ""),
+              cols, caption=caption(sim) + ("\n" + FITS_NOTE if fits else "") + ("\n* " + quality["label"] if quality else ""),
               right_align_from=3)
     for s in sim.scenarios:
         p = sim.get(m, s.name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -379,10 +379,6 @@ def from_gguf_metadata(meta: dict[str, Any], name: str) -> ModelConfig:
     )
     validate(cfg)
     return cfg
-
-
-def with_overrides(cfg: ModelConfig, **changes: Any) -> ModelConfig:
-    return replace(cfg, **changes)
 
 
 def params_label(n: int) -> str:

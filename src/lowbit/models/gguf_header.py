@@ -169,6 +169,8 @@ def _read_header(path: Path, size: int, mtime_ns: int) -> GGUFHeader:
             if isinstance(value, _Summary):
                 meta[key + ".count"] = int(value)
                 meta[key] = f"<{int(value)} items>"
+            elif isinstance(value, list):
+                meta[key + ".count"] = len(value)
         infos = []
         for _ in range(n_tensors):
             name = cur.string()

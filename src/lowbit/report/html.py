@@ -15,7 +15,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from lowbit.report.render import fmt_bytes
+from lowbit.report.render import UNITS, fmt_bytes
 
 PARTS = [("weights_bytes", "weights", "#3b6ea8"), ("kv_bytes", "KV cache", "#e08a2c"),
          ("state_bytes", "recurrent state", "#5b9a53"), ("runtime_bytes", "runtime (estimated)", "#b9b9b9")]
@@ -40,7 +40,7 @@ def _family_plot(sim, units: str) -> str:
     n_s = len(sim.scenarios)
     fig, ax = plt.subplots(figsize=(11, 4.8))
     width = 0.8 / n_s
-    div = {"GB": 1e9, "GiB": 2**30}[units]
+    div = UNITS[units]
     for j, s in enumerate(sim.scenarios):
         bottom = [0.0] * len(models)
         xs = [i + (j - (n_s - 1) / 2) * width for i in range(len(models))]
@@ -70,7 +70,7 @@ def _kv_plot(model: str, formats: list[str], units: str) -> str:
     from lowbit.plan.planner import plan
 
     contexts = [2**k for k in range(12, 21)]
-    div = {"GB": 1e9, "GiB": 2**30}[units]
+    div = UNITS[units]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for f in formats:
         ax.plot(contexts, [plan(model, "Q4_K_M", kv=f, context=c).kv_bytes / div for c in contexts], marker="o",
@@ -83,6 +83,17 @@ def _kv_plot(model: str, formats: list[str], units: str) -> str:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+KV_MODEL = "qwen3.5-122b-a10b"
+
+
+def _kv_note(model: str) -> str:
+    from lowbit.models.catalog import resolve
+
+    cfg = resolve(model).config
+    return (f"exact: only the {cfg.count('full_attention')} full-attention layers of {cfg.num_layers} hold KV; "
+            f"{max(cfg.num_kv_heads)} KV heads of {cfg.head_dim} values each; context padded to 256 (llama.cpp).")
 
 
 def _table(columns: list[str], rows: list[list[object]]) -> str:
@@ -161,6 +172,7 @@ th{background:#f3f5f8}tr:nth-child(even){background:#fafafa}.prov{color:#666;fon
 
 
 def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
+    from lowbit.plan.planner import RUNTIME_ASSUMPTION
     from lowbit.plan.simulate import simulate
     from lowbit.report.audit import AUDIT_COLUMNS, audit, audit_rows
 
@@ -186,10 +198,10 @@ def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
 <h2>The Qwen3.5 family at {context:,} tokens</h2>
 {_family_plot(sim, units)}
 {_table(fam_cols, fam_rows)}
-<p class=prov>weights, KV, state: exact. runtime: estimated (llama.cpp output + compute buffers, one 512-token micro-batch).</p>
+<p class=prov>weights, KV, state: exact. runtime: {html.escape(RUNTIME_ASSUMPTION)}.</p>
 <h2>KV cache against context</h2>
-{_kv_plot("qwen3.5-122b-a10b", kv_formats, units)}
-<p class=prov>exact: only the 12 full-attention layers of 48 hold KV; 2 KV heads of 256 values each.</p>
+{_kv_plot(KV_MODEL, kv_formats, units)}
+<p class=prov>{html.escape(_kv_note(KV_MODEL))}</p>
 <h2>The seed article's claims, audited</h2>
 <p class=prov>{html.escape(result['source'])}. {html.escape(result['note'])}</p>
 {_table(AUDIT_COLUMNS, audit_rows(result, units))}

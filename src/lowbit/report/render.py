@@ -16,7 +16,7 @@ def unit(name: str) -> str:
     for u in UNITS:
         if u.lower() == name.lower():
             return u
-    raise LowbitError(f"unknown unit {name!r}; use GB or GiB")
+    raise LowbitError(f"unknown unit {name!r}; use one of {', '.join(UNITS)}")
 
 
 def fmt_bytes(n: int, units: str = "GB", digits: int = 2) -> str:
