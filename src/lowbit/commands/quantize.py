@@ -123,6 +123,10 @@ def quantize_file(model, to: str, out, method: str | None = None, pure: bool = F
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.calib_tokens < 1:
+        from lowbit.errors import LowbitError
+
+        raise LowbitError(f"--calib-tokens must be a positive number of tokens, got {args.calib_tokens}")
     summary = quantize_file(args.model, args.to, args.output, args.method, args.pure, args.force, args.calib_tokens)
     if args.format == "json":
         print(json.dumps(summary, indent=2))

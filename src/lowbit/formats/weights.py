@@ -17,6 +17,11 @@ from lowbit.errors import LowbitError
 GGUF_ALIGNMENT = GGUF_DEFAULT_ALIGNMENT  # every tensor's data is padded to this (32)
 
 
+def aligned(nbytes: int) -> int:
+    """Bytes a tensor of `nbytes` data occupies in a GGUF file: padded to GGUF_ALIGNMENT."""
+    return -(-nbytes // GGUF_ALIGNMENT) * GGUF_ALIGNMENT
+
+
 @dataclass(frozen=True)
 class WeightType:
     """One ggml tensor type: `block` weights stored in `block_bytes` bytes."""

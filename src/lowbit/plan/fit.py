@@ -26,6 +26,7 @@ from functools import lru_cache
 from lowbit.devices import Budget, budget as make_budget, catalog, usable
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import kv_format
+from lowbit.formats.weights import aligned
 from lowbit.models.catalog import QWEN35_FAMILY, ResolvedModel, resolve
 from lowbit.models.tensors import EXPERTS
 from lowbit.plan.engines import VLLM, LlamaCpp, engine_model, shard_config
@@ -74,7 +75,7 @@ class Costs:
                                 mtp=mtp, vision=vision)
         # `stored`: a checkpoint's own tensors (lowbit.models.safetensors) instead of the mix's, unpadded
         self.tensors = stored if stored is not None else self.plan1.tensors
-        self.pad = (lambda n: n) if stored is not None else _padded
+        self.pad = (lambda n: n) if stored is not None else aligned
         self.weights_total = sum(self.pad(t.bytes) for t in self.tensors)
         if stored is not None:
             self.weights = "stored"
@@ -151,10 +152,10 @@ class Costs:
 
     def max_context(self, users: int = 1) -> int | None:
         """Largest context (tokens per user) that fits, up to the model's trained maximum; None if none does."""
-        return _largest(lambda c: self.fits(c, users), 1, self.context_cap())
+        return largest(lambda c: self.fits(c, users), 1, self.context_cap())
 
     def max_users(self, context: int) -> int | None:
-        return _largest(lambda u: self.fits(context, u), 1, MAX_SEQUENCES)
+        return largest(lambda u: self.fits(context, u), 1, MAX_SEQUENCES)
 
     # --- offload (llama.cpp, one GPU) ---------------------------------------------------------
     def offload(self, context: int, users: int = 1) -> dict:
@@ -185,15 +186,11 @@ class Costs:
             k = _smallest(lambda m: on_gpu(n, m) <= self.limit, 0, n)
             return result(n, k, f"routed experts of the first {k} layers in CPU RAM, everything else on the GPU")
         cpu_moe = n if has_experts else 0
-        ngl = _largest(lambda g: on_gpu(g, cpu_moe) <= self.limit, 0, n)
+        ngl = largest(lambda g: on_gpu(g, cpu_moe) <= self.limit, 0, n)
         if ngl is None:
             return result(0, cpu_moe, "even the compute buffer does not fit on the GPU: CPU only")
         return result(ngl, cpu_moe, f"{n - ngl} of {n} layers in CPU RAM" +
                       (", all routed experts in CPU RAM" if cpu_moe else ""))
-
-
-def _padded(n: int) -> int:
-    return (n + 31) // 32 * 32
 
 
 def _ot_pattern(layers: int) -> str:
@@ -201,7 +198,7 @@ def _ot_pattern(layers: int) -> str:
     return rf"blk\.({ids})\.ffn_(up|down|gate)_exps\.weight=CPU"
 
 
-def _largest(pred, lo: int, hi: int) -> int | None:
+def largest(pred, lo: int, hi: int) -> int | None:
     """Largest x in [lo, hi] with pred(x), for pred true up to some point and false after; None if pred(lo) fails."""
     if not pred(lo):
         return None
@@ -368,7 +365,7 @@ def fitting_devices(plan_or_total_bytes: Plan | int, limit: int | None = None) -
         total = plan_or_total_bytes.total_bytes
         on_gpu = total
         if not plan_or_total_bytes.config.tie_word_embeddings and plan_or_total_bytes.engine == "llama.cpp":
-            on_gpu -= sum(_padded(t.bytes) for t in plan_or_total_bytes.tensors if t.name == "token_embd.weight")
+            on_gpu -= sum(aligned(t.bytes) for t in plan_or_total_bytes.tensors if t.name == "token_embd.weight")
     else:
         total = on_gpu = int(plan_or_total_bytes)
     seen, out = set(), []

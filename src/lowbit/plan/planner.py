@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import KVFormat, kv_format
-from lowbit.formats.weights import GGUF_ALIGNMENT, WeightType, mix, weight_type
+from lowbit.formats.weights import GGUF_ALIGNMENT, WeightType, aligned, mix, weight_type
 from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.models.config import FULL, LINEAR, SLIDING, ModelConfig
 from lowbit.models.tensors import KINDS, VISION, Tensor, gguf_order, inventory
@@ -117,7 +117,7 @@ class Plan:
             row = out.setdefault(t.kind, {"tensors": 0, "params": 0, "bytes": 0, "types": []})
             row["tensors"] += 1
             row["params"] += _numel(t.shape)
-            row["bytes"] += _pad(t.bytes, GGUF_ALIGNMENT)
+            row["bytes"] += aligned(t.bytes)
             if t.type not in row["types"]:
                 row["types"].append(t.type)
         return {k: out[k] for k in KINDS if k in out}
@@ -277,7 +277,7 @@ def plan(
         tensors=planned,
         params_total=sum(t.n_params for t in tensors),
         params_active=active,
-        weights_bytes=sum(_pad(t.bytes, GGUF_ALIGNMENT) for t in planned),
+        weights_bytes=sum(aligned(t.bytes) for t in planned),
         kv_bytes=k_bytes + v_bytes,
         kv_k_bytes=k_bytes,
         kv_v_bytes=v_bytes,

@@ -160,6 +160,8 @@ class FP8Codec:
         return y.to(torch.float8_e4m3fn).view(torch.uint8)
 
     def dequantize(self, p: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:
+            raise LowbitError("fp8 bytes cannot be decoded before a scale is set (quantize or calibrate first)")
         return p.view(torch.float8_e4m3fn).float() * self.scale
 
 

@@ -69,17 +69,11 @@ def _nearest(target: float, hypotheses: list[tuple[str, int]]) -> dict:
 
 
 def _largest_context(model: str, scenario: str, quantity: str, limit: float) -> int:
-    """Largest context (tokens) at which `quantity` stays under `limit` bytes (bisection; 0 if never)."""
-    lo, hi = 0, 1 << 24
-    if _quantity(_plan(model, scenario, context=1), quantity) >= limit:
-        return 0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _quantity(_plan(model, scenario, context=max(1, mid)), quantity) < limit:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """Largest context (tokens) at which `quantity` stays under `limit` bytes (0 if none does)."""
+    from lowbit.plan.fit import largest
+
+    found = largest(lambda c: _quantity(_plan(model, scenario, context=c), quantity) < limit, 1, 1 << 24)
+    return found or 0
 
 
 def _ratio(model: str, quantity: str) -> float:
