@@ -111,3 +111,29 @@ def mix_for_ftype(ftype: int) -> Mix | None:
         if int(m.ftype) == ftype:
             return m
     return None
+
+
+# --- lowbit's own weight layouts (no ggml type: llama.cpp cannot load them) ------------------------
+
+
+@dataclass(frozen=True)
+class BinaryLayout:
+    """A block of `block` sign bits after fp16 side values (in `fp16_fields` order); defined here once,
+    packed by lowbit.quant.binarize."""
+
+    name: str
+    block: int
+    fp16_fields: tuple[str, ...]
+
+    @property
+    def block_bytes(self) -> int:
+        return 2 * len(self.fp16_fields) + self.block // 8
+
+    def row_bytes(self, ne0: int) -> int:
+        """Bytes per row; a trailing partial group still stores its fields and whole bytes of signs."""
+        full, rest = divmod(ne0, self.block)
+        return full * self.block_bytes + (2 * len(self.fp16_fields) + -(-rest // 8) if rest else 0)
+
+
+# ARB1: per 128 weights fp16 alpha, fp16 mu, 128 sign bits (LSB first); value = mu +/- alpha. 1.25 bits/weight.
+ARB_LAYOUT = BinaryLayout("ARB1", 128, ("alpha", "mu"))

@@ -20,11 +20,10 @@ Three ideas, composable, all numpy:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from lowbit.errors import LowbitError
+from lowbit.formats.weights import ARB_LAYOUT
 from lowbit.quant import q1_0
 
 ARB_ROUNDS = 8  # ARB-LLM reports convergence within a handful of alternations
@@ -33,25 +32,6 @@ ROTATION_MAX = 1024
 SEED_BYTES = 8  # per rotated tensor: the seed of its random signs
 
 
-@dataclass(frozen=True)
-class BinaryLayout:
-    """A block of `block` sign bits plus fp16 side values, in storage order."""
-
-    name: str
-    block: int
-    fp16_fields: tuple[str, ...]
-
-    @property
-    def block_bytes(self) -> int:
-        return 2 * len(self.fp16_fields) + self.block // 8
-
-    def row_bytes(self, ne0: int) -> int:
-        """Bytes per row; a trailing partial group still stores its fields and whole bytes of signs."""
-        full, rest = divmod(ne0, self.block)
-        return full * self.block_bytes + (2 * len(self.fp16_fields) + -(-rest // 8) if rest else 0)
-
-
-ARB_LAYOUT = BinaryLayout("ARB1", 128, ("alpha", "mu"))
 
 
 # ---------------------------------------------------------------- rotation
@@ -137,12 +117,15 @@ def arb_unpack(data: np.ndarray, ne0: int) -> np.ndarray:
     out, pos = [], 0
     for s, e in _groups(ne0, ARB_LAYOUT.block):
         k = e - s
-        alpha = np.ascontiguousarray(data[:, pos : pos + 2]).view("<f2")[:, 0].astype(np.float32)
-        mu = np.ascontiguousarray(data[:, pos + 2 : pos + 4]).view("<f2")[:, 0].astype(np.float32)
+        side = {}
+        for name in ARB_LAYOUT.fp16_fields:  # the layout's order: alpha, then mu
+            side[name] = np.ascontiguousarray(data[:, pos : pos + 2]).view("<f2")[:, 0].astype(np.float32)
+            pos += 2
+        alpha, mu = side["alpha"], side["mu"]
         nb = -(-k // 8)
-        bits = np.unpackbits(data[:, pos + 4 : pos + 4 + nb], axis=-1, bitorder="little")[:, :k].astype(bool)
+        bits = np.unpackbits(data[:, pos : pos + nb], axis=-1, bitorder="little")[:, :k].astype(bool)
         out.append(np.where(bits, (mu + alpha)[:, None], (mu - alpha)[:, None]))
-        pos += 4 + nb
+        pos += nb
     return np.concatenate(out, axis=1).astype(np.float32)
 
 
