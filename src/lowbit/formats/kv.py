@@ -26,6 +26,7 @@ from lowbit.formats.ggml import GGML_QUANT_SIZES, GGMLQuantizationType
 from lowbit.errors import LowbitError
 
 TURBO_BLOCK = 128  # values per TurboQuant norm block (TheTom's llama.cpp turbo*, vLLM turboquant_*)
+KIVI_GROUP = 32  # values per KIVI group: b-bit codes, then fp16 scale, then fp16 zero
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class KVFormat:
         if self.turbo is not None:
             return min(TURBO_BLOCK, _pow2_at_least(head_dim))
         if self.kivi_bits:
-            return 32
+            return KIVI_GROUP
         return 1
 
     def vector_bytes(self, head_dim: int) -> int:
@@ -94,7 +95,7 @@ class KVFormat:
             padded = ceil(head_dim / block) * block
             return padded // block * self.turbo.block_bytes(block)
         if self.kivi_bits:
-            groups = ceil(head_dim / 32)
+            groups = ceil(head_dim / KIVI_GROUP)
             return ceil(head_dim * self.kivi_bits / 8) + groups * 4  # fp16 scale + fp16 zero per group
         if self.family == "fp8":
             return head_dim

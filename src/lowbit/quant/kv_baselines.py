@@ -29,11 +29,10 @@ import numpy as np
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.formats.kv import KVFormat, kv_format
+from lowbit.formats.kv import KIVI_GROUP, KVFormat, kv_format
 from lowbit.quant.packing import bytes_to_fp16, fp16_to_bytes, pack_bits, unpack_bits
 from lowbit.quant.rotation import rotation
 
-KIVI_GROUP = 32
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 
 
