@@ -69,21 +69,23 @@ def _metadata(path: Path) -> tuple[GGUFInfo, object]:
     if arch not in SUPPORTED_ARCHS:
         raise LowbitError(f"{path.name}: architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
     a = lambda k, d=None: meta.get(f"{arch}.{k}", d)  # noqa: E731
-    hidden, n_heads = int(a("embedding_length")), int(a("attention.head_count"))
-    n_kv = int(a("attention.head_count_kv", n_heads))
-    head_dim = int(a("attention.key_length", hidden // n_heads))
     names = {t.name for t in header.tensors}
+    # Shapes and layer types come from the simulator's own metadata reader (validated, LowbitError on gaps).
+    from lowbit.models.config import from_gguf_metadata
+
+    cfg = from_gguf_metadata({**meta, "lowbit.has_output_tensor": "output.weight" in names}, path.name)
+    head_dim = cfg.head_dim
     common = dict(
-        vocab_size=int(a("vocab_size", meta.get("tokenizer.ggml.tokens.count", 0))),
-        hidden_size=hidden,
-        intermediate_size=int(a("feed_forward_length")),
-        num_hidden_layers=int(a("block_count")),
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=max(cfg.num_kv_heads),
         head_dim=head_dim,
-        max_position_embeddings=int(a("context_length")),
-        rms_norm_eps=float(a("attention.layer_norm_rms_epsilon")),
-        tie_word_embeddings="output.weight" not in names,
+        max_position_embeddings=cfg.max_context,
+        rms_norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-6)),
+        tie_word_embeddings=cfg.tie_word_embeddings,
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
@@ -102,18 +104,21 @@ def _metadata(path: Path) -> tuple[GGUFInfo, object]:
         from transformers import Gemma3TextConfig
 
         # Not in the GGUF metadata; llama.cpp hard-codes the same values for Gemma 3 (llama-model.cpp):
-        # every 6th layer global, local layers with rope base 10k, attention scale 1/sqrt(head_dim).
+        # local layers with rope base 10k, attention scale 1/sqrt(head_dim). Which layers are local comes
+        # from the metadata reader (every 6th layer global unless the file says otherwise).
         config = Gemma3TextConfig(
             **common,
             hidden_activation="gelu_pytorch_tanh",
-            sliding_window=int(a("attention.sliding_window")),
+            layer_types=list(cfg.layer_types),
+            sliding_window=cfg.sliding_window,
             query_pre_attn_scalar=head_dim,
             rope_parameters={
                 "full_attention": {"rope_type": "default", "rope_theta": float(a("rope.freq_base", 1e6))},
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             },
         )
-    info = GGUFInfo(path, arch, config.num_hidden_layers, hidden, n_heads, n_kv, head_dim, config.max_position_embeddings)
+    info = GGUFInfo(path, arch, cfg.num_layers, cfg.hidden_size, cfg.num_heads, max(cfg.num_kv_heads), head_dim,
+                    cfg.max_context)
     return info, config
 
 
