@@ -12,10 +12,10 @@ Everything is measured (seeded); `lloyd_max`, `lower_bound` and `prod_variance_b
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 from lowbit.errors import LowbitError
+from lowbit.report.render import print_json
 
 PAPER_MSE = {1: 0.36, 2: 0.117, 3: 0.03, 4: 0.009}  # Thm 1 "refined values", rounded as printed
 PAPER_PROD = {1: 1.57, 2: 0.56, 3: 0.18, 4: 0.047}  # Thm 2, × 1/d, as printed
@@ -115,7 +115,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     result = measure(args.dim, args.samples, args.seed, args.rotation)
     if args.format == "json":
-        print(json.dumps(result, indent=2))
+        print_json(result)
         return 0
     from rich.console import Console
     from rich.table import Table

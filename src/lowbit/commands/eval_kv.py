@@ -11,10 +11,10 @@ bits_per_value is exact (formats/kv.py), averaged over K and V and over layers (
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from lowbit.errors import LowbitError
+from lowbit.report.render import print_json
 
 MODELS = ("smollm2-135m", "gemma3-270m")
 
@@ -124,7 +124,7 @@ def run(args) -> int:
                       chunk=args.chunk, niah_lengths=() if args.no_niah else args.niah_lengths,
                       niah_depths=args.niah_depths, seed=args.seed, progress=sys.stderr.isatty())
     if args.format == "json":
-        print(json.dumps(res, indent=2))
+        print_json(res)
         return 0
     from rich.console import Console
     from rich.table import Table

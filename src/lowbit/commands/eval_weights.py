@@ -25,6 +25,7 @@ import sys
 import time
 
 from lowbit.commands._common import add_format
+from lowbit.report.render import print_json
 
 LADDER = [  # (weights, method) rows of the results table
     ("shipped", None), ("Q8_0", None), ("Q4_0", None), ("TQ2_0", "ref"), ("TQ1_0", "ref"),
@@ -222,14 +223,14 @@ def run(args: argparse.Namespace) -> int:
         if args.write:
             _merge(args.write, rows)
         if args.format == "json":
-            print(json.dumps(rows, indent=2))
+            print_json(rows)
         else:
             _table(rows)
         return 0
     r = evaluate_weights(args.model, args.weights, args.method, args.tokens, args.context, args.pure, args.pad,
                          args.calib_tokens, kv=args.kv)
     if args.format == "json":
-        print(json.dumps(r, indent=2))
+        print_json(r)
     else:
         _table([r])
     return 0

@@ -8,9 +8,9 @@ Uses lowbit's bounded header reader, never the tensor data, so it is fast on any
 from __future__ import annotations
 
 import argparse
-import json
 
 from lowbit.commands._common import add_format
+from lowbit.report.render import print_json
 
 _SUMMARY_KEYS = ("general.architecture", "general.name", "general.size_label", "general.quantization_version")
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         if not args.tensors:
             info = {k: v for k, v in info.items() if k != "tensors"}
-        print(json.dumps(info, indent=2, default=str))
+        print_json(info)
         return 0
     from rich.console import Console
     from rich.table import Table

@@ -10,12 +10,12 @@ quantized with lowbit's quantizers (Q1_0, ternary) or gguf's reference ones (Q4_
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
 
 from lowbit.commands._common import add_format
+from lowbit.report.render import print_json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         raise LowbitError(f"--calib-tokens must be a positive number of tokens, got {args.calib_tokens}")
     summary = quantize_file(args.model, args.to, args.output, args.method, args.pure, args.force, args.calib_tokens)
     if args.format == "json":
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
         return 0
     from rich.console import Console
     from rich.table import Table

@@ -246,6 +246,12 @@ def validate(cfg: ModelConfig) -> None:
         raise LowbitError("dense layers need intermediate_size > 0")
 
 
+def every_nth_full(n_layers: int, n: int, other: str) -> tuple[str, ...]:
+    """Qwen3.5's full_attention_interval and Gemma 3's sliding_window_pattern: layer i is full attention when
+    (i + 1) % n == 0, `other` otherwise (HF and llama.cpp use the same rule)."""
+    return tuple(FULL if (i + 1) % n == 0 else other for i in range(n_layers))
+
+
 def _layer_types(text: dict, arch: str, n_layers: int) -> tuple[str, ...]:
     explicit = text.get("layer_types")
     if explicit is not None:
@@ -258,10 +264,10 @@ def _layer_types(text: dict, arch: str, n_layers: int) -> tuple[str, ...]:
         return tuple(explicit)
     if arch.startswith("qwen35"):
         interval = _int(text, "full_attention_interval", 4, lo=1)
-        return tuple(FULL if (i + 1) % interval == 0 else LINEAR for i in range(n_layers))
+        return every_nth_full(n_layers, interval, LINEAR)
     if arch == "gemma3":
         pattern = _int(text, "sliding_window_pattern", 6, lo=1)
-        return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers))
+        return every_nth_full(n_layers, pattern, SLIDING)
     window = text.get("sliding_window")
     use_swa = text.get("use_sliding_window", arch == "llama")  # mistral sets a window; qwen2 gates it
     if window and use_swa:
@@ -329,7 +335,7 @@ def from_gguf_metadata(meta: dict[str, Any], name: str) -> ModelConfig:
         layer_types = (LINEAR,) * n_layers
     elif arch.startswith("qwen35"):
         interval = as_int("full_attention_interval", 4, lo=1)
-        layer_types = tuple(FULL if (i + 1) % interval == 0 else LINEAR for i in range(n_layers))
+        layer_types = every_nth_full(n_layers, interval, LINEAR)
     elif arch == "gemma3":
         pattern = get("attention.sliding_window_pattern", 6)  # absent in older files: llama.cpp's default, 6
         if isinstance(pattern, list):  # per layer: true = sliding window
@@ -338,7 +344,7 @@ def from_gguf_metadata(meta: dict[str, Any], name: str) -> ModelConfig:
             layer_types = tuple(SLIDING if bool(p) else FULL for p in pattern[:n_layers])
         else:
             pattern = _int({"sliding_window_pattern": pattern}, "sliding_window_pattern", lo=1)
-            layer_types = tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers))
+            layer_types = every_nth_full(n_layers, pattern, SLIDING)
     else:
         layer_types = (SLIDING,) * n_layers if window else (FULL,) * n_layers
     n_experts = as_int("expert_count", 0)

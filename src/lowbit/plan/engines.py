@@ -188,12 +188,10 @@ class VLLM:
     # --- what comes off the top before the KV pool --------------------------------------------
     def activation_bytes(self, cfg: ModelConfig) -> int:
         """Estimated torch peak of the profiling forward: max_num_batched_tokens tokens + the sampler."""
-        ffn = cfg.intermediate_size
-        if cfg.is_moe:
-            ffn = max(ffn, cfg.num_experts_used * cfg.moe_intermediate_size + cfg.shared_expert_intermediate_size)
-        widest = max(ffn, cfg.num_heads * cfg.head_dim * 2, cfg.gdn_conv_dim)
+        from lowbit.plan.planner import activations_per_token
+
         tokens = self.max_num_batched_tokens
-        hidden = tokens * (4 * cfg.hidden_size + 2 * widest) * self.model_dtype_bytes
+        hidden = tokens * activations_per_token(cfg) * self.model_dtype_bytes
         sampler = min(tokens, self.max_num_seqs) * cfg.vocab_size * 4 * 2  # f32 logits + probabilities
         return hidden + sampler
 

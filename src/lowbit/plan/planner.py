@@ -214,13 +214,18 @@ def recurrent_state_bytes(cfg: ModelConfig, sequences: int) -> int:
     return cfg.count(LINEAR) * per_layer * 4 * sequences
 
 
-def runtime_bytes(cfg: ModelConfig, sequences: int) -> int:
+def activations_per_token(cfg: ModelConfig) -> int:
+    """Values one token's widest layer keeps live (the runtime estimates' unit): 4 x hidden plus twice the
+    widest projection (the FFN, MoE top-k + shared, gated query, or Gated DeltaNet conv)."""
     ffn = cfg.intermediate_size
     if cfg.is_moe:
         ffn = max(ffn, cfg.num_experts_used * cfg.moe_intermediate_size + cfg.shared_expert_intermediate_size)
-    widest = 4 * cfg.hidden_size + 2 * max(ffn, cfg.num_heads * cfg.head_dim * 2, cfg.gdn_conv_dim)
+    return 4 * cfg.hidden_size + 2 * max(ffn, cfg.num_heads * cfg.head_dim * 2, cfg.gdn_conv_dim)
+
+
+def runtime_bytes(cfg: ModelConfig, sequences: int) -> int:
     output_buffer = cfg.vocab_size * sequences * 4
-    compute = N_UBATCH * (cfg.vocab_size + widest) * 4
+    compute = N_UBATCH * (cfg.vocab_size + activations_per_token(cfg)) * 4
     return output_buffer + compute
 
 

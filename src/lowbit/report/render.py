@@ -66,5 +66,5 @@ class Table:
 
 
 def print_json(obj: object, out=None) -> None:
-    json.dump(obj, out or sys.stdout, indent=2)
+    json.dump(obj, out or sys.stdout, indent=2, default=str)  # paths and the like print as text
     (out or sys.stdout).write("\n")
