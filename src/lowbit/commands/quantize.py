@@ -95,9 +95,9 @@ def quantize_file(model, to: str, out, method: str | None = None, pure: bool = F
             return q.values.astype(np.float32 if spec.type == "F32" else np.float16)
         return q.data
 
-    from lowbit.eval.metrics import _progress
+    from lowbit.eval.metrics import progress_bar
 
-    bar, task = _progress(progress, f"quantize {m.name}", len(specs))
+    bar, task = progress_bar(progress, f"quantize {m.name}", len(specs))
 
     def produce_with_bar(spec):
         out_data = produce(spec)

@@ -133,7 +133,6 @@ def progress_bar(enabled: bool, description: str, total: int):
     return progress, task
 
 
-_progress = progress_bar  # the name other modules first imported
 
 
 def _nll(logprobs, targets):
@@ -154,10 +153,6 @@ def _reference_store(shape: tuple[int, int, int]):
         return np.empty(shape, dtype=np.float32)
     # An unlinked file: the OS frees it when the process ends, however it ends.
     return np.memmap(tempfile.TemporaryFile(prefix="lowbit-ref-"), dtype=np.float32, mode="w+", shape=shape)
-
-
-def clear_reference_cache() -> None:
-    _REFERENCES.clear()
 
 
 def reference(

@@ -252,9 +252,9 @@ def calibration_hessians(model, names: list[str], n_tokens: int = CALIBRATION_TO
 
     for mod in by_module:
         hooks.append(modules[mod].register_forward_pre_hook(hook(mod)))
-    from lowbit.eval.metrics import _progress
+    from lowbit.eval.metrics import progress_bar
 
-    bar, task = _progress(progress, "calibration", batch.numel())
+    bar, task = progress_bar(progress, "calibration", batch.numel())
     try:
         with bar, torch.inference_mode():
             for row in batch:
