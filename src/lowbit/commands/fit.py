@@ -78,7 +78,9 @@ def _fit(F, model, b, args, kv_k, kv_v):
 
 
 def _gib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**30:,.2f}"
+    from lowbit.report.render import fmt_bytes
+
+    return "-" if n is None else fmt_bytes(n, "GiB")
 
 
 def _table(results, fmt: str) -> None:

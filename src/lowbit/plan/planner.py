@@ -6,6 +6,7 @@ Runtime buffers are *estimated* and named as such (`RUNTIME_ASSUMPTION`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lowbit.errors import LowbitError
@@ -116,7 +117,7 @@ class Plan:
         for t in self.tensors:
             row = out.setdefault(t.kind, {"tensors": 0, "params": 0, "bytes": 0, "types": []})
             row["tensors"] += 1
-            row["params"] += _numel(t.shape)
+            row["params"] += math.prod(t.shape)
             row["bytes"] += aligned(t.bytes)
             if t.type not in row["types"]:
                 row["types"].append(t.type)
@@ -145,13 +146,6 @@ class Plan:
             "tensors": [{"name": t.name, "shape": list(t.shape), "kind": t.kind, "type": t.type, "bytes": t.bytes}
                         for t in self.tensors],
         }
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _check_counts(context: int, sequences: int) -> None:
