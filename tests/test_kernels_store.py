@@ -1,0 +1,88 @@
+"""The fast store kernel's own paths, against the CPU reference (TRITON_INTERPRET=1 on CPU).
+
+Each case exercises one branch of `lowbit.kernels.turbo_store`: the symmetric binary search for every
+bit width, the generic threshold count (an asymmetric codebook), the slow exact path for non-finite and
+overflowing rows, zero rows, tile tails and a persistent grid, the generic byte packer (unaligned output,
+blocks under 64 values). Differences must be float32 ties (`lowbit.kernels.store_check`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from lowbit.kernels.params import turbo_params  # noqa: E402
+from lowbit.kernels.store_check import check_store  # noqa: E402
+from lowbit.kernels.turbo_store import _prepared, turbo_store  # noqa: E402
+from lowbit.quant.turboquant import TurboQuant  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _x(n, d, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g) * 2).to(dtype)
+
+
+@pytest.mark.parametrize("fmt", ["turbo2", "turbo3", "turbo4"])
+@pytest.mark.parametrize("nc", [True, False])
+def test_binary_search_every_width(fmt, nc):
+    tq = TurboQuant(fmt, 128, norm_correction=nc, seed=5)
+    p = turbo_params(tq, DEV)
+    assert _prepared(p, torch.float32)[2], "the shipped codebooks are symmetric in float32"
+    x = _x(70, 128, len(fmt) + nc)
+    assert check_store(tq, x, turbo_store(p, x.to(DEV), block_t=32)) <= 2
+
+
+def test_asymmetric_codebook_counts_every_threshold():
+    tq = TurboQuant("turbo3", 128, norm_correction=True, seed=2)
+    tq.stages[0].thresholds[1] -= 0.01  # the reference buckets with the same, now asymmetric, thresholds
+    p = turbo_params(tq, DEV)
+    assert not _prepared(p, torch.float32)[2]
+    x = _x(40, 128, 3)
+    got = turbo_store(p, x.to(DEV), block_t=16)
+    assert check_store(tq, x, got) <= 2
+    # the moved threshold matters: some code must land differently from the symmetric codebook
+    assert not torch.equal(got.cpu(), TurboQuant("turbo3", 128, norm_correction=True, seed=2).quantize(x))
+
+
+def test_non_finite_and_overflowing_rows_take_the_exact_path():
+    tq = TurboQuant("turbo4", 256, norm_correction=True, seed=8)
+    x = _x(50, 256, 4)
+    x[3, 7] = float("nan")
+    x[10, 200] = float("inf")  # only its second 128-block is non-finite
+    x[11] = 1e30  # finite values whose norm overflows float32: the reference stores inf
+    x[12] = 0.0
+    x[13, :128] = 0.0
+    got = turbo_store(turbo_params(tq, DEV), x.to(DEV), block_t=16)
+    assert check_store(tq, x, got) == 0
+    f = tq.unpack(got.cpu())
+    assert f["norm"][3, 0].isnan() and not f["norm"][3, 1].isnan()
+    assert f["norm"][10, 1].isnan() and f["norm"][11].isinf().all() and (f["norm"][12] == 0).all()
+
+
+@pytest.mark.parametrize("block_t,programs,warps", [(16, 2, 4), (64, None, 4), (128, 1, 8)])
+def test_tiles_tails_and_persistent_grid(block_t, programs, warps):
+    tq = TurboQuant("turbo3", 128, norm_correction=True, seed=6)
+    x = _x(block_t * 2 + 5, 128, block_t, torch.float16)  # a partial last tile
+    got = turbo_store(turbo_params(tq, DEV), x.to(DEV), block_t=block_t, programs=programs, num_warps=warps)
+    assert check_store(tq, x, got) <= 2
+
+
+@pytest.mark.parametrize("fmt,head_dim", [("turbo3", 128), ("turbo3", 32), ("turbo2", 16)])
+def test_generic_byte_packer(fmt, head_dim):
+    """An odd-offset output (no 16-bit stores) and blocks under 64 values use the byte packer."""
+    tq = TurboQuant(fmt, head_dim, norm_correction=True, seed=1)
+    x = _x(21, head_dim, head_dim)
+    vb = tq.vector_bytes
+    buf = torch.full((21 * vb + 1,), 0xAB, dtype=torch.uint8, device=DEV)
+    out = buf[1:].view(21, vb)
+    turbo_store(turbo_params(tq, DEV), x.to(DEV), out=out)
+    assert buf[0].item() == 0xAB
+    assert check_store(tq, x, out) <= 2
