@@ -20,6 +20,7 @@ from lowbit import kernels  # noqa: E402
 from lowbit.errors import LowbitError  # noqa: E402
 from lowbit.kernels import reference  # noqa: E402
 from lowbit.kernels.params import turbo_params  # noqa: E402
+from lowbit.kernels.store_check import check_store  # noqa: E402
 from lowbit.kernels.turbo_attention import turbo_decode_attention, turbo_dequantize  # noqa: E402
 from lowbit.kernels.turbo_store import turbo_store  # noqa: E402
 from lowbit.quant.turboquant import TurboQuant  # noqa: E402
@@ -29,33 +30,7 @@ ATTN_TOL = 3e-3  # fp16 dot operands (rotated q, codebook values, norms), float3
 DEQ_TOL = 2e-3
 
 
-def _check_store(tq: TurboQuant, x: torch.Tensor, got: torch.Tensor) -> int:
-    """Assert got == reference bytes up to float32 ties; return how many ties differed."""
-    ref = tq.quantize(x.cpu())
-    got = got.cpu()
-    assert got.shape == ref.shape and got.shape[-1] == tq.fmt.vector_bytes(tq.head_dim)
-    if torch.equal(got, ref):
-        return 0
-    fr, fg = tq.unpack(ref), tq.unpack(got)
-    st = tq.stages[0]
-    xb = tq._blocks(x.cpu()).double()
-    finite = torch.isfinite(xb).all(-1, keepdim=True)
-    xb = torch.where(finite, xb, 0.0)
-    norm = xb.norm(dim=-1, keepdim=True)
-    y = (xb / norm.clamp_min(1e-300)) @ st.rot.double().T  # float32 matrix, float64 arithmetic
-    dist = (y.unsqueeze(-1) - st.thresholds.double()).abs().min(-1).values
-    idx_diff = fr["idx"] != fg["idx"]
-    assert (dist[idx_diff] < 1e-6).all(), f"code differs away from a threshold: {dist[idx_diff].max()}"
-    nr, ng = fr["norm"].view(torch.int16).int(), fg["norm"].view(torch.int16).int()
-    ndiff = (nr != ng) & ~idx_diff.any(-1)
-    if ndiff.any():
-        assert ((nr - ng).abs()[ndiff] == 1).all(), "fp16 norms differ by more than one ulp"
-        exact = norm.squeeze(-1)
-        if tq.norm_correction:
-            exact = exact / st.centroids.double()[fr["idx"]].norm(dim=-1)
-        mid = (fr["norm"].double() + fg["norm"].double()) / 2
-        assert ((exact - mid).abs() / exact)[ndiff].max() < 1e-6, "norm differs away from an fp16 midpoint"
-    return int(idx_diff.sum() + ndiff.sum())
+_check_store = check_store  # the rule lives in lowbit.kernels.store_check (the GPU benchmark uses it too)
 
 
 @pytest.mark.parametrize("fmt,head_dim,dtype,nc,rot", [
