@@ -11,7 +11,8 @@ One program walks tiles of BLOCK_T head vectors (persistent grid); per 128-value
   float32 (checked on the host), so the index is a branch-free binary search on |y| (b-1 compares) plus the
   sign: index = number of thresholds below y, as torch.bucketize(right=False). Other codebooks count all
   thresholds;
-- with norm correction stores ‖x‖/‖c[idx]‖; ‖c[idx]‖² comes from the same search (selects, no gathers);
+- with norm correction stores ‖x‖/‖c[idx]‖; ‖c[idx]‖² without per-value gathers: a per-row byte histogram
+  of the magnitude index (3-bit) or selects down the search tree (2- and 4-bit);
 - packs indices as the CPU packer does (`lowbit.quant.packing`: a little-endian bitstream, so every 8 codes
   fill exactly `bits` bytes) and writes the fp16 norm after them (`TurboLayout.fields`).
 
