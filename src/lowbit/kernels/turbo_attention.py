@@ -22,11 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
-from lowbit.kernels import _interpret
+from lowbit.kernels import _interpret, cuda_decode
 
 from lowbit.errors import LowbitError
 from lowbit.kernels.params import MAX_ROWS, TurboParams
 from lowbit.kernels.unpack import USE_ASM, load_units, norm_f32, table_words, unit_values
+from lowbit.quant.rotation import sylvester_hadamard
 
 _interpret.apply()
 
@@ -209,6 +210,53 @@ def _stage2(OP, ML, RV, SV, O, sob, soh, sol,
         tl.store(obase + cols, x.to(O.dtype.element_ty))
 
 
+@triton.jit
+def _rotate_queries(Q, MAT, SK, QK, sqb, sqh, sql, qk_scale, HKV: tl.constexpr, GROUP: tl.constexpr,
+                    LQ: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr, HADAMARD: tl.constexpr):
+    """QK[bh, r, :] = the rotated, scaled query row r (= head·LQ + token) of KV head bh in the CUDA kernel's
+    dimension order: per 128-block j, q_j Rᵀ with Rᵀ's columns permuted (MAT, fp16); rows past GROUP·LQ
+    are zero. Hadamard: MAT is the permuted ±1 matrix (exact in fp16), the signs and 1/sqrt(BLK) are applied
+    in float32 around it."""
+    bh = tl.program_id(0)
+    b = bh // HKV
+    h = bh % HKV
+    rows = tl.arange(0, 16)
+    ok = rows < GROUP * LQ
+    g = rows // LQ
+    t = rows % LQ
+    bc = tl.arange(0, BLK)
+    mat = tl.load(MAT + bc[:, None] * BLK + bc[None, :])
+    for j in tl.static_range(NBLK):
+        q = tl.load(Q + b * sqb + (h * GROUP + g)[:, None] * sqh + t[:, None] * sql + j * BLK + bc[None, :],
+                    mask=ok[:, None], other=0.0).to(tl.float32) * qk_scale
+        if HADAMARD:
+            q = q * tl.load(SK + bc)[None, :]
+            y = tl.dot(q.to(tl.float16), mat) * (1.0 / tl.sqrt(BLK * 1.0))
+        else:
+            y = tl.dot(q.to(tl.float16), mat)
+        tl.store(QK + bh * (16 * NBLK * BLK) + rows[:, None] * (NBLK * BLK) + j * BLK + bc[None, :], y.to(tl.float16))
+
+
+def rotate_queries(q: torch.Tensor, pk: TurboParams, HKV: int, scale: float) -> torch.Tensor:
+    """[B*HKV, 16, D] fp16 queries for `cuda_decode`: rotated by K's rotation, times scale·log2(e), in
+    `cuda_decode.kernel_dim_order`, padded to 16 rows per KV head."""
+    from lowbit.kernels.cuda_decode import kernel_dim_order
+
+    B, Hq, LQ, D = q.shape
+    local = kernel_dim_order(D)[: pk.block] % pk.block  # the same permutation inside every 128-block
+
+    def make():
+        base = sylvester_hadamard(pk.block).float() if pk.hadamard else pk.rot.float().cpu()  # rows: output dims
+        return base[local.tolist()].t().contiguous().to(device=q.device, dtype=torch.float16)  # [d, kappa]
+
+    mat = _cached(pk, "_qmat", make)
+    out = torch.empty(B * HKV, 16, D, device=q.device, dtype=torch.float16)
+    _rotate_queries[(B * HKV,)](q, mat, pk.signs if pk.hadamard else mat, out, q.stride(0), q.stride(1), q.stride(2),
+                                scale * math.log2(math.e), HKV=HKV, GROUP=Hq // HKV, LQ=LQ, BLK=pk.block,
+                                NBLK=pk.n_blocks, HADAMARD=pk.hadamard, num_warps=4)
+    return out
+
+
 def _cached(p: TurboParams, name: str, make):
     """Derived device tensors, made once per params (never inside a CUDA-graph capture after the first call)."""
     if name not in p.__dict__:
@@ -248,12 +296,49 @@ def default_config(batch: int, kv_heads: int, seq_len: int, head_dim: int, sms: 
     return block_n, splits, warps
 
 
+def _cuda_path(q, k_packed, v_packed, pk: TurboParams, pv: TurboParams, scale: float, T: int,
+               splits: int | None) -> torch.Tensor:
+    """Queries rotated once (Triton), the CUDA split kernel, then the Triton merge (stage 2)."""
+    B, Hq, LQ, D = q.shape
+    HKV = k_packed.shape[1]
+    if splits:
+        split_len = math.ceil(math.ceil(T / splits) / 16) * 16
+    else:
+        split_len = cuda_decode.split_length(B * HKV, T, _sms(q.device))
+    splits = math.ceil(T / split_len)
+    qk = rotate_queries(q, pk, HKV, scale)
+    op = torch.empty(B * HKV * splits * 16 * D, dtype=torch.float32, device=q.device)
+    ml = torch.empty(B * HKV * splits * 32, dtype=torch.float32, device=q.device)
+    cuda_decode.stage1(qk, k_packed, v_packed, _tables(pk)[1], _tables(pv)[1], T, split_len, splits, op, ml)
+    out = torch.empty_like(q)
+    _stage2[(B * HKV, (Hq // HKV) * LQ, pk.n_blocks)](
+        op, ml, pv.rot, pv.signs if pv.hadamard else pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
+        HKV=HKV, GROUP=Hq // HKV, LQ=LQ, M=16, BLK=pk.block, NBLK=pk.n_blocks, HADAMARD=pv.hadamard, SC=16,
+        NSPLIT=splits, num_warps=4,
+    )
+    return out
+
+
+_SMS: dict = {}
+
+
+def _sms(device) -> int:
+    if str(device) not in _SMS:
+        _SMS[str(device)] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[str(device)]
+
+
 def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor,
                            pk: TurboParams, pv: TurboParams, scale: float | None = None,
                            seq_len: int | None = None, block_n: int | None = None, splits: int | None = None,
-                           num_warps: int | None = None, prefetch: bool | None = None) -> torch.Tensor:
+                           num_warps: int | None = None, prefetch: bool | None = None,
+                           backend: str = "auto") -> torch.Tensor:
     """softmax(q kᵀ·scale) v for q [B, Hq, LQ, D] over packed K/V [B, Hkv, >=T, bytes]; the LQ new tokens
-    are the last LQ of the T cached ones (causal). Returns [B, Hq, LQ, D] in q's dtype."""
+    are the last LQ of the T cached ones (causal). Returns [B, Hq, LQ, D] in q's dtype.
+
+    backend: "auto" takes the CUDA split kernel (`cuda_decode`) where it applies (turbo3 K and V, one new
+    token, NVRTC present) and the Triton kernel elsewhere; "triton" or "cuda" force one (the latter raises
+    where it does not apply)."""
     B, Hq, LQ, D = q.shape
     Bk, HKV, cap, vbk = k_packed.shape
     T = cap if seq_len is None else seq_len
@@ -269,13 +354,21 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
         raise LowbitError(f"{group * LQ} query rows per KV head is prefill; decode kernel takes at most {MAX_ROWS}")
     if k_packed.stride(-1) != 1 or v_packed.stride(-1) != 1 or q.stride(-1) != 1:
         raise LowbitError("packed K/V and q need a contiguous last dimension")
+    scale = D ** -0.5 if scale is None else scale
+    if backend not in ("auto", "triton", "cuda"):
+        raise LowbitError(f"unknown decode backend {backend!r}: auto, triton or cuda")
+    if backend != "triton" and cuda_decode.supported(pk, pv, group * LQ, LQ, k_packed, v_packed) \
+            and cuda_decode.available(q.device):
+        return _cuda_path(q, k_packed, v_packed, pk, pv, scale, T, splits)
+    if backend == "cuda":
+        raise LowbitError("the CUDA decode kernel takes turbo3 K and V, head_dim 128/256, one new token, "
+                          "<= 16 query rows per KV head, contiguous 16-byte aligned caches, and NVRTC")
     M = max(16, _pow2(group * LQ))
     bn, sp, nw = default_config(B, HKV, T, D)
     block_n, splits, num_warps = block_n or bn, splits or sp, num_warps or nw
     prefetch = PREFETCH if prefetch is None else prefetch
     split_len = math.ceil(math.ceil(T / splits) / block_n) * block_n
     splits = math.ceil(T / split_len)
-    scale = D ** -0.5 if scale is None else scale
     dev = q.device
     rkt = _cached(pk, "_rkt16", lambda: pk.rot.t().contiguous().to(torch.float16))
     ck, ktab = _tables(pk)

@@ -1,0 +1,448 @@
+"""Split-KV decode attention over a packed turbo3 K/V cache, hand-written CUDA (the fast path on NVIDIA GPUs).
+
+Why CUDA next to the Triton kernel (`turbo_attention`): unpacking is the bound (docs/kernels.md §4), and
+Triton spends most of its instructions moving the unpacked tile into the tensor-core layout (shared
+memory, barriers, cross-warp softmax). Here one warp owns one split of one (batch, KV head):
+- K never leaves registers: each lane unpacks whole 16-code units of its token (`prmt` lookups from a
+  register table) and the fp16 pairs ARE the `mma.m16n8k16` B fragments. That fixes a permutation of the
+  head dimension inside the kernel (`kernel_dim_order`); the queries are rotated into that order once
+  (`turbo_attention.rotate_queries`), so q·k is unchanged;
+- online softmax within the warp (quad shuffles, no barriers); the scores' fragments become the P operand
+  in registers (the FlashAttention-2 identity between C and A fragments);
+- V tiles are unpacked to warp-private shared memory and read back transposed with `ldmatrix.trans`.
+Output: the same per-split partials (rotated frame, base-2 max, sum) as the Triton stage 1, so the Triton
+stage 2 merges them and applies V's inverse rotation.
+
+Scope: turbo3 keys and values (mse, 128-value blocks), head_dim 128 or 256, up to 16 query rows per KV head,
+one new token; anything else takes the Triton kernel. Compiled at first use with NVRTC, launched through the
+CUDA driver (ctypes), both found next to torch or in the CUDA toolkit.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+BITS = 3
+ROWS = 16  # query rows per KV head (GQA group, padded): the mma M dimension
+
+SOURCE = r"""
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ u32 f2_to_h2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ void mma16816(float* d, const u32* a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldsm_x4(u32* r, const void* smem) {
+    u32 addr = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(u32* r, const void* smem) {
+    u32 addr = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// 8 codes (24 bits) -> nibbles (codes 0-3 in bits 0-15, 4-7 in bits 16-31): fields are disjoint, so
+// x + t*(2^s - 1) moves field t up by s bits.
+__device__ __forceinline__ u32 spread8(u32 x) {
+    u32 t = x & 0xFFF000u; x += t * 15u;
+    t = x & 0x0FC00FC0u; x += t * 3u;
+    t = x & 0x38383838u; x += t;
+    return x;
+}
+
+// 4 codes in the nibbles of sel -> 2 fp16 pairs, from the 8-entry table (lo bytes L0:L1, hi bytes H0:H1).
+__device__ __forceinline__ void look4(u32 sel, u32 L0, u32 L1, u32 H0, u32 H1, u32& p0, u32& p1) {
+    u32 l = __byte_perm(L0, L1, sel), h = __byte_perm(H0, H1, sel);
+    p0 = __byte_perm(l, h, 0x5140);
+    p1 = __byte_perm(l, h, 0x7362);
+}
+
+// One 16-code unit (3 little-endian 16-bit words) -> 8 fp16 pairs, pair i = codes 2i | 2i+1 << 16.
+__device__ __forceinline__ void unit8(u32 w0, u32 w1, u32 w2, u32 L0, u32 L1, u32 H0, u32 H1, u32* p) {
+    u32 x = spread8(w0 | ((w1 & 0xFFu) << 16));
+    u32 y = spread8((w1 >> 8) | (w2 << 8));
+    look4(x, L0, L1, H0, H1, p[0], p[1]);
+    look4(x >> 16, L0, L1, H0, H1, p[2], p[3]);
+    look4(y, L0, L1, H0, H1, p[4], p[5]);
+    look4(y >> 16, L0, L1, H0, H1, p[6], p[7]);
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+    u32 s = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(s), "l"(gmem), "r"(src_bytes));
+}
+
+// Stage the packed bytes of 16 tokens (contiguous in the cache) into shared memory; bytes past `lim`
+// (the split's end) are zero-filled.
+template <int TB>
+__device__ __forceinline__ void stage(unsigned char* dst, const unsigned char* src, long long from, long long lim, int lane) {
+    constexpr int NCH = TB / 16;
+    src += from;
+    if (from + TB <= lim) {  // the common case: the whole step lies inside the split
+#pragma unroll
+        for (int k = 0; k < (NCH + 31) / 32; k++) {
+            const int ch = lane + 32 * k;
+            if (NCH % 32 == 0 || ch < NCH) cp_async16(dst + ch * 16, src + ch * 16, 16);
+        }
+    } else {
+        const int rem = (int)(lim - from);
+#pragma unroll
+        for (int k = 0; k < (NCH + 31) / 32; k++) {
+            const int ch = lane + 32 * k;
+            const int n = min(max(rem - ch * 16, 0), 16);
+            if (NCH % 32 == 0 || ch < NCH) cp_async16(dst + ch * 16, n ? src + ch * 16 : src, n);
+        }
+    }
+    asm volatile("cp.async.commit_group;");
+}
+
+__device__ __forceinline__ void unit_at(const unsigned char* p, u32 L0, u32 L1, u32 H0, u32 H1, u32* out) {
+    const u16* q = (const u16*)p;
+    unit8(q[0], q[1], q[2], L0, L1, H0, H1, out);
+}
+
+template <int D>
+__global__ void __launch_bounds__(32) turbo3_decode(
+    const unsigned short* __restrict__ QK, const unsigned char* __restrict__ K, const unsigned char* __restrict__ V,
+    long long skb, long long skh, long long svb, long long svh,
+    int HKV, int T, int split_len, int nsplit,
+    u32 KL0, u32 KL1, u32 KH0, u32 KH1, u32 VL0, u32 VL1, u32 VH0, u32 VH1,
+    float* __restrict__ OP, float* __restrict__ ML)
+{
+    constexpr int NU = D / 16;        // 16-code units per head vector
+    constexpr int UPL = NU / 4;       // units per lane per token: lane c takes units c, c+4, ...
+    constexpr int NDT = D / 8;        // n8 tiles of the output
+    constexpr int LD = D + 8;         // shared row stride (halves): conflict-free ldmatrix
+    constexpr int BB = 50;            // bytes per 128-block: 48 index bytes + fp16 norm
+    constexpr int VB = (D / 128) * BB;  // bytes per token (vectors are contiguous: token stride = VB)
+    constexpr int TB = 16 * VB;       // bytes per 16-token step
+    __shared__ __align__(16) unsigned short qs[16 * LD];
+    __shared__ __align__(16) unsigned short vs[16 * LD];
+    __shared__ __align__(16) unsigned char kst[2][TB];
+    __shared__ __align__(16) unsigned char vst[2][TB];
+
+    const int lane = threadIdx.x, g = lane >> 2, c = lane & 3;
+    const int bh = blockIdx.x, sp = blockIdx.y;
+    const int b = bh / HKV, h = bh - (bh / HKV) * HKV;
+    const int start = sp * split_len;
+    const int end = min(start + split_len, T);
+    const unsigned char* kb = K + b * skb + h * skh;
+    const unsigned char* vb = V + b * svb + h * svh;
+    const long long lim = (long long)end * VB;
+    stage<TB>(kst[0], kb, (long long)start * VB, lim, lane);
+    stage<TB>(vst[0], vb, (long long)start * VB, lim, lane);
+    const unsigned short* q = QK + (size_t)bh * 16 * D;
+    for (int i = lane; i < 16 * D / 8; i += 32) {
+        int r = i / (D / 8), col = (i - r * (D / 8)) * 8;
+        *(uint4*)&qs[r * LD + col] = *(const uint4*)&q[r * D + col];
+    }
+
+    float acc[NDT][4];
+#pragma unroll
+    for (int i = 0; i < NDT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float m_g = -1e30f, m_g8 = -1e30f, l_g = 0.f, l_g8 = 0.f;  // rows g and g+8 (l: this lane's part)
+    // this lane's units: c + 4i, at byte (u >> 3) * BB + (u & 7) * 6 of its token
+    const int ubase = c * 6;
+
+    int buf = 0;
+    for (int t0 = start; t0 < end; t0 += 16, buf ^= 1) {
+        if (t0 + 16 < end) {  // next step's bytes load while this one computes
+            stage<TB>(kst[buf ^ 1], kb, (long long)(t0 + 16) * VB, lim, lane);
+            stage<TB>(vst[buf ^ 1], vb, (long long)(t0 + 16) * VB, lim, lane);
+            asm volatile("cp.async.wait_group 2;");
+        } else {
+            asm volatile("cp.async.wait_group 0;");
+        }
+        __syncwarp();
+        const unsigned char* kt = kst[buf];
+        const unsigned char* vt = vst[buf];
+        // ---- scores of 16 tokens: two n8 tiles; lane unpacks tokens g and 8 + g of the step ----
+        float s[2][2][4];  // [tile][128-block][fragment]
+#pragma unroll
+        for (int t = 0; t < 2; t++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) s[t][j][0] = s[t][j][1] = s[t][j][2] = s[t][j][3] = 0.f;
+#pragma unroll
+        for (int i = 0; i < UPL; i++) {
+            const int off = ubase + (i >> 1) * BB + (i & 1) * 24;
+            u32 pa[8], pb[8];
+            unit_at(kt + g * VB + off, KL0, KL1, KH0, KH1, pa);
+            unit_at(kt + (g + 8) * VB + off, KL0, KL1, KH0, KH1, pb);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {  // k-step 4i + j: B fragment = pairs (2j, 2j+1) of the unit
+                u32 qa[4];
+                ldsm_x4(qa, &qs[(lane & 15) * LD + (4 * i + j) * 16 + (lane >> 4) * 8]);
+                mma16816(s[0][i >> 1], qa, pa[2 * j], pa[2 * j + 1]);
+                mma16816(s[1][i >> 1], qa, pb[2 * j], pb[2 * j + 1]);
+            }
+        }
+        // ---- norms, mask, online softmax (rows g and g+8; this lane: tokens 2c, 2c+1 of each tile) ----
+        float p[2][4], nv[2][2][2];  // nv[tile][token][block]
+        float mx_g = NEG_INF, mx_g8 = NEG_INF;
+#pragma unroll
+        for (int t = 0; t < 2; t++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int r = 8 * t + 2 * c + e;
+                const bool ok = t0 + r < end;
+                float sc0 = 0.f, sc1 = 0.f;
+#pragma unroll
+                for (int j = 0; j < D / 128; j++) {
+                    const float nk = h2f(*(const u16*)(kt + r * VB + j * BB + 48));
+                    nv[t][e][j] = h2f(*(const u16*)(vt + r * VB + j * BB + 48));
+                    sc0 += nk * s[t][j][e];
+                    sc1 += nk * s[t][j][2 + e];
+                }
+                p[t][e] = ok ? sc0 : NEG_INF;
+                p[t][2 + e] = ok ? sc1 : NEG_INF;
+                mx_g = fmaxf(mx_g, p[t][e]);
+                mx_g8 = fmaxf(mx_g8, p[t][2 + e]);
+            }
+        }
+        mx_g = fmaxf(mx_g, __shfl_xor_sync(0xffffffffu, mx_g, 1));
+        mx_g = fmaxf(mx_g, __shfl_xor_sync(0xffffffffu, mx_g, 2));
+        mx_g8 = fmaxf(mx_g8, __shfl_xor_sync(0xffffffffu, mx_g8, 1));
+        mx_g8 = fmaxf(mx_g8, __shfl_xor_sync(0xffffffffu, mx_g8, 2));
+        const float mn_g = fmaxf(m_g, mx_g), mn_g8 = fmaxf(m_g8, mx_g8);
+        const float al_g = exp2f(m_g - mn_g), al_g8 = exp2f(m_g8 - mn_g8);
+        m_g = mn_g;
+        m_g8 = mn_g8;
+        float sum_g = 0.f, sum_g8 = 0.f;
+#pragma unroll
+        for (int t = 0; t < 2; t++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                p[t][e] = exp2f(p[t][e] - mn_g);
+                p[t][2 + e] = exp2f(p[t][2 + e] - mn_g8);
+                sum_g += p[t][e];
+                sum_g8 += p[t][2 + e];
+            }
+        }
+        l_g = l_g * al_g + sum_g;
+        l_g8 = l_g8 * al_g8 + sum_g8;
+        if (__any_sync(0xffffffffu, al_g != 1.f || al_g8 != 1.f)) {  // the max moved: rescale
+#pragma unroll
+            for (int i = 0; i < NDT; i++) {
+                acc[i][0] *= al_g; acc[i][1] *= al_g; acc[i][2] *= al_g8; acc[i][3] *= al_g8;
+            }
+        }
+        // P (times V's norms) as the A fragment of the 16-token step, one per 128-block
+        u32 pf[2][4];
+#pragma unroll
+        for (int j = 0; j < D / 128; j++) {
+            pf[j][0] = f2_to_h2(p[0][0] * nv[0][0][j], p[0][1] * nv[0][1][j]);
+            pf[j][1] = f2_to_h2(p[0][2] * nv[0][0][j], p[0][3] * nv[0][1][j]);
+            pf[j][2] = f2_to_h2(p[1][0] * nv[1][0][j], p[1][1] * nv[1][1][j]);
+            pf[j][3] = f2_to_h2(p[1][2] * nv[1][0][j], p[1][3] * nv[1][1][j]);
+        }
+        // ---- V: unpack 16 tokens into shared memory (row = token), then P @ V with ldmatrix.trans ----
+        // (rows past the split's end hold zero bytes: finite codebook values times p = 0)
+#pragma unroll
+        for (int i = 0; i < UPL; i++) {
+            const int off = ubase + (i >> 1) * BB + (i & 1) * 24, u = c + 4 * i;
+            u32 va[8], vc[8];
+            unit_at(vt + g * VB + off, VL0, VL1, VH0, VH1, va);
+            unit_at(vt + (g + 8) * VB + off, VL0, VL1, VH0, VH1, vc);
+            *(uint4*)&vs[g * LD + 16 * u] = make_uint4(va[0], va[1], va[2], va[3]);
+            *(uint4*)&vs[g * LD + 16 * u + 8] = make_uint4(va[4], va[5], va[6], va[7]);
+            *(uint4*)&vs[(g + 8) * LD + 16 * u] = make_uint4(vc[0], vc[1], vc[2], vc[3]);
+            *(uint4*)&vs[(g + 8) * LD + 16 * u + 8] = make_uint4(vc[4], vc[5], vc[6], vc[7]);
+        }
+        __syncwarp();
+        const int mi = lane >> 3;
+#pragma unroll
+        for (int d2 = 0; d2 < NDT / 2; d2++) {  // 16 output dims per ldmatrix.x4.trans
+            u32 bv[4];
+            ldsm_x4_t(bv, &vs[((mi & 1) * 8 + (lane & 7)) * LD + d2 * 16 + (mi >> 1) * 8]);
+            mma16816(acc[2 * d2], pf[(d2 * 16) / 128], bv[0], bv[1]);
+            mma16816(acc[2 * d2 + 1], pf[(d2 * 16) / 128], bv[2], bv[3]);
+        }
+        __syncwarp();
+    }
+    l_g += __shfl_xor_sync(0xffffffffu, l_g, 1);
+    l_g += __shfl_xor_sync(0xffffffffu, l_g, 2);
+    l_g8 += __shfl_xor_sync(0xffffffffu, l_g8, 1);
+    l_g8 += __shfl_xor_sync(0xffffffffu, l_g8, 2);
+    const size_t base = (size_t)bh * nsplit + sp;
+    float* o = OP + base * 16 * D;
+#pragma unroll
+    for (int i = 0; i < NDT; i++) {
+        *(float2*)&o[g * D + i * 8 + 2 * c] = make_float2(acc[i][0], acc[i][1]);
+        *(float2*)&o[(g + 8) * D + i * 8 + 2 * c] = make_float2(acc[i][2], acc[i][3]);
+    }
+    if (c == 0) {
+        ML[base * 32 + g] = m_g;
+        ML[base * 32 + g + 8] = m_g8;
+        ML[base * 32 + 16 + g] = l_g;
+        ML[base * 32 + 16 + g + 8] = l_g8;
+    }
+}
+"""
+
+KERNELS = ("turbo3_decode<128>", "turbo3_decode<256>")
+
+
+def kernel_dim_order(head_dim: int) -> torch.Tensor:
+    """perm[kappa] = the storage dimension that kernel dimension kappa holds (see SOURCE: lane c of a quad
+    unpacks units c, c+4, ...; pair 2j / 2j+1 of unit c+4i is the B fragment of k-step 4i+j)."""
+    k = torch.arange(head_dim)
+    ks, r, c, e = k >> 4, (k >> 3) & 1, (k >> 1) & 3, k & 1
+    i, j = ks >> 2, ks & 3
+    return 16 * (c + 4 * i) + 4 * j + 2 * r + e
+
+
+def supported(pk, pv, group_rows: int, lq: int, k_packed: torch.Tensor, v_packed: torch.Tensor) -> bool:
+    """Shapes, formats and layouts the CUDA kernel takes (otherwise the Triton kernel runs)."""
+    def contiguous_16(t):  # token-contiguous vectors whose 16-token steps start 16-byte aligned
+        vb = t.shape[-1]
+        return (t.stride(-1) == 1 and t.stride(-2) == vb and t.data_ptr() % 16 == 0
+                and t.stride(0) % 16 == 0 and t.stride(1) % 16 == 0 and (16 * vb) % 16 == 0)
+    return (pk.bits == BITS and pv.bits == BITS and pk.block == 128 and pv.block == 128
+            and pk.head_dim in (128, 256) and pk.block_bytes == 50 and pv.block_bytes == 50
+            and lq == 1 and group_rows <= ROWS and contiguous_16(k_packed) and contiguous_16(v_packed))
+
+
+class _Driver:
+    """NVRTC + the CUDA driver through ctypes: compile once per device, launch on torch's current stream
+    (so CUDA-graph capture records it)."""
+
+    def __init__(self, device: torch.device):
+        import ctypes
+
+        self.ct = ctypes
+        self.cuda = ctypes.CDLL("libcuda.so.1")
+        self.nvrtc = ctypes.CDLL(_find_nvrtc())
+        major, minor = torch.cuda.get_device_capability(device)
+        ptx, lowered = self._compile(f"--gpu-architecture=compute_{major}{minor}")
+        torch.cuda.init()
+        with torch.cuda.device(device):
+            torch.empty(1, device=device)  # the primary context is current
+            mod = ctypes.c_void_p()
+            self._check(self.cuda.cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(ptx)), "cuModuleLoadData")
+            self.functions = {}
+            for name, low in lowered.items():
+                fn = ctypes.c_void_p()
+                self._check(self.cuda.cuModuleGetFunction(ctypes.byref(fn), mod, low), "cuModuleGetFunction")
+                self.functions[name] = fn
+
+    def _check(self, rc, what):
+        if rc != 0:
+            raise RuntimeError(f"{what} failed with CUDA error {rc}")
+
+    def _compile(self, arch: str):
+        ct, nv = self.ct, self.nvrtc
+        prog = ct.c_void_p()
+        self._nv(nv.nvrtcCreateProgram(ct.byref(prog), SOURCE.encode(), b"turbo3_decode.cu", 0, None, None), prog)
+        for n in KERNELS:
+            self._nv(nv.nvrtcAddNameExpression(prog, n.encode()), prog)
+        opts = [arch.encode(), b"-std=c++17", b"-default-device"]
+        rc = nv.nvrtcCompileProgram(prog, len(opts), (ct.c_char_p * len(opts))(*opts))
+        if rc != 0:
+            size = ct.c_size_t()
+            nv.nvrtcGetProgramLogSize(prog, ct.byref(size))
+            log = ct.create_string_buffer(size.value)
+            nv.nvrtcGetProgramLog(prog, log)
+            raise RuntimeError(f"NVRTC: {log.value.decode(errors='replace')[:2000]}")
+        size = ct.c_size_t()
+        self._nv(nv.nvrtcGetPTXSize(prog, ct.byref(size)), prog)
+        ptx = ct.create_string_buffer(size.value)
+        self._nv(nv.nvrtcGetPTX(prog, ptx), prog)
+        lowered = {}
+        for n in KERNELS:
+            low = ct.c_char_p()
+            self._nv(nv.nvrtcGetLoweredName(prog, n.encode(), ct.byref(low)), prog)
+            lowered[n] = ct.c_char_p(bytes(low.value))
+        return ptx.value, lowered
+
+    def _nv(self, rc, prog):
+        if rc != 0:
+            raise RuntimeError(f"NVRTC call failed with {rc}")
+
+    def launch(self, name: str, grid, block, args, stream: int) -> None:
+        ct = self.ct
+        holders = [a if isinstance(a, ct._SimpleCData) else ct.c_uint64(a) for a in args]
+        params = (ct.c_void_p * len(holders))(*[ct.cast(ct.pointer(h), ct.c_void_p) for h in holders])
+        self._check(self.cuda.cuLaunchKernel(self.functions[name], ct.c_uint(grid[0]), ct.c_uint(grid[1]), ct.c_uint(1),
+                                             ct.c_uint(block), ct.c_uint(1), ct.c_uint(1), ct.c_uint(0),
+                                             ct.c_void_p(stream), params, None), "cuLaunchKernel")
+
+
+def _find_nvrtc() -> str:
+    import ctypes.util
+    import glob
+    import os
+    import sys
+
+    found = []
+    for root in {sys.prefix, os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(torch.__file__))}:
+        found += sorted(glob.glob(os.path.join(root, "**", "libnvrtc.so*"), recursive=True))
+    found += sorted(glob.glob("/usr/local/cuda*/lib*/libnvrtc.so*"))
+    lib = ctypes.util.find_library("nvrtc")
+    found = [f for f in found if "builtins" not in f and ".alt." not in f] + ([lib] if lib else [])
+    if not found:
+        raise RuntimeError("no NVRTC library (libnvrtc.so) found")
+    return found[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _driver(index: int) -> _Driver:
+    return _Driver(torch.device("cuda", index))
+
+
+def available(device) -> bool:
+    device = torch.device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return False
+    try:
+        _driver(device.index if device.index is not None else torch.cuda.current_device())
+    except Exception:  # no NVRTC or driver: the Triton kernel runs
+        return False
+    return True
+
+
+def stage1(qk: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor, ktab, vtab, T: int, split_len: int,
+           splits: int, op: torch.Tensor, ml: torch.Tensor) -> None:
+    """Launch the CUDA split kernel: qk [B*HKV, 16, D] fp16 in kernel_dim_order, rotated and scaled."""
+    import ctypes as ct
+
+    B, HKV, _, _ = k_packed.shape
+    D = qk.shape[-1]
+    dev = qk.device.index if qk.device.index is not None else torch.cuda.current_device()
+    u32 = [ct.c_uint32(w & 0xFFFFFFFF) for w in (ktab[0], ktab[1], ktab[4], ktab[5], vtab[0], vtab[1], vtab[4], vtab[5])]
+    args = [qk.data_ptr(), k_packed.data_ptr(), v_packed.data_ptr(),
+            ct.c_int64(k_packed.stride(0)), ct.c_int64(k_packed.stride(1)),
+            ct.c_int64(v_packed.stride(0)), ct.c_int64(v_packed.stride(1)),
+            ct.c_int32(HKV), ct.c_int32(T), ct.c_int32(split_len), ct.c_int32(splits), *u32, op.data_ptr(), ml.data_ptr()]
+    _driver(dev).launch(KERNELS[0] if D == 128 else KERNELS[1], (B * HKV, splits), 32, args,
+                        torch.cuda.current_stream(qk.device).cuda_stream)
+
+
+def split_length(batch_heads: int, T: int, sms: int) -> int:
+    """Tokens per warp (one warp per split): about 8 warps per SM, between 128 and 1024 tokens, whole
+    16-token steps (measured on an H200, docs/kernels.md: shorter splits starve the SMs of work per warp,
+    longer ones leave SMs idle)."""
+    want = math.ceil(batch_heads * T / (8 * sms) / 16) * 16
+    return max(128, min(1024, want))
