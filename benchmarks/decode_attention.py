@@ -7,7 +7,8 @@
 
 Time per decode step of one attention layer (LQ = 1 new token), median of CUDA-graph replays
 (triton.testing.do_bench_cudagraph); every timed call reads a different copy of its inputs, so that the
-working set exceeds the 50 MB L2 (`copies` column). Baselines, same run: torch SDPA on bf16 K/V with each
+working set exceeds the 50 MB L2 (`copies` column). `backend`: which kernel `turbo_decode_attention` picked (the CUDA split kernel for turbo3/turbo3, else
+Triton); `triton_ms` times the Triton kernel on the same caches. Baselines, same run: torch SDPA on bf16 K/V with each
 backend (flash, efficient, cuDNN, and math), each both as enable_gqa and as "packed GQA" (the group's
 query heads as query rows of their KV head, which is exact for one new token); the fastest is the
 baseline. Also dequantize-then-SDPA (Triton dequantize to bf16, then the fastest SDPA backend).
@@ -125,7 +126,8 @@ def best_sdpa(q, kvs, skip_math=True):
 def run_row(shape, T, B, kv_list, args, peak):
     from lowbit import kernels
     from lowbit.kernels.params import turbo_params
-    from lowbit.kernels.turbo_attention import PREFETCH, default_config, turbo_decode_attention
+    from lowbit.kernels import cuda_decode
+    from lowbit.kernels.turbo_attention import PREFETCH, _sms, default_config, turbo_decode_attention
 
     Hq, HKV, D = SHAPES[shape]
     bf16_bytes = 2 * B * HKV * T * D * 2
@@ -149,6 +151,10 @@ def run_row(shape, T, B, kv_list, args, peak):
         copies = max(1, min(64, math.ceil(4 * L2_BYTES / packed_bytes)))
         caches = make_cache(B, HKV, T, D, kc, vc, copies)
         ms = bench(lambda: [turbo_decode_attention(q, kp, vp, pk, pv) for kp, vp in caches]) / copies
+        used = "cuda" if cuda_decode.supported(pk, pv, Hq // HKV, 1, *caches[0]) and cuda_decode.available("cuda") \
+            else "triton"
+        triton_ms = ms if used == "triton" else bench(lambda: [turbo_decode_attention(
+            q, kp, vp, pk, pv, backend="triton") for kp, vp in caches]) / copies
         alts = {}
         for bn, nw, pf in (ALTS if args.alts else ()):  # other tile/warp/prefetch choices, same caches
             try:
@@ -175,7 +181,9 @@ def run_row(shape, T, B, kv_list, args, peak):
             "baseline_gbps": round(bf16_bytes / base_ms / 1e6, 1), "speedup": round(base_ms / ms, 2),
             "dequant_sdpa_ms": None if deq_ms is None else round(deq_ms, 5),
             "eager_ms": None if eager is None else round(eager, 5),
-            "config": "{}/{}/{}".format(*default_config(B, HKV, T, D)[::2], int(PREFETCH)), "alt_ms": alts,
+            "backend": used, "triton_ms": round(triton_ms, 5), "triton_speedup": round(base_ms / triton_ms, 2),
+            "config": (f"split {cuda_decode.split_length(B * HKV, T, _sms(q.device))}" if used == "cuda" else
+                       "{}/{}/{}".format(*default_config(B, HKV, T, D)[::2], int(PREFETCH))), "alt_ms": alts,
             "sdpa_all_ms": {k: round(v, 5) for k, v in all_sdpa.items()}, "copies": copies,
         })
         del caches, kp, vp
