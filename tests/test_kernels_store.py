@@ -3,7 +3,8 @@
 Each case exercises one branch of `lowbit.kernels.turbo_store`: the symmetric binary search for every
 bit width, the generic threshold count (an asymmetric codebook), the slow exact path for non-finite and
 overflowing rows, zero rows, tile tails and a persistent grid, the generic byte packer (unaligned output,
-blocks under 64 values). Differences must be float32 ties (`lowbit.kernels.store_check`).
+blocks under 64 values), the NaN norm bits of the device, and the diagnosis overrides and debug output.
+Differences must be float32 ties (`lowbit.kernels.store_check`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
+from lowbit.errors import LowbitError  # noqa: E402
+from lowbit.kernels import store_check  # noqa: E402
 from lowbit.kernels.params import turbo_params  # noqa: E402
-from lowbit.kernels.store_check import check_store  # noqa: E402
+from lowbit.kernels.store_check import check_store, torch_nan16  # noqa: E402
 from lowbit.kernels.turbo_store import _prepared, turbo_store  # noqa: E402
 from lowbit.quant.turboquant import TurboQuant  # noqa: E402
 
@@ -86,3 +89,65 @@ def test_generic_byte_packer(fmt, head_dim):
     turbo_store(turbo_params(tq, DEV), x.to(DEV), out=out)
     assert buf[0].item() == 0xAB
     assert check_store(tq, x, out) <= 2
+
+
+def _nan_block_bits(tq, packed) -> int:
+    return int(tq.unpack(packed.cpu())["norm"][0, 0].view(torch.int16)) & 0xFFFF
+
+
+@pytest.mark.parametrize("nc", [True, False])
+def test_nan_norm_bits_are_the_devices(nc, monkeypatch):
+    """A NaN norm's bits are torch's on the device the kernel runs on (0x7E00 on CPU, 0x7FFF canonical on
+    NVIDIA GPUs), not a constant: the GPU benchmark failed every choice on exactly this block."""
+    tq = TurboQuant("turbo3", 128, norm_correction=nc, seed=4)
+    p = turbo_params(tq, DEV)
+    x = _x(9, 128, 12)
+    x[0, 5] = float("nan")
+    here = torch_nan16(DEV, nc)
+    assert _nan_block_bits(tq, turbo_store(p, x.to(DEV))) == here & 0xFFFF
+    # a device whose torch writes the canonical NaN: the kernel and the rule follow it
+    other = 0x7FFF if here != 0x7FFF else 0x7E00
+    monkeypatch.setitem(store_check._NAN16, (str(torch.device(DEV)), nc), other)
+    got = turbo_store(p, x.to(DEV))
+    assert _nan_block_bits(tq, got) == other
+    assert check_store(tq, x, got) == 0
+    # ... and the rule stays exact: the other pattern is refused there
+    with pytest.raises(AssertionError, match="NaN norm bits differ"):
+        check_store(tq, x, turbo_store(p, x.to(DEV), nan16=here))
+
+
+def test_check_store_reports_far_norms():
+    tq = TurboQuant("turbo2", 128, norm_correction=True, seed=3)
+    x = _x(6, 128, 5)
+    f = tq.unpack(tq.quantize(x))
+    f["norm"] = (f["norm"].view(torch.int16) + 2).view(torch.float16)  # 2 ulp off everywhere
+    with pytest.raises(AssertionError, match="more than one ulp: 6 block"):
+        check_store(tq, x, tq.pack(f))
+
+
+def test_diagnosis_overrides_and_debug_output():
+    tq = TurboQuant("turbo3", 128, norm_correction=True, seed=9)
+    p = turbo_params(tq, DEV)
+    x = _x(40, 128, 21, torch.float16)  # fp16: the tensor-core (±1 matrix) path, also in the interpreter
+    x[3, 0] = float("inf")  # the slow path writes its debug values too
+    plain = turbo_store(p, x.to(DEV), block_t=16)
+    dbg = torch.full((40, 1, 4), float("nan"), device=DEV)
+    got = turbo_store(p, x.to(DEV), block_t=16, debug=dbg)
+    assert torch.equal(got, plain), "the debug output must not change the bytes"
+    d = dbg.cpu().double()[:, 0]
+    xn = x.double().norm(dim=-1)
+    cn = tq.stages[0].centroids.double()[tq.unpack(got.cpu())["idx"][:, 0]].norm(dim=-1)
+    ok = torch.isfinite(xn)
+    assert ((d[ok, 0] - xn[ok]).abs() / xn[ok]).max() < 1e-6  # norm before correction
+    assert ((d[ok, 1].sqrt() - cn[ok]).abs() / cn[ok]).max() < 1e-6  # sum of c[idx]^2
+    assert ((d[ok, 2] - xn[ok] / cn[ok]).abs() / (xn[ok] / cn[ok])).max() < 1e-6  # float32 stored
+    assert ((d[ok, 3] - 128 * xn[ok] ** 2).abs() / (128 * xn[ok] ** 2)).max() < 1e-6  # sum y^2, y = x @ (±1)
+    assert d[3, 0] == 0 and d[3, 3] == 0  # the non-finite block is zeroed, as the reference does
+    for over in ({"sym": False}, {"fast_pack": False}, {"dot_native": False}):
+        assert check_store(tq, x, turbo_store(p, x.to(DEV), block_t=16, **over)) <= 2, over
+    with pytest.raises(LowbitError, match="sym=True"):
+        asym = TurboQuant("turbo3", 128, seed=2)
+        asym.stages[0].thresholds[1] -= 0.01
+        turbo_store(turbo_params(asym, DEV), x.to(DEV), sym=True)
+    with pytest.raises(LowbitError, match="debug must be"):
+        turbo_store(p, x.to(DEV), debug=torch.zeros(40, 4, device=DEV))

@@ -25,7 +25,13 @@ the plain order and a generic byte packer.
 
 Rows with a non-finite ‖y‖ (NaN/Inf input, or overflow) are rare: the tile then takes a slow exact path
 (the reference's order: zero the block, normalize, divide, compare) for just those rows; their blocks
-store a NaN norm as the reference does.
+store a NaN norm with the bits torch writes on the same device (0x7E00 on CPU, the canonical 0x7FFF on
+NVIDIA GPUs: `store_check.torch_nan16`), so they equal `TurboQuant.quantize` run where the kernel runs.
+
+Diagnosis (`benchmarks/store_kernel.py --diagnose`): `turbo_store` takes overrides for SYM, FAST_PACK and
+DOT_NATIVE, and an optional float32 `debug` tensor [rows, n_blocks, 4] that receives, per block, the norm
+before correction, Σc[idx]², the float32 value converted to fp16, and Σy² (DEBUG is a constexpr: no cost
+when unused).
 
 Bit-identical to `TurboQuant.quantize` except where float32 rounding decides: a value within a few ulp
 of a threshold, or a norm within a few ulp of an fp16 rounding midpoint (the two sides sum in a
@@ -42,12 +48,13 @@ import triton
 import triton.language as tl
 
 from lowbit.kernels import _interpret
+from lowbit.errors import LowbitError
 from lowbit.kernels.params import TurboParams
+from lowbit.kernels.store_check import torch_nan16
 from lowbit.quant.rotation import sylvester_hadamard
 
 _interpret.apply()
 
-_NAN16 = tl.constexpr(0x7E00)  # the fp16 NaN torch writes (CPU reference), not the GPU's canonical 0x7FFF
 _TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(float32).tiny, the reference's clamp
 
 
@@ -121,12 +128,22 @@ def _codes(y, rs, THR, CENT, BITS: tl.constexpr, SYM: tl.constexpr, NC: tl.const
 
 
 @triton.jit
-def _norm16(nrm, cn2, bad, NC: tl.constexpr):
+def _norm16(nrm, cn2, bad, NC: tl.constexpr, NAN16: tl.constexpr):
+    """(fp16 bits of the stored norm as int32, the float32 value converted)."""
     stored = nrm
     if NC:
         stored = tl.math.div_rn(nrm, tl.maximum(tl.sqrt_rn(cn2), _TINY))
     n16 = stored.to(tl.float16).to(tl.int16, bitcast=True)
-    return tl.where(bad, _NAN16, n16.to(tl.int32))
+    return tl.where(bad, NAN16, n16.to(tl.int32)), stored
+
+
+@triton.jit
+def _debug_store(DBG, rows64, j, smask, nrm, cn2, stored, ss, NBLK: tl.constexpr):
+    base = DBG + (rows64 * NBLK + j) * 4
+    tl.store(base, nrm, mask=smask)
+    tl.store(base + 1, cn2, mask=smask)
+    tl.store(base + 2, stored, mask=smask)
+    tl.store(base + 3, ss, mask=smask)
 
 
 @triton.jit
@@ -181,10 +198,10 @@ def _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK: tl.constexpr, BITS:
 
 
 @triton.jit
-def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, n_rows, stride_x, y_scale, inv_scale2,
+def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, n_rows, stride_x, y_scale, inv_scale2,
                   BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr, BB: tl.constexpr,
                   NC: tl.constexpr, SYM: tl.constexpr, DOT_NATIVE: tl.constexpr, FAST_PACK: tl.constexpr,
-                  SAFE: tl.constexpr, BLOCK_T: tl.constexpr):
+                  SAFE: tl.constexpr, NAN16: tl.constexpr, DEBUG: tl.constexpr, BLOCK_T: tl.constexpr):
     cols = tl.arange(0, BLK)
     mat = tl.load(MAT + cols[:, None] * BLK + cols[None, :])  # [k, p], loaded once per program
     for tile in range(tl.program_id(0), tl.cdiv(n_rows, BLOCK_T), tl.num_programs(0)):
@@ -207,24 +224,28 @@ def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, n_rows, stride_x, y_scale, inv_
             ok = ss < float("inf")  # false for NaN too
             rs = tl.where(ry > 0, ry, 1.0)  # a zero vector compares y = 0 with the bare thresholds
             idx, cn2 = _codes(y, rs, THR, CENT, BITS, SYM, NC)
-            _pack_store(idx, _norm16(nrm, cn2, ss != ss, NC), OUT, OUT16, rows64, rmask & ok, j,
-                        BLK, BITS, VB, BB, BLOCK_T, FAST_PACK)
+            n16, stored = _norm16(nrm, cn2, ss != ss, NC, NAN16)
+            _pack_store(idx, n16, OUT, OUT16, rows64, rmask & ok, j, BLK, BITS, VB, BB, BLOCK_T, FAST_PACK)
+            if DEBUG:
+                _debug_store(DBG, rows64, j, rmask & ok, nrm, cn2, stored, ss, NBLK)
             if SAFE:
                 if tl.min((ok | ~rmask).to(tl.int32)) == 0:  # rare: NaN/Inf or overflow in this tile
-                    _slow_rows(x, mat, rows64, rmask & ~ok, j, OUT, OUT16, CENT, THR, y_scale, BLK, BITS,
-                               VB, BB, NC, SYM, DOT_NATIVE, FAST_PACK, BLOCK_T)
+                    _slow_rows(x, mat, rows64, rmask & ~ok, j, OUT, OUT16, CENT, THR, DBG, y_scale, BLK, NBLK,
+                               BITS, VB, BB, NC, SYM, DOT_NATIVE, FAST_PACK, NAN16, DEBUG, BLOCK_T)
 
 
 @triton.jit
-def _slow_rows(x, mat, rows64, smask, j, OUT, OUT16, CENT, THR, y_scale, BLK: tl.constexpr, BITS: tl.constexpr,
-               VB: tl.constexpr, BB: tl.constexpr, NC: tl.constexpr, SYM: tl.constexpr, DOT_NATIVE: tl.constexpr,
-               FAST_PACK: tl.constexpr, BLOCK_T: tl.constexpr):
+def _slow_rows(x, mat, rows64, smask, j, OUT, OUT16, CENT, THR, DBG, y_scale, BLK: tl.constexpr,
+               NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr, BB: tl.constexpr, NC: tl.constexpr,
+               SYM: tl.constexpr, DOT_NATIVE: tl.constexpr, FAST_PACK: tl.constexpr, NAN16: tl.constexpr,
+               DEBUG: tl.constexpr, BLOCK_T: tl.constexpr):
     """The reference's order for the rows in smask: zero non-finite blocks, norm from x, divide, compare."""
     xf = x.to(tl.float32)
     bad = (xf != xf) | (tl.abs(xf) == float("inf"))
     row_bad = tl.max(bad.to(tl.int32), axis=1) > 0
     xf = tl.where(row_bad[:, None], 0.0, xf)
-    nrm = tl.sqrt_rn(tl.sum(xf * xf, axis=1))
+    ss = tl.sum(xf * xf, axis=1)
+    nrm = tl.sqrt_rn(ss)
     safe = tl.maximum(nrm, _TINY)
     if DOT_NATIVE:
         y = tl.dot(xf.to(x.dtype), mat)
@@ -232,8 +253,10 @@ def _slow_rows(x, mat, rows64, smask, j, OUT, OUT16, CENT, THR, y_scale, BLK: tl
         y = tl.dot(xf, mat, input_precision="tf32x3")
     y = tl.math.div_rn(y, (safe * y_scale)[:, None])
     idx, cn2 = _codes(y, tl.full(nrm.shape, 1.0, tl.float32), THR, CENT, BITS, SYM, NC)
-    _pack_store(idx, _norm16(nrm, cn2, row_bad, NC), OUT, OUT16, rows64, smask, j, BLK, BITS, VB, BB, BLOCK_T,
-                FAST_PACK)
+    n16, stored = _norm16(nrm, cn2, row_bad, NC, NAN16)
+    _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK, BITS, VB, BB, BLOCK_T, FAST_PACK)
+    if DEBUG:
+        _debug_store(DBG, rows64, j, smask, nrm, cn2, stored, ss, NBLK)
 
 
 _MATS: dict = {}
@@ -267,8 +290,15 @@ def _prepared(p: TurboParams, dtype: torch.dtype, permute: bool = True):
 
 
 def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None, block_t: int = 64,
-                programs: int | None = None, num_warps: int = 4) -> torch.Tensor:
-    """Quantize head vectors x [..., head_dim] to packed uint8 [..., vector_bytes] (into `out` if given)."""
+                programs: int | None = None, num_warps: int = 4, *, sym: bool | None = None,
+                fast_pack: bool | None = None, dot_native: bool | None = None, nan16: int | None = None,
+                debug: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantize head vectors x [..., head_dim] to packed uint8 [..., vector_bytes] (into `out` if given).
+
+    Diagnosis only: sym / fast_pack / dot_native = False turn the kernel's shortcuts off (None: its own
+    choice; True where it cannot apply is an error), nan16 overrides the NaN norm bits, and a float32
+    `debug` tensor [rows, n_blocks, 4] receives (norm before correction, sum c[idx]^2, float32 stored, sum y^2).
+    """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, p.head_dim)
     if x2.stride(-1) != 1:
@@ -278,22 +308,39 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
         out = torch.empty(*lead, p.vector_bytes, dtype=torch.uint8, device=x.device)
     o2 = out.view(-1, p.vector_bytes)
     assert o2.is_contiguous() and o2.shape[0] == n
+    if debug is not None and (debug.shape != (n, p.n_blocks, 4) or debug.dtype != torch.float32
+                              or not debug.is_contiguous()):
+        raise LowbitError(f"turbo_store: debug must be a contiguous float32 [{n}, {p.n_blocks}, 4] tensor")
     if n == 0:
         return out
-    fast_pack = p.block >= 64 and o2.data_ptr() % 2 == 0
+    can_fast = p.block >= 64 and o2.data_ptr() % 2 == 0
     # The interpreter keeps bf16 as raw uint16 and cannot dot it: there bf16 takes the float32 path.
-    native = p.hadamard and (x2.dtype == torch.float16 or (x2.dtype == torch.bfloat16 and not _interpret.INTERPRET))
-    mat, y_scale, sym = _prepared(p, x2.dtype if native else torch.float32, fast_pack)
+    can_native = p.hadamard and (x2.dtype == torch.float16
+                                 or (x2.dtype == torch.bfloat16 and not _interpret.INTERPRET))
+    fast_pack = _choice("fast_pack", fast_pack, can_fast)
+    native = _choice("dot_native", dot_native, can_native)
+    mat, y_scale, can_sym = _prepared(p, x2.dtype if native else torch.float32, fast_pack)
+    sym = _choice("sym", sym, can_sym)
     tiles = triton.cdiv(n, block_t)
     if programs is None:
         programs = tiles if x.device.type != "cuda" else min(tiles, 8 * _sms(x.device))
     _store_kernel[(programs,)](
-        x2, o2, o2.view(torch.int16) if fast_pack else o2, mat, p.centroids, p.thresholds, n, x2.stride(0),
-        y_scale, 1.0 / p.block if p.hadamard else 1.0,
+        x2, o2, o2.view(torch.int16) if fast_pack else o2, mat, p.centroids, p.thresholds,
+        o2 if debug is None else debug, n, x2.stride(0), y_scale, 1.0 / p.block if p.hadamard else 1.0,
         BLK=p.block, NBLK=p.n_blocks, BITS=p.bits, VB=p.vector_bytes, BB=p.block_bytes, NC=p.norm_correction,
-        SYM=sym, DOT_NATIVE=native, FAST_PACK=fast_pack, SAFE=True, BLOCK_T=block_t, num_warps=num_warps,
+        SYM=sym, DOT_NATIVE=native, FAST_PACK=fast_pack, SAFE=True,
+        NAN16=torch_nan16(x2.device, p.norm_correction) if nan16 is None else nan16, DEBUG=debug is not None,
+        BLOCK_T=block_t, num_warps=num_warps,
     )
     return out
+
+
+def _choice(name: str, asked: bool | None, possible: bool) -> bool:
+    if asked is None:
+        return possible
+    if asked and not possible:
+        raise LowbitError(f"turbo_store: {name}=True does not apply to this codec, input or output")
+    return bool(asked)
 
 
 _SMS: dict = {}
