@@ -109,12 +109,22 @@ def test_cuda_kernel_matches_reference(B, Hq, Hkv, D, T, splits):
 
 
 @gpu
-def test_auto_backend_falls_back_for_unaligned_caches():
+def test_unaligned_rows_and_a_cache_slice():
+    """Rows that start at any even byte (here a cache of 31 tokens seen from token 1) take the CUDA kernel;
+    vectors that are not back to back (a strided view) fall back to Triton."""
     tq = TurboQuant("turbo3", 128, seed=3)
-    q = torch.randn(1, 4, 1, 128)
-    kp = tq.quantize(torch.randn(1, 1, 31, 128))  # 31 x 50 bytes: steps are not 16-byte aligned
+    q = torch.randn(2, 4, 1, 128)
+    kp = tq.quantize(torch.randn(2, 1, 31, 128)).cuda()
     pk = turbo_params(tq, "cuda")
-    assert not cuda_decode.supported(pk, pk, 4, 1, kp[:, :, 1:].cuda(), kp.cuda())
-    ref = reference.decode_attention(q.double(), kp[:, :, 1:], kp[:, :, 1:], tq, tq)
-    out = turbo_decode_attention(q.cuda(), kp[:, :, 1:].cuda(), kp[:, :, 1:].cuda(), pk, pk).cpu()
+    view = kp[:, :, 1:]
+    assert cuda_decode.supported(pk, pk, 4, 1, view, view)
+    ref = reference.decode_attention(q.double(), view.cpu(), view.cpu(), tq, tq)
+    out = turbo_decode_attention(q.cuda(), view, view, pk, pk, backend="cuda").cpu()
+    assert (out.double() - ref).abs().max() / ref.abs().max() <= ATTN_TOL
+    wide = torch.zeros(2, 1, 31, 2 * pk.vector_bytes, dtype=torch.uint8, device="cuda")
+    wide[..., :pk.vector_bytes] = kp
+    strided = wide[..., :pk.vector_bytes]
+    assert not cuda_decode.supported(pk, pk, 4, 1, strided, strided)
+    ref = reference.decode_attention(q.double(), kp.cpu(), kp.cpu(), tq, tq)
+    out = turbo_decode_attention(q.cuda(), strided, strided, pk, pk).cpu()  # auto: the Triton kernel
     assert (out.double() - ref).abs().max() / ref.abs().max() <= ATTN_TOL

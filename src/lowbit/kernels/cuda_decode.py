@@ -95,26 +95,20 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(s), "l"(gmem), "r"(src_bytes));
 }
 
-// Stage the packed bytes of 16 tokens (contiguous in the cache) into shared memory; bytes past `lim`
-// (the split's end) are zero-filled.
+// Stage the packed bytes of 16 tokens (contiguous in the cache) into shared memory. `src` is the 16-byte
+// aligned address at or below the row's first byte, so a step [from, from + TB) of bytes from `src` is
+// copied as TB/16 + 1 aligned chunks (the caller reads it at offset `mis`); bytes at or past `lim` are
+// zero-filled, never read.
 template <int TB>
 __device__ __forceinline__ void stage(unsigned char* dst, const unsigned char* src, long long from, long long lim, int lane) {
-    constexpr int NCH = TB / 16;
+    constexpr int NCH = TB / 16 + 1;
     src += from;
-    if (from + TB <= lim) {  // the common case: the whole step lies inside the split
+    const int rem = (int)min(lim - from, (long long)(16 * NCH));
 #pragma unroll
-        for (int k = 0; k < (NCH + 31) / 32; k++) {
-            const int ch = lane + 32 * k;
-            if (NCH % 32 == 0 || ch < NCH) cp_async16(dst + ch * 16, src + ch * 16, 16);
-        }
-    } else {
-        const int rem = (int)(lim - from);
-#pragma unroll
-        for (int k = 0; k < (NCH + 31) / 32; k++) {
-            const int ch = lane + 32 * k;
-            const int n = min(max(rem - ch * 16, 0), 16);
-            if (NCH % 32 == 0 || ch < NCH) cp_async16(dst + ch * 16, n ? src + ch * 16 : src, n);
-        }
+    for (int k = 0; k < (NCH + 31) / 32; k++) {
+        const int ch = lane + 32 * k;
+        const int n = min(max(rem - ch * 16, 0), 16);
+        if (NCH % 32 == 0 || ch < NCH) cp_async16(dst + ch * 16, n ? src + ch * 16 : src, n);
     }
     asm volatile("cp.async.commit_group;");
 }
@@ -141,19 +135,24 @@ __global__ void __launch_bounds__(32) turbo3_decode(
     constexpr int TB = 16 * VB;       // bytes per 16-token step
     __shared__ __align__(16) unsigned short qs[16 * LD];
     __shared__ __align__(16) unsigned short vs[16 * LD];
-    __shared__ __align__(16) unsigned char kst[2][TB];
-    __shared__ __align__(16) unsigned char vst[2][TB];
+    __shared__ __align__(16) unsigned char kst[2][TB + 16];
+    __shared__ __align__(16) unsigned char vst[2][TB + 16];
 
     const int lane = threadIdx.x, g = lane >> 2, c = lane & 3;
     const int bh = blockIdx.x, sp = blockIdx.y;
     const int b = bh / HKV, h = bh - (bh / HKV) * HKV;
     const int start = sp * split_len;
     const int end = min(start + split_len, T);
-    const unsigned char* kb = K + b * skb + h * skh;
-    const unsigned char* vb = V + b * svb + h * svh;
-    const long long lim = (long long)end * VB;
-    stage<TB>(kst[0], kb, (long long)start * VB, lim, lane);
-    stage<TB>(vst[0], vb, (long long)start * VB, lim, lane);
+    // Rows need not start 16-byte aligned: copy from the aligned address below and read `mis` bytes in
+    // (steps are TB = 16 * VB bytes, a multiple of 16, so `mis` is the same for every step of the split).
+    const unsigned char* kb = K + b * skb + h * skh + (long long)start * VB;
+    const unsigned char* vb = V + b * svb + h * svh + (long long)start * VB;
+    const int kmis = (int)((size_t)kb & 15), vmis = (int)((size_t)vb & 15);
+    kb -= kmis;
+    vb -= vmis;
+    const long long klim = (long long)(end - start) * VB + kmis, vlim = (long long)(end - start) * VB + vmis;
+    stage<TB>(kst[0], kb, 0, klim, lane);
+    stage<TB>(vst[0], vb, 0, vlim, lane);
     const unsigned short* q = QK + (size_t)bh * 16 * D;
     for (int i = lane; i < 16 * D / 8; i += 32) {
         int r = i / (D / 8), col = (i - r * (D / 8)) * 8;
@@ -170,15 +169,15 @@ __global__ void __launch_bounds__(32) turbo3_decode(
     int buf = 0;
     for (int t0 = start; t0 < end; t0 += 16, buf ^= 1) {
         if (t0 + 16 < end) {  // next step's bytes load while this one computes
-            stage<TB>(kst[buf ^ 1], kb, (long long)(t0 + 16) * VB, lim, lane);
-            stage<TB>(vst[buf ^ 1], vb, (long long)(t0 + 16) * VB, lim, lane);
+            stage<TB>(kst[buf ^ 1], kb, (long long)(t0 + 16 - start) * VB, klim, lane);
+            stage<TB>(vst[buf ^ 1], vb, (long long)(t0 + 16 - start) * VB, vlim, lane);
             asm volatile("cp.async.wait_group 2;");
         } else {
             asm volatile("cp.async.wait_group 0;");
         }
         __syncwarp();
-        const unsigned char* kt = kst[buf];
-        const unsigned char* vt = vst[buf];
+        const unsigned char* kt = kst[buf] + kmis;
+        const unsigned char* vt = vst[buf] + vmis;
         // ---- scores of 16 tokens: two n8 tiles; lane unpacks tokens g and 8 + g of the step ----
         float s[2][2][4];  // [tile][128-block][fragment]
 #pragma unroll
@@ -316,13 +315,11 @@ def kernel_dim_order(head_dim: int) -> torch.Tensor:
 
 def supported(pk, pv, group_rows: int, lq: int, k_packed: torch.Tensor, v_packed: torch.Tensor) -> bool:
     """Shapes, formats and layouts the CUDA kernel takes (otherwise the Triton kernel runs)."""
-    def contiguous_16(t):  # token-contiguous vectors whose 16-token steps start 16-byte aligned
-        vb = t.shape[-1]
-        return (t.stride(-1) == 1 and t.stride(-2) == vb and t.data_ptr() % 16 == 0
-                and t.stride(0) % 16 == 0 and t.stride(1) % 16 == 0 and (16 * vb) % 16 == 0)
+    def token_contiguous(t):  # vectors back to back (a step is one contiguous run), 2-byte aligned
+        return t.stride(-1) == 1 and t.stride(-2) == t.shape[-1] and t.data_ptr() % 2 == 0
     return (pk.bits == BITS and pv.bits == BITS and pk.block == 128 and pv.block == 128
             and pk.head_dim in (128, 256) and pk.block_bytes == 50 and pv.block_bytes == 50
-            and lq == 1 and group_rows <= ROWS and contiguous_16(k_packed) and contiguous_16(v_packed))
+            and lq == 1 and group_rows <= ROWS and token_contiguous(k_packed) and token_contiguous(v_packed))
 
 
 class _Driver:
