@@ -100,15 +100,22 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src
 // copied as TB/16 + 1 aligned chunks (the caller reads it at offset `mis`); bytes at or past `lim` are
 // zero-filled, never read.
 template <int TB>
-__device__ __forceinline__ void stage(unsigned char* dst, const unsigned char* src, long long from, long long lim, int lane) {
+__device__ __forceinline__ void stage(unsigned char* dst, const unsigned char* src, int from, int lim, int lane) {
     constexpr int NCH = TB / 16 + 1;
-    src += from;
-    const int rem = (int)min(lim - from, (long long)(16 * NCH));
+    constexpr int ITER = (NCH + 31) / 32;
+    const unsigned char* s = src + from + 16 * lane;
+    unsigned char* d = dst + 16 * lane;
+    if (from + 16 * NCH <= lim) {  // the common case: every chunk lies inside the split
 #pragma unroll
-    for (int k = 0; k < (NCH + 31) / 32; k++) {
-        const int ch = lane + 32 * k;
-        const int n = min(max(rem - ch * 16, 0), 16);
-        if (NCH % 32 == 0 || ch < NCH) cp_async16(dst + ch * 16, n ? src + ch * 16 : src, n);
+        for (int k = 0; k < ITER; k++)
+            if (32 * (k + 1) <= NCH || lane + 32 * k < NCH) cp_async16(d + 512 * k, s + 512 * k, 16);
+    } else {
+        const int rem = lim - from - 16 * lane;
+#pragma unroll
+        for (int k = 0; k < ITER; k++) {
+            const int n = min(max(rem - 512 * k, 0), 16);
+            if (32 * (k + 1) <= NCH || lane + 32 * k < NCH) cp_async16(d + 512 * k, n ? s + 512 * k : src, n);
+        }
     }
     asm volatile("cp.async.commit_group;");
 }
@@ -150,7 +157,7 @@ __global__ void __launch_bounds__(32) turbo3_decode(
     const int kmis = (int)((size_t)kb & 15), vmis = (int)((size_t)vb & 15);
     kb -= kmis;
     vb -= vmis;
-    const long long klim = (long long)(end - start) * VB + kmis, vlim = (long long)(end - start) * VB + vmis;
+    const int klim = (end - start) * VB + kmis, vlim = (end - start) * VB + vmis;  // split bytes < 2^31
     stage<TB>(kst[0], kb, 0, klim, lane);
     stage<TB>(vst[0], vb, 0, vlim, lane);
     const unsigned short* q = QK + (size_t)bh * 16 * D;
@@ -169,8 +176,8 @@ __global__ void __launch_bounds__(32) turbo3_decode(
     int buf = 0;
     for (int t0 = start; t0 < end; t0 += 16, buf ^= 1) {
         if (t0 + 16 < end) {  // next step's bytes load while this one computes
-            stage<TB>(kst[buf ^ 1], kb, (long long)(t0 + 16 - start) * VB, klim, lane);
-            stage<TB>(vst[buf ^ 1], vb, (long long)(t0 + 16 - start) * VB, vlim, lane);
+            stage<TB>(kst[buf ^ 1], kb, (t0 + 16 - start) * VB, klim, lane);
+            stage<TB>(vst[buf ^ 1], vb, (t0 + 16 - start) * VB, vlim, lane);
             asm volatile("cp.async.wait_group 2;");
         } else {
             asm volatile("cp.async.wait_group 0;");
