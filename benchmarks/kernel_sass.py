@@ -2,7 +2,7 @@
 
 What it prints per configuration: registers per thread, spills, and the thread-instructions per packed code
 in the loop body (the longest backward branch), split by opcode class. Costs no device time: it runs
-Triton's own ptxas and cuobjdump. Usage: python benchmarks/kernel_sass.py [--dump FILE]
+Triton's own ptxas and cuobjdump. Usage: python benchmarks/kernel_sass.py [--dump FILE] [--cuda]
 """
 
 from __future__ import annotations
@@ -106,13 +106,47 @@ def report(name, ck, codes, warps, dump=None):
           + " ".join(f"{k}={v}" for k, v in sorted(cls.items())))
 
 
+def cuda_decode_report() -> None:
+    """The CUDA decode kernel (`lowbit.kernels.cuda_decode.SOURCE`): NVRTC (ctypes, the library next to torch
+    or the pip package nvidia-cuda-nvrtc-cu12) to PTX, Triton's ptxas to sm_90a, then registers and the loop."""
+    import ctypes
+
+    from lowbit.kernels import cuda_decode as cd
+
+    drv = cd._Driver.__new__(cd._Driver)  # only its compiler half: no GPU here
+    drv.ct, drv.nvrtc = ctypes, ctypes.CDLL(cd._find_nvrtc())
+    ptx, lowered = drv._compile("--gpu-architecture=compute_90a")
+    with tempfile.TemporaryDirectory() as d:
+        # ptxas may be older than NVRTC's PTX ISA; the kernel uses nothing newer than 8.0
+        text = re.sub(rb"^\.version \d+\.\d+", b".version 8.0", ptx, count=1, flags=re.M)
+        with open(os.path.join(d, "k.ptx"), "wb") as f:
+            f.write(text)
+        res = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", os.path.join(d, "k.ptx"), "-o",
+                              os.path.join(d, "k.cubin")], capture_output=True, text=True, check=True).stderr
+        with open(os.path.join(d, "k.cubin"), "rb") as f:
+            text = sass(f.read())
+    regs = dict(re.findall(r"Compiling entry function '(\S+)'.*?Used (\d+) registers", res, flags=re.S))
+    for name, low in lowered.items():
+        sym = low.value.decode()
+        sec = text[text.index("Function : " + sym):]
+        nxt = sec.find("Function :", 10)
+        ops = loop_body(sec if nxt < 0 else sec[:nxt])
+        D = int(re.search(r"<(\d+)", name).group(1))
+        codes = 16 * D * 2  # one 16-token step of K and V, per warp
+        print(f"{name:32s} regs {regs.get(sym, '?'):>4} loop {len(ops):5d} ops/lane per 16-token step "
+              f"({len(ops) * 32 / codes:.2f} thr-ins/code, rare paths included) " + " ".join(f"{k}={v}" for k, v in sorted(classify(ops).items())))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dump", help="append the full SASS here")
+    ap.add_argument("--cuda", action="store_true", help="the CUDA decode kernel (NVRTC) instead of the Triton ones")
     args = ap.parse_args(argv)
+    if args.cuda:
+        cuda_decode_report()
+        return 0
     for D, group, bits, bn, w in [(256, 16, 3, 64, 4), (256, 16, 3, 128, 4), (256, 6, 3, 128, 4), (128, 4, 3, 128, 4)]:
         ck, codes = compile_stage1(ta._stage1, D, group, bits, bn, w)
-        ck._init_handles = None
         report(f"D{D} G{group} turbo{bits} N{bn} w{w}", ck, codes, w, args.dump)
     return 0
 

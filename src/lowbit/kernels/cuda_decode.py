@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(32, MINB) turbo3_decode(
 """
 
 # (head_dim, NACC, MINB) -> kernel name; VARIANT picks one per head_dim (measured: docs/kernels.md)
-VARIANTS = {0: {128: (1, 1), 256: (1, 1)}, 1: {128: (2, 1), 256: (4, 1)}, 2: {128: (2, 16), 256: (1, 9)}}
+VARIANTS = {0: {128: (1, 0), 256: (1, 0)}, 1: {128: (2, 0), 256: (4, 0)}, 2: {128: (1, 20), 256: (1, 9)}}
 KERNELS = tuple(sorted({f"turbo3_decode<{d}, {n}, {m}>" for v in VARIANTS.values() for d, (n, m) in v.items()}))
 VARIANT = 0
 
