@@ -2,7 +2,8 @@
 
     python benchmarks/store_kernel.py                      # table (needs CUDA + Triton)
     python benchmarks/store_kernel.py --format json --out store.json
-    python benchmarks/store_kernel.py --sass               # no GPU: compile for sm_90a, count loop SASS
+    python benchmarks/store_kernel.py --sass               # no GPU: compile for sm_90a, count loop SASS,
+                                                           # and check every default tile's shared memory
     python benchmarks/store_kernel.py --diagnose --out diag.json   # GPU: why the correctness check fails
 
 Inputs: 2 M bf16 head vectors of 128 values and 1 M of 256 (512 MB, beyond the 50 MB L2), turbo2/3/4 with
@@ -315,6 +316,7 @@ def compile_store(D: int, bits: int, block_t: int, warps: int, dtype: str = "bf1
                  NC=True, SYM=True, DOT_NATIVE=dtype != "fp32", FAST_PACK=True, SAFE=safe, NAN16=0x7FFF,
                  DEBUG=False, BLOCK_T=block_t)
     const.update(overrides)
+    sig["MAT"] = f"*{dtype}" if const["DOT_NATIVE"] else "*fp32"  # as turbo_store's _prepared
     sig.update({n: "constexpr" for n in const})
     params = list(k.arg_names)
     sig = {n: sig[n] for n in params}
@@ -351,6 +353,28 @@ def sass_report(configs) -> list[dict]:
     return rows
 
 
+def smem_report(head_dims=(64, 128, 256, 512), bits=(2, 3, 4), dtypes=("bf16", "fp16", "fp32"),
+                ncs=(True, False)) -> list[dict]:
+    """Shared memory of turbo_store's DEFAULT tile (`default_tile`), compiled for sm_90a, per setting; each
+    row says whether it fits SMEM_LIMIT (H100/H200). Compiled with SAFE=True, as real calls are."""
+    from lowbit.kernels.turbo_store import SMEM_LIMIT, default_tile
+
+    rows = []
+    for D in head_dims:
+        blk = min(128, D)
+        for dtype in dtypes:
+            native = dtype != "fp32"  # the randomized Hadamard rotation, as shipped
+            bt, w = default_tile(blk, D // blk, native)
+            for b in bits:
+                for nc in ncs:
+                    smem = compile_store(D, b, bt, w, dtype, NC=nc).metadata.shared
+                    rows.append({"head_dim": D, "bits": b, "dtype": dtype, "norm_correction": nc, "block_t": bt,
+                                 "warps": w, "shared_bytes": smem, "limit": SMEM_LIMIT, "fits": smem <= SMEM_LIMIT})
+                    print(f"D{D} turbo{b} {dtype} nc={nc} default {bt}/{w}: shared {smem} B "
+                          f"({'fits' if smem <= SMEM_LIMIT else 'OVER'} {SMEM_LIMIT})", file=sys.stderr)
+    return rows
+
+
 SASS_CONFIGS = [(128, 3, 64, 4, "bf16"), (256, 3, 64, 4, "bf16"), (128, 2, 64, 4, "bf16"), (128, 4, 64, 4, "bf16"),
                 (128, 3, 32, 4, "bf16"), (128, 3, 128, 8, "bf16"), (128, 3, 64, 4, "fp32")]
 
@@ -374,7 +398,11 @@ def main(argv=None) -> int:
         result = diagnose(args)
         return _emit(args, result)
     if args.sass:
-        result = {"sass": sass_report(SASS_CONFIGS)}
+        result = {"sass": sass_report(SASS_CONFIGS), "default_tile_shared_memory": smem_report()}
+        if not all(r["fits"] for r in result["default_tile_shared_memory"]):
+            print("store_kernel.py: a default tile needs more shared memory than H100/H200 have", file=sys.stderr)
+            _emit(args, result)
+            return 1
     else:
         if not torch.cuda.is_available():
             print("store_kernel.py: needs a CUDA device (or --sass)", file=sys.stderr)

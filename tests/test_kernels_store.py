@@ -103,17 +103,22 @@ def test_nan_norm_bits_are_the_devices(nc, monkeypatch):
     p = turbo_params(tq, DEV)
     x = _x(9, 128, 12)
     x[0, 5] = float("nan")
-    here = torch_nan16(DEV, nc)
-    assert _nan_block_bits(tq, turbo_store(p, x.to(DEV))) == here & 0xFFFF
-    # a device whose torch writes the canonical NaN: the kernel and the rule follow it
+    xd = x.to(DEV)
+    here = torch_nan16(xd.device, nc)
+    assert torch_nan16(DEV, nc) == here, "one cache entry per device: 'cuda' and 'cuda:0' agree"
+    assert _nan_block_bits(tq, turbo_store(p, xd)) == here & 0xFFFF
+    # a device whose torch writes the other pattern: the kernel and the rule follow it. Overridden through
+    # the cache's own key, so it reaches the kernel (which asks with the tensor's device, e.g. cuda:0)
+    # and the check alike; monkeypatch restores the entry, so nothing leaks into the next case
     other = 0x7FFF if here != 0x7FFF else 0x7E00
-    monkeypatch.setitem(store_check._NAN16, (str(torch.device(DEV)), nc), other)
-    got = turbo_store(p, x.to(DEV))
+    monkeypatch.setitem(store_check._NAN16, store_check.nan16_key(xd.device, nc), other)
+    assert torch_nan16(DEV, nc) == other and torch_nan16(xd.device, nc) == other
+    got = turbo_store(p, xd)
     assert _nan_block_bits(tq, got) == other
     assert check_store(tq, x, got) == 0
     # ... and the rule stays exact: the other pattern is refused there
     with pytest.raises(AssertionError, match="NaN norm bits differ"):
-        check_store(tq, x, turbo_store(p, x.to(DEV), nan16=here))
+        check_store(tq, x, turbo_store(p, xd, nan16=here))
 
 
 def test_check_store_reports_far_norms():
@@ -151,3 +156,30 @@ def test_diagnosis_overrides_and_debug_output():
         turbo_store(turbo_params(asym, DEV), x.to(DEV), sym=True)
     with pytest.raises(LowbitError, match="debug must be"):
         turbo_store(p, x.to(DEV), debug=torch.zeros(40, 4, device=DEV))
+
+
+def test_default_tiles_fit_h100_shared_memory():
+    """turbo_store's default (block_t, num_warps) compiles for sm_90a within H100/H200 shared memory (the GPU
+    raised OutOfResources for float32 input at the old fixed 64/4). Compiled here by Triton's own ptxas, in a
+    subprocess (this module runs kernels through the interpreter). Only the settings within 25% of the limit
+    (float32 at head_dim >= 128, bf16 at 512), without norm correction (more shared memory than with it), one
+    bit width (the same bytes for 2-4 bits); every combination: `python benchmarks/store_kernel.py --sass`."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    code = ("import json, store_kernel as sk; kw = dict(bits=(3,), ncs=(False,)); print(json.dumps("
+            "sk.smem_report(head_dims=(128, 256, 512), dtypes=('fp32',), **kw) "
+            "+ sk.smem_report(head_dims=(512,), dtypes=('bf16',), **kw)))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(bench), env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    if res.returncode and ("ptxas" in res.stderr or "GPUTarget" in res.stderr):
+        pytest.skip(f"cannot compile for sm_90a here: {res.stderr.strip().splitlines()[-1]}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(rows) == 4
+    over = [r for r in rows if not r["fits"]]
+    assert not over, f"default tiles over {rows[0]['limit']} B of shared memory: {over}"

@@ -19,10 +19,19 @@ TIE = 1e-6
 _NAN16: dict[tuple[str, bool], int] = {}
 
 
+def nan16_key(device, norm_correction: bool = False) -> tuple[str, bool]:
+    """The cache key of `torch_nan16`: one per physical device, so "cuda" and "cuda:0" (a tensor's device)
+    share an entry (the GPU tests override the bits through this key)."""
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", torch.cuda.current_device())
+    return str(d), bool(norm_correction)
+
+
 def torch_nan16(device, norm_correction: bool = False) -> int:
     """The fp16 bits (as a signed int16 value) `TurboQuant.quantize` stores for a non-finite block's norm on
     `device`: the same ops (a float32 NaN, divided by ‖c‖ with norm correction, converted to fp16)."""
-    key = (str(torch.device(device)), bool(norm_correction))
+    key = nan16_key(device, norm_correction)
     if key not in _NAN16:
         t = torch.full((1,), float("nan"), dtype=torch.float32, device=device)
         if norm_correction:  # a GPU division may return its own canonical NaN

@@ -289,11 +289,28 @@ def _prepared(p: TurboParams, dtype: torch.dtype, permute: bool = True):
     return mat, y_scale, sym
 
 
-def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None, block_t: int = 64,
-                programs: int | None = None, num_warps: int = 4, *, sym: bool | None = None,
+SMEM_LIMIT = 232448  # bytes of shared memory one program may use on H100/H200 (sm_90)
+
+
+def default_tile(block: int, n_blocks: int, native: bool) -> tuple[int, int]:
+    """(block_t, num_warps) that `turbo_store` uses unless told: the fastest measured on H100 (64/4) where
+    its shared memory fits SMEM_LIMIT with margin, else fewer rows. The float32 (3xTF32) dot keeps big and
+    small parts of both operands in shared memory, about 3x the bf16 path, and unrolled blocks add more
+    (compiled sizes: `python benchmarks/store_kernel.py --sass`, asserted in tests/test_kernels_store.py)."""
+    if native:
+        return (64 if n_blocks <= 2 else 32), 4
+    if block < 128:
+        return 64, 4
+    return (32 if n_blocks == 1 else 16), 4
+
+
+def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None, block_t: int | None = None,
+                programs: int | None = None, num_warps: int | None = None, *, sym: bool | None = None,
                 fast_pack: bool | None = None, dot_native: bool | None = None, nan16: int | None = None,
                 debug: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize head vectors x [..., head_dim] to packed uint8 [..., vector_bytes] (into `out` if given).
+
+    block_t / num_warps: head vectors per tile and warps per program; None takes `default_tile`.
 
     Diagnosis only: sym / fast_pack / dot_native = False turn the kernel's shortcuts off (None: its own
     choice; True where it cannot apply is an error), nan16 overrides the NaN norm bits, and a float32
@@ -321,6 +338,9 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
     native = _choice("dot_native", dot_native, can_native)
     mat, y_scale, can_sym = _prepared(p, x2.dtype if native else torch.float32, fast_pack)
     sym = _choice("sym", sym, can_sym)
+    tile = default_tile(p.block, p.n_blocks, native)
+    block_t = tile[0] if block_t is None else block_t
+    num_warps = tile[1] if num_warps is None else num_warps
     tiles = triton.cdiv(n, block_t)
     if programs is None:
         programs = tiles if x.device.type != "cuda" else min(tiles, 8 * _sms(x.device))
