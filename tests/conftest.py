@@ -10,6 +10,14 @@ import pytest
 # spinning made real-model tests 30x slower (see lowbit/eval/__init__.py). Must precede torch's import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# Without a GPU, Triton kernels can only run in its interpreter, and Triton reads this variable once, at its
+# first import: set it before any test module imports lowbit.kernels, whatever the order of the modules.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 
 def _gguf(name: str):
     from lowbit.errors import LowbitError

@@ -169,3 +169,28 @@ def test_device_backend_seam(llama):
     finally:
         register_backend("cpu", TorchBackend())
     assert calls == [3] * (2 * llama.config.num_hidden_layers)
+
+
+def test_vector_store_appends_without_copying_the_cache():
+    """Decode steps copy only their own vectors: the buffer doubles (a handful of reallocations for 300 steps),
+    the view holds exactly what concatenation would, back to back, and a sliding window keeps the newest."""
+    from lowbit.kvcache import make_store
+
+    store = make_store("turbo3", 64, keys=True, seed=1)
+    xs = [torch.randn(2, 3, n, 64, generator=torch.Generator().manual_seed(n)) for n in [20] + [1] * 300]
+    buffers = set()
+    for x in xs:
+        store.append(x)
+        buffers.add(store._buf.data_ptr())
+    want = store.codec.quantize(torch.cat(xs, dim=-2))
+    assert torch.equal(store.packed, want) and len(store) == 320
+    assert len(buffers) <= 6  # 16 -> 40 -> 80 -> 160 -> 320 -> ... capacities, not one per step
+    assert store.packed.stride(-2) == store.codec.vector_bytes and store.packed.stride(-1) == 1
+    store.keep_last(8)
+    assert torch.equal(store.packed, want[..., -8:, :])
+    store.append(xs[1])
+    assert torch.equal(store.packed[..., -1:, :], store.codec.quantize(xs[1])) and len(store) == 9
+    store.index_batch(lambda t: t.index_select(0, torch.tensor([1])))
+    assert store.packed.shape[:2] == (1, 3) and len(store) == 9
+    store.append(xs[2][1:])
+    assert len(store) == 10

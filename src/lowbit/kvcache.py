@@ -61,25 +61,40 @@ def _needs_calibration(codec) -> bool:
 
 
 class VectorStore:
-    """Per-token packed head vectors: uint8 [batch, heads, tokens, vector_bytes]."""
+    """Per-token packed head vectors: `packed` is uint8 [batch, heads, tokens, vector_bytes], a view of a buffer
+    that grows by doubling along tokens, so a decode step copies only its new vectors (not the whole cache,
+    as a concatenation would). Vectors stay back to back (token stride = vector_bytes), as the CUDA decode
+    kernel wants them."""
 
     def __init__(self, codec):
         self.codec = codec
         self.packed: torch.Tensor | None = None
+        self._buf: torch.Tensor | None = None
+        self._lo = self._hi = 0  # packed = _buf[..., _lo:_hi, :]
 
     def __len__(self) -> int:
-        return 0 if self.packed is None else self.packed.shape[-2]
+        return self._hi - self._lo
 
     def append(self, x: torch.Tensor) -> None:
-        if x.shape[-2] == 0:
-            if self.packed is None:
-                self.packed = torch.empty(*x.shape[:-1], self.codec.vector_bytes, dtype=torch.uint8, device=x.device)
-            return
-        if _needs_calibration(self.codec):
+        if x.shape[-2] and _needs_calibration(self.codec):
             # Outlier channels and channel means (per KV head) and fp8's scale come from the first tokens (the prefill).
             self.codec.calibrate(x, keep_dims=(1,))
-        p = self.codec.quantize(x)
-        self.packed = p if self.packed is None else torch.cat([self.packed, p], dim=-2)
+        self.extend(self.codec.quantize(x) if x.shape[-2] else
+                    torch.empty(*x.shape[:-1], self.codec.vector_bytes, dtype=torch.uint8, device=x.device))
+
+    def extend(self, p: torch.Tensor) -> None:
+        """Append already packed vectors [batch, heads, n, vector_bytes]."""
+        n = p.shape[-2]
+        if self._buf is None or self._hi + n > self._buf.shape[-2]:
+            live = len(self)
+            buf = torch.empty(*p.shape[:-2], max(16, 2 * live, live + n), p.shape[-1], dtype=torch.uint8,
+                              device=p.device)
+            if live:
+                buf[..., :live, :] = self.packed
+            self._buf, self._lo, self._hi = buf, 0, live
+        self._buf[..., self._hi:self._hi + n, :] = p
+        self._hi += n
+        self.packed = self._buf[..., self._lo:self._hi, :]
 
     def dense(self) -> torch.Tensor:
         if len(self) == 0:
@@ -88,11 +103,14 @@ class VectorStore:
 
     def keep_last(self, n: int) -> None:
         if len(self) > n:
-            self.packed = self.packed[..., len(self) - n :, :]
+            self._lo = self._hi - n
+            self.packed = self._buf[..., self._lo:self._hi, :]
 
     def index_batch(self, fn) -> None:
         if self.packed is not None:
-            self.packed = fn(self.packed)
+            self._buf = fn(self.packed).contiguous()
+            self._lo, self._hi = 0, self._buf.shape[-2]
+            self.packed = self._buf
 
     def nbytes(self) -> int:
         return 0 if self.packed is None else self.packed.numel()

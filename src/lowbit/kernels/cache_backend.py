@@ -24,8 +24,7 @@ class CudaBackend:
             return
         if x.shape[-2] == 0:
             return
-        p = kernels.store(codec, x)
-        store.packed = p if store.packed is None else torch.cat([store.packed, p], dim=-2)
+        store.extend(kernels.store(codec, x))
 
     def load(self, store, dtype: torch.dtype) -> torch.Tensor:
         codec = getattr(store, "codec", None)
