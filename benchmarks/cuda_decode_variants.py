@@ -83,11 +83,7 @@ def main(argv=None) -> int:
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
               "command": " ".join(["python", "benchmarks/cuda_decode_variants.py", *(argv or sys.argv[1:])]),
               "rows": run(ROWS, variants)}
-    text = json.dumps(result, indent=1)
-    if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(args.out + ".tmp", args.out)
+    text = da.emit_json(result, args.out)
     if args.format == "json":
         print(text)
     else:

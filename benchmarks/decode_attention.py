@@ -35,6 +35,18 @@ L2_BYTES = 50 * 2**20
 ALTS = ((32, 4, False), (64, 4, False), (64, 8, False), (128, 4, False), (128, 8, False), (64, 4, True))  # --alts
 
 
+def emit_json(result: dict, out: str | None) -> str:
+    """The result as JSON text, also written to `out` (atomically) when given."""
+    text = json.dumps(result, indent=1)
+    if out:
+        import os
+
+        with open(out + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(out + ".tmp", out)
+    return text
+
+
 def peak_gbps(name: str) -> float:
     for k, v in PEAK_GBPS.items():
         if k in name:
@@ -348,12 +360,7 @@ def main(argv=None) -> int:
                         print(f"{shape:13s} T={T:6d} B={B:2d} {r.get('kv', '-'):14s} ms={r.get('ms')} base={r.get('baseline_ms')} "
                               f"x{r.get('speedup')} {r.get('gbps')}GB/s deq={r.get('dequant_sdpa_ms')} ({time.time() - t0:.0f}s)",
                               file=sys.stderr, flush=True)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            f.write(text)
-        import os
-        os.replace(args.out + ".tmp", args.out)
+    text = emit_json(result, args.out)
     if args.format == "json":
         print(text)
     else:
