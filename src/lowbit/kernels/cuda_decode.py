@@ -31,7 +31,6 @@ ROWS = 16  # query rows per KV head (GQA group, padded): the mma M dimension
 SOURCE = r"""
 typedef unsigned int u32;
 typedef unsigned short u16;
-typedef unsigned long long u64;
 #define NEG_INF __int_as_float(0xff800000)
 
 __device__ __forceinline__ u32 f2_to_h2(float lo, float hi) {
@@ -373,9 +372,9 @@ class _Driver:
     def _compile(self, arch: str):
         ct, nv = self.ct, self.nvrtc
         prog = ct.c_void_p()
-        self._nv(nv.nvrtcCreateProgram(ct.byref(prog), SOURCE.encode(), b"turbo3_decode.cu", 0, None, None), prog)
+        self._nv(nv.nvrtcCreateProgram(ct.byref(prog), SOURCE.encode(), b"turbo3_decode.cu", 0, None, None))
         for n in KERNELS:
-            self._nv(nv.nvrtcAddNameExpression(prog, n.encode()), prog)
+            self._nv(nv.nvrtcAddNameExpression(prog, n.encode()))
         opts = [arch.encode(), b"-std=c++17", b"-default-device"]
         rc = nv.nvrtcCompileProgram(prog, len(opts), (ct.c_char_p * len(opts))(*opts))
         if rc != 0:
@@ -385,17 +384,17 @@ class _Driver:
             nv.nvrtcGetProgramLog(prog, log)
             raise RuntimeError(f"NVRTC: {log.value.decode(errors='replace')[:2000]}")
         size = ct.c_size_t()
-        self._nv(nv.nvrtcGetPTXSize(prog, ct.byref(size)), prog)
+        self._nv(nv.nvrtcGetPTXSize(prog, ct.byref(size)))
         ptx = ct.create_string_buffer(size.value)
-        self._nv(nv.nvrtcGetPTX(prog, ptx), prog)
+        self._nv(nv.nvrtcGetPTX(prog, ptx))
         lowered = {}
         for n in KERNELS:
             low = ct.c_char_p()
-            self._nv(nv.nvrtcGetLoweredName(prog, n.encode(), ct.byref(low)), prog)
+            self._nv(nv.nvrtcGetLoweredName(prog, n.encode(), ct.byref(low)))
             lowered[n] = ct.c_char_p(bytes(low.value))
         return ptx.value, lowered
 
-    def _nv(self, rc, prog):
+    def _nv(self, rc):
         if rc != 0:
             raise RuntimeError(f"NVRTC call failed with {rc}")
 
@@ -430,15 +429,20 @@ def _driver(index: int) -> _Driver:
     return _Driver(torch.device("cuda", index))
 
 
-def available(device) -> bool:
-    device = torch.device(device)
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+@functools.lru_cache(maxsize=None)
+def _available(index: int) -> bool:
+    if torch.cuda.get_device_capability(index) < (8, 0):  # mma.m16n8k16, ldmatrix, cp.async: sm_80 and later
         return False
     try:
-        _driver(device.index if device.index is not None else torch.cuda.current_device())
-    except Exception:  # no NVRTC or driver: the Triton kernel runs
+        _driver(index)
+    except Exception:  # no NVRTC or driver: the Triton kernel runs (decided once per device)
         return False
     return True
+
+
+def available(device) -> bool:
+    device = torch.device(device)
+    return device.type == "cuda" and _available(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def stage1(qk: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor, ktab, vtab, T: int, split_len: int,
