@@ -9,8 +9,13 @@ def test_report_builds_a_self_contained_page(tmp_path, capsys):
     page = out.read_text()
     from lowbit.report.quality import kv_quality
 
-    # family bars and KV-vs-context always; the quality scatter when measured KV quality ships
-    assert page.count("data:image/png;base64,") == 2 + (kv_quality() is not None)
+    from importlib import resources
+
+    kernels = resources.files("lowbit.report").joinpath("kernels.json").is_file()
+    # family bars and KV-vs-context always; the quality scatter and the kernel speedups when their measurements ship
+    assert page.count("data:image/png;base64,") == 2 + (kv_quality() is not None) + kernels
+    if kernels:
+        assert "GPU decode attention over the packed cache, measured" in page and "H100" in page
     assert "qwen3.5-397b-a17b" in page and "81.43GB for KV cache" in page and "32,768 tokens" in page
     assert not (tmp_path / "r.html.tmp").exists()
 

@@ -108,7 +108,8 @@ MEASURED = [  # file, title, the columns a reader needs (the JSON keeps the rest
     ("weights_quality.json", "Weight-format quality, measured",
      ["model", "weights", "method", "kv", "bits_per_weight", "body_bits_per_weight", "ppl", "ppl_reference", "kld",
       "top1"]),
-    ("kernels.json", "GPU kernels, measured", ["shape", "context", "batch", "kv", "ms", "baseline_ms", "speedup"]),
+    ("kernels.json", "GPU decode attention over the packed cache, measured",
+     ["shape", "context", "batch", "kv", "backend", "ms", "baseline", "baseline_ms", "speedup", "triton_speedup"]),
 ]
 
 
@@ -124,11 +125,12 @@ def _measured_sections() -> str:
         if not rows:
             continue
         cols = [c for c in cols if any(c in r for r in rows)]
-        meta = "; ".join(f"{k}: {b[k]}" for b in blocks for k in ("model", "date", "command") if k in b)
+        meta = "; ".join(f"{k}: {b[k]}" for b in blocks for k in ("model", "device", "date", "command") if k in b)
         meta = meta or " ".join(b.get("description", "") for b in blocks)
         out.append(f"<h2>{html.escape(title)}</h2><p class=prov>measured — {html.escape(meta)}"
                    f" (all columns in src/lowbit/report/{name})</p>"
                    + (_quality_plot(rows) if name == "kv_quality.json" else "")
+                   + (_kernels_plot(rows, blocks[0].get("device", "")) if name == "kernels.json" else "")
                    + _table(cols, [[_short(r.get(c)) for c in cols] for r in rows]))
     return "".join(out)
 
@@ -152,6 +154,33 @@ def _quality_plot(rows: list[dict]) -> str:
     ax.set_ylabel("KL divergence vs f16 cache (measured)")
     ax.set_title("KV-cache formats: bytes against quality")
     ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _kernels_plot(rows: list[dict], device: str) -> str:
+    """Speedup over bf16 attention per layer shape and context, one bar per batch size, the issue's goals drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["shape"], r["context"]) for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
+    width = 0.8 / len(batches)
+    for i, b in enumerate(batches):
+        vals = [next((r["speedup"] for r in rows if (r["shape"], r["context"]) == g and r["batch"] == b), 0)
+                for g in groups]
+        ax.bar([k + i * width for k in range(len(groups))], vals, width, label=f"batch {b}")
+    for goal, style in ((2.5, "--"), (1.6, ":")):
+        ax.axhline(goal, color="gray", linestyle=style, linewidth=1)
+        ax.annotate(f"goal {goal}x", (len(groups) - 0.5, goal), fontsize=7, color="gray", va="bottom", ha="right")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(groups))],
+                  [f"{s}\n{c // 1024}K" for s, c in groups], fontsize=7)
+    ax.set_ylabel("speedup over bf16 SDPA (measured)")
+    ax.set_title(f"turbo3 decode attention, packed cache vs bf16 ({device})")
     ax.legend(fontsize=8)
     return _png(fig)
 
