@@ -5,9 +5,10 @@
     dense = kernels.dequantize(codec, packed, torch.bfloat16)
     out = kernels.decode_attention(q, k_packed, v_packed, k_codec, v_codec)
 
-On CUDA with Triton importable, TurboQuant mse formats (turbo2/3/4) run the fused Triton kernels
-(`turbo_store`, `turbo_attention`); everything else (CPU, other formats, prefill-sized query blocks) runs
-the reference in `lowbit.kernels.reference`. Set LOWBIT_KERNELS=reference to force the reference.
+On CUDA with Triton importable, TurboQuant mse formats (turbo2/3/4) run the fused kernels: the Triton store
+(`turbo_store`) and decode attention (`turbo_attention`), which hands turbo3 K/V decoding to the CUDA split
+kernel (`cuda_decode`, NVRTC) where it applies; everything else (CPU, other formats, prefill-sized query
+blocks) runs the reference in `lowbit.kernels.reference`. Set LOWBIT_KERNELS=reference to force the reference.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 
 With `QuantizedKVCache(..., fused_attention=True)`, a full-attention layer that gets a few new tokens
 (decoding) returns empty K/V tagged with itself; this function then calls `lowbit.kernels.decode_attention`
-on the layer's packed K and V (the fused Triton kernel on CUDA for turbo2/3/4, the reference elsewhere).
+on the layer's packed K and V (on CUDA the fused kernels: CUDA for turbo3, Triton for turbo2/4 and mixes;
+the reference elsewhere).
 Everything else (prefill, sliding-window layers, KIVI keys, a padding mask, softcap) gets dense K/V and
 torch's SDPA, exactly as the "sdpa" implementation would.
 """

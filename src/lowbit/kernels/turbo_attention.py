@@ -12,6 +12,10 @@ A second kernel, one program per (KV head, query row, 128-block), merges the spl
 rotation once per output row.
 
 Precision: dot operands are fp16 (codebook values, rotated queries, P∘norm), accumulation float32.
+
+`turbo_decode_attention` sends turbo3 K/V decoding to the CUDA split kernel (`cuda_decode`: stage 1 in
+CUDA, after `rotate_queries`; this file's stage 2 merges) where it applies, and runs the Triton stage 1 here
+otherwise (docs/kernels.md: the CUDA kernel is 1.1-2.4x faster on an H100).
 """
 
 from __future__ import annotations
