@@ -139,7 +139,8 @@ def run_row(shape, T, B, kv_list, args, peak):
     from lowbit import kernels
     from lowbit.kernels.params import turbo_params
     from lowbit.kernels import cuda_decode
-    from lowbit.kernels.turbo_attention import PREFETCH, _sms, default_config, turbo_decode_attention
+    from lowbit.kernels.params import sm_count
+    from lowbit.kernels.turbo_attention import PREFETCH, default_config, turbo_decode_attention
 
     Hq, HKV, D = SHAPES[shape]
     bf16_bytes = 2 * B * HKV * T * D * 2
@@ -194,7 +195,7 @@ def run_row(shape, T, B, kv_list, args, peak):
             "dequant_sdpa_ms": None if deq_ms is None else round(deq_ms, 5),
             "eager_ms": None if eager is None else round(eager, 5),
             "backend": used, "triton_ms": round(triton_ms, 5), "triton_speedup": round(base_ms / triton_ms, 2),
-            "config": (f"split {cuda_decode.split_length(B * HKV, T, _sms(q.device))}" if used == "cuda" else
+            "config": (f"split {cuda_decode.split_length(B * HKV, T, sm_count(str(q.device)))}" if used == "cuda" else
                        "{}/{}/{}".format(*default_config(B, HKV, T, D)[::2], int(PREFETCH))), "alt_ms": alts,
             "sdpa_all_ms": {k: round(v, 5) for k, v in all_sdpa.items()}, "copies": copies,
         })

@@ -7,6 +7,7 @@ block) so the kernels index the same bytes the CPU packer writes.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -14,6 +15,12 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.quant.rotation import sylvester_hadamard
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device (grid sizes are chosen per SM)."""
+    return torch.cuda.get_device_properties(torch.device(device)).multi_processor_count
 
 
 MAX_ROWS = 64  # query rows per KV head (GQA group x new tokens) the decode kernel takes; more is prefill

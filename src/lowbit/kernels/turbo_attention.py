@@ -29,7 +29,7 @@ import triton.language as tl
 from lowbit.kernels import _interpret, cuda_decode
 
 from lowbit.errors import LowbitError
-from lowbit.kernels.params import MAX_ROWS, TurboParams
+from lowbit.kernels.params import MAX_ROWS, TurboParams, sm_count
 from lowbit.kernels.unpack import USE_ASM, load_units, norm_f32, table_words, unit_values
 from lowbit.quant.rotation import sylvester_hadamard
 
@@ -244,10 +244,8 @@ def _rotate_queries(Q, MAT, SK, QK, sqb, sqh, sql, qk_scale, HKV: tl.constexpr, 
 def rotate_queries(q: torch.Tensor, pk: TurboParams, HKV: int, scale: float) -> torch.Tensor:
     """[B*HKV, 16, D] fp16 queries for `cuda_decode`: rotated by K's rotation, times scale·log2(e), in
     `cuda_decode.kernel_dim_order`, padded to 16 rows per KV head."""
-    from lowbit.kernels.cuda_decode import kernel_dim_order
-
     B, Hq, LQ, D = q.shape
-    local = kernel_dim_order(D)[: pk.block] % pk.block  # the same permutation inside every 128-block
+    local = cuda_decode.kernel_dim_order(D)[: pk.block] % pk.block  # the same permutation inside every 128-block
 
     def make():
         base = sylvester_hadamard(pk.block).float() if pk.hadamard else pk.rot.float().cpu()  # rows: output dims
@@ -308,7 +306,7 @@ def _cuda_path(q, k_packed, v_packed, pk: TurboParams, pv: TurboParams, scale: f
     if splits:
         split_len = math.ceil(math.ceil(T / splits) / 16) * 16
     else:
-        split_len = cuda_decode.split_length(B * HKV, T, _sms(q.device))
+        split_len = cuda_decode.split_length(B * HKV, T, sm_count(str(q.device)))
     splits = math.ceil(T / split_len)
     qk = rotate_queries(q, pk, HKV, scale)
     op = torch.empty(B * HKV * splits * 16 * D, dtype=torch.float32, device=q.device)
@@ -321,15 +319,6 @@ def _cuda_path(q, k_packed, v_packed, pk: TurboParams, pv: TurboParams, scale: f
         NSPLIT=splits, num_warps=4,
     )
     return out
-
-
-_SMS: dict = {}
-
-
-def _sms(device) -> int:
-    if str(device) not in _SMS:
-        _SMS[str(device)] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SMS[str(device)]
 
 
 def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor,
@@ -366,7 +355,7 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
         return _cuda_path(q, k_packed, v_packed, pk, pv, scale, T, splits)
     if backend == "cuda":
         raise LowbitError("the CUDA decode kernel takes turbo3 K and V, head_dim 128/256, one new token, "
-                          "<= 16 query rows per KV head, contiguous 16-byte aligned caches, and NVRTC")
+                          "<= 16 query rows per KV head, token-contiguous caches, and NVRTC")
     M = max(16, _pow2(group * LQ))
     bn, sp, nw = default_config(B, HKV, T, D)
     block_n, splits, num_warps = block_n or bn, splits or sp, num_warps or nw

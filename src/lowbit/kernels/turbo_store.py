@@ -49,7 +49,7 @@ import triton.language as tl
 
 from lowbit.kernels import _interpret
 from lowbit.errors import LowbitError
-from lowbit.kernels.params import TurboParams
+from lowbit.kernels.params import TurboParams, sm_count
 from lowbit.kernels.store_check import torch_nan16
 from lowbit.quant.rotation import sylvester_hadamard
 
@@ -343,7 +343,7 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
     num_warps = tile[1] if num_warps is None else num_warps
     tiles = triton.cdiv(n, block_t)
     if programs is None:
-        programs = tiles if x.device.type != "cuda" else min(tiles, 8 * _sms(x.device))
+        programs = tiles if x.device.type != "cuda" else min(tiles, 8 * sm_count(str(x.device)))
     _store_kernel[(programs,)](
         x2, o2, o2.view(torch.int16) if fast_pack else o2, mat, p.centroids, p.thresholds,
         o2 if debug is None else debug, n, x2.stride(0), y_scale, 1.0 / p.block if p.hadamard else 1.0,
@@ -362,12 +362,3 @@ def _choice(name: str, asked: bool | None, possible: bool) -> bool:
         raise LowbitError(f"turbo_store: {name}=True does not apply to this codec, input or output")
     return bool(asked)
 
-
-_SMS: dict = {}
-
-
-def _sms(device) -> int:
-    key = str(device)
-    if key not in _SMS:
-        _SMS[key] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SMS[key]
