@@ -1,8 +1,7 @@
-"""Decode attention over a packed TurboQuant KV cache vs bf16 SDPA, and the store kernel's bandwidth (GPU).
+"""Decode attention over a packed TurboQuant KV cache vs bf16 SDPA (GPU; the store kernel: store_kernel.py).
 
     python benchmarks/decode_attention.py --format json          # full table (needs CUDA + Triton)
     python benchmarks/decode_attention.py --check                # correctness on the real shapes
-    python benchmarks/decode_attention.py --store                # store kernel bandwidth
     python benchmarks/decode_attention.py --profile-one qwen3.5-122b 32768 32 turbo3/turbo3   # for ncu
 
 Time per decode step of one attention layer (LQ = 1 new token), median of CUDA-graph replays
@@ -205,13 +204,12 @@ def run_row(shape, T, B, kv_list, args, peak):
 
 
 def check(args) -> list[dict]:
-    """Real shapes, batch 1-2: fused kernel vs reference (dequantize with the reference, float32 attention);
-    store kernel vs the CPU quantizer (differences must be float32 ties)."""
+    """Real shapes, batch 1-2: fused kernel vs reference (dequantize with the reference, float32 attention).
+    The store kernel's bytes are checked by benchmarks/store_kernel.py (lowbit.kernels.store_check's rule)."""
     from lowbit.kernels import reference
     from lowbit.kernels.params import turbo_params
     from lowbit.kernels.turbo_attention import turbo_decode_attention
     from lowbit.kernels.turbo_store import turbo_store
-    from lowbit.quant.turboquant import TurboQuant
 
     out = []
     for shape, (Hq, HKV, D) in SHAPES.items():
@@ -228,42 +226,7 @@ def check(args) -> list[dict]:
                 err = ((got - ref).abs().max() / ref.abs().max()).item()
                 out.append({"check": "attention", "shape": shape, "context": T, "kv": kv, "max_rel_err": err,
                             "finite": bool(torch.isfinite(got).all())})
-    # store vs CPU reference on ~1M head vectors per setting
-    for fmt, D, nc in (("turbo3", 128, True), ("turbo3", 256, True), ("turbo4", 128, False), ("turbo2", 64, True)):
-        cpu = TurboQuant(fmt, D, norm_correction=nc, seed=3)
-        x = torch.randn(1, 8, 2**17 // (D // 64), D, dtype=torch.bfloat16) * 2
-        x[0, 0, 0, 0] = float("nan")
-        ref = cpu.quantize(x)
-        got = turbo_store(turbo_params(cpu, "cuda"), x.cuda()).cpu()
-        fr, fg = cpu.unpack(ref), cpu.unpack(got)
-        out.append({"check": "store", "fmt": fmt, "head_dim": D, "nc": nc, "vectors": x[..., 0].numel(),
-                    "bytes_equal": bool(torch.equal(ref, got)), "byte_diff": int((ref != got).sum()),
-                    "code_diff": int((fr["idx"] != fg["idx"]).sum()), "codes": fr["idx"].numel(),
-                    "norm_diff": int((fr["norm"].view(torch.int16) != fg["norm"].view(torch.int16)).sum())})
     return out
-
-
-def store_bench(peak) -> list[dict]:
-    from lowbit.kernels.params import turbo_params
-    from lowbit.kernels.turbo_store import turbo_store
-
-    rows = []
-    for fmt, D, dt in (("turbo3", 128, torch.bfloat16), ("turbo3", 256, torch.bfloat16), ("turbo4", 128, torch.bfloat16),
-                       ("turbo2", 128, torch.bfloat16), ("turbo3", 128, torch.float32)):
-        kc, _ = codecs(f"{fmt}/{fmt}", D)
-        p = turbo_params(kc, "cuda")
-        x = torch.randn(2**21 * 128 // D, D, device="cuda", dtype=dt)  # 512 MB bf16: beyond L2
-        out = torch.empty(x.shape[0], p.vector_bytes, dtype=torch.uint8, device="cuda")
-        for bt in (16, 32, 64):
-            try:
-                ms = bench(lambda: turbo_store(p, x, out=out, block_t=bt), rep_ms=100)
-            except Exception as e:  # e.g. shared memory of the 3xTF32 path at 64 rows
-                print(f"store {fmt} {D} {dt} block_t={bt}: {type(e).__name__}", file=sys.stderr)
-                continue
-            nbytes = x.numel() * x.element_size() + out.numel()
-            rows.append({"store": fmt, "head_dim": D, "dtype": str(dt).split(".")[-1], "block_t": bt, "vectors": x.shape[0],
-                         "ms": round(ms, 4), "gbps": round(nbytes / ms / 1e6, 1), "peak_frac": round(nbytes / ms / 1e6 / peak, 3)})
-    return rows
 
 
 def sweep(args) -> list[dict]:
@@ -321,7 +284,6 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--kv", nargs="+", default=["turbo3/turbo3", "turbo4/turbo3"])
     ap.add_argument("--check", action="store_true", help="correctness on the real shapes, then exit")
-    ap.add_argument("--store", action="store_true", help="store-kernel bandwidth, then exit")
     ap.add_argument("--sweep", action="store_true", help="tile/split/warp sweep, then exit")
     ap.add_argument("--eager", action="store_true", help="also time one eager call (launch overhead included)")
     ap.add_argument("--alts", action="store_true", help="also time other (block_n, num_warps, prefetch) choices")
@@ -343,8 +305,6 @@ def main(argv=None) -> int:
               "command": " ".join(["python", "benchmarks/decode_attention.py", *(argv or sys.argv[1:])]), "rows": []}
     if args.check:
         result["rows"] = check(args)
-    elif args.store:
-        result["rows"] = store_bench(peak)
     elif args.sweep:
         result["rows"] = sweep(args)
     else:

@@ -54,6 +54,16 @@ def sass(cubin: bytes) -> str:
                               check=True).stdout
 
 
+def registers(cubin: bytes) -> int:
+    """Registers per thread of the (first) kernel in a cubin, from cuobjdump's resource usage."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        res = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    return int(re.search(r"REG:(\d+)", res).group(1))
+
+
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
@@ -100,8 +110,7 @@ def report(name, ck, codes, warps, dump=None):
     per_code = len(ops) * 32 * warps / codes
     cls = classify(ops)
     meta = ck.metadata
-    regs = getattr(ck, "n_regs", None)
-    print(f"{name:40s} regs {regs!s:>4} spills {getattr(ck, 'n_spills', '?')!s:>3} smem {meta.shared:6d} "
+    print(f"{name:40s} regs {registers(ck.asm['cubin']):>4} smem {meta.shared:6d} "
           f"loop {len(ops):5d} ops/warp  {per_code:5.2f} thr-ins/code  "
           + " ".join(f"{k}={v}" for k, v in sorted(cls.items())))
 
@@ -154,17 +163,3 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def compile_store(D: int, bits: int, block_t: int, warps: int = 4, kernel=None):
-    from lowbit.kernels import turbo_store as ts
-    kernel = kernel or ts._store_kernel
-    blk = min(128, D)
-    sig = {"X": "*bf16", "OUT": "*u8", "SIGNS": "*fp32", "ROT": "*fp32", "CENT": "*fp32", "THR": "*fp32",
-           "n_rows": "i32", "stride_x": "i32", "post_scale": "fp32"}
-    const = dict(BLK=blk, NBLK=D // blk, BITS=bits, VB=(blk * bits // 8 + 2) * (D // blk), BB=blk * bits // 8 + 2,
-                 NC=True, HADAMARD=True, DOT_NATIVE=True, BLOCK_T=block_t)
-    sig.update({k: "constexpr" for k in const})
-    params = list(kernel.arg_names)
-    sig = {k: sig[k] for k in params}
-    src = ASTSource(fn=kernel, signature=sig, constexprs={(params.index(k),): v for k, v in const.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})

@@ -327,22 +327,13 @@ def compile_store(D: int, bits: int, block_t: int, warps: int, dtype: str = "bf1
 
 
 def sass_report(configs) -> list[dict]:
-    import re
-    import subprocess
-    import tempfile
-
     import kernel_sass as ks
 
     rows = []
     for D, bits, bt, w, dtype in configs:
         ck = compile_store(D, bits, bt, w, dtype, safe=False)  # the slow path sits inside the loop: count without
         cubin = ck.asm["cubin"]
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(cubin)
-            f.flush()
-            res = subprocess.run([os.path.join(ks.BIN, "cuobjdump"), "-res-usage", f.name], capture_output=True,
-                                 text=True, check=True).stdout
-        regs = int(re.search(r"REG:(\d+)", res).group(1))
+        regs = ks.registers(cubin)
         ops = ks.loop_body(ks.sass(cubin))
         row = {"head_dim": D, "bits": bits, "dtype": dtype, "block_t": bt, "warps": w, "regs": regs,
                "loop_ops_per_warp": len(ops), "thread_instr_per_value": round(len(ops) * 32 * w / (bt * D), 1),

@@ -124,10 +124,8 @@ __device__ __forceinline__ void unit_at(const unsigned char* p, u32 L0, u32 L1, 
     unit8(q[0], q[1], q[2], L0, L1, H0, H1, out);
 }
 
-// NACC: independent score accumulators per tile (1: one per 128-block; UPL: one per unit row i, summed per
-// block after the k-loop: shorter dependent mma chains). MINB: minimum resident warps per SM asked of ptxas.
-template <int D, int NACC, int MINB>
-__global__ void __launch_bounds__(32, MINB) turbo3_decode(
+template <int D>
+__global__ void __launch_bounds__(32) turbo3_decode(
     const unsigned short* __restrict__ QK, const unsigned char* __restrict__ K, const unsigned char* __restrict__ V,
     long long skb, long long skh, long long svb, long long svh,
     int HKV, int T, int split_len, int nsplit,
@@ -187,11 +185,11 @@ __global__ void __launch_bounds__(32, MINB) turbo3_decode(
         const unsigned char* kt = kst[buf] + kmis;
         const unsigned char* vt = vst[buf] + vmis;
         // ---- scores of 16 tokens: two n8 tiles; lane unpacks tokens g and 8 + g of the step ----
-        float s[2][NACC > 2 ? NACC : 2][4];  // [tile][accumulator][fragment]
+        float s[2][2][4];  // [tile][128-block][fragment]
 #pragma unroll
         for (int t = 0; t < 2; t++)
 #pragma unroll
-            for (int j = 0; j < (NACC > 2 ? NACC : 2); j++) s[t][j][0] = s[t][j][1] = s[t][j][2] = s[t][j][3] = 0.f;
+            for (int j = 0; j < 2; j++) s[t][j][0] = s[t][j][1] = s[t][j][2] = s[t][j][3] = 0.f;
 #pragma unroll
         for (int i = 0; i < UPL; i++) {
             const int off = ubase + (i >> 1) * BB + (i & 1) * 24;
@@ -202,18 +200,9 @@ __global__ void __launch_bounds__(32, MINB) turbo3_decode(
             for (int j = 0; j < 4; j++) {  // k-step 4i + j: B fragment = pairs (2j, 2j+1) of the unit
                 u32 qa[4];
                 ldsm_x4(qa, &qs[(lane & 15) * LD + (4 * i + j) * 16 + (lane >> 4) * 8]);
-                const int acc_i = NACC == 1 ? (i >> 1) : i;
-                mma16816(s[0][acc_i], qa, pa[2 * j], pa[2 * j + 1]);
-                mma16816(s[1][acc_i], qa, pb[2 * j], pb[2 * j + 1]);
+                mma16816(s[0][i >> 1], qa, pa[2 * j], pa[2 * j + 1]);
+                mma16816(s[1][i >> 1], qa, pb[2 * j], pb[2 * j + 1]);
             }
-        }
-        if (NACC > 1) {  // per-unit-row partial scores -> per 128-block (rows i = 2j, 2j+1 are block j)
-#pragma unroll
-            for (int t = 0; t < 2; t++)
-#pragma unroll
-                for (int j = 0; j < D / 128; j++)
-#pragma unroll
-                    for (int f = 0; f < 4; f++) s[t][j][f] = s[t][2 * j][f] + s[t][2 * j + 1][f];
         }
         // ---- norms, mask, online softmax (rows g and g+8; this lane: tokens 2c, 2c+1 of each tile) ----
         float p[2][4], nv[2][2][2];  // nv[tile][token][block]
@@ -318,10 +307,7 @@ __global__ void __launch_bounds__(32, MINB) turbo3_decode(
 }
 """
 
-# (head_dim, NACC, MINB) -> kernel name; VARIANT picks one per head_dim (measured: docs/kernels.md)
-VARIANTS = {0: {128: (1, 0), 256: (1, 0)}, 1: {128: (2, 0), 256: (4, 0)}, 2: {128: (1, 20), 256: (1, 9)}}
-KERNELS = tuple(sorted({f"turbo3_decode<{d}, {n}, {m}>" for v in VARIANTS.values() for d, (n, m) in v.items()}))
-VARIANT = 0
+KERNELS = ("turbo3_decode<128>", "turbo3_decode<256>")
 
 
 def kernel_dim_order(head_dim: int) -> torch.Tensor:
@@ -446,7 +432,7 @@ def available(device) -> bool:
 
 
 def stage1(qk: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor, ktab, vtab, T: int, split_len: int,
-           splits: int, op: torch.Tensor, ml: torch.Tensor, variant: int | None = None) -> None:
+           splits: int, op: torch.Tensor, ml: torch.Tensor) -> None:
     """Launch the CUDA split kernel: qk [B*HKV, 16, D] fp16 in kernel_dim_order, rotated and scaled."""
     import ctypes as ct
 
@@ -458,8 +444,7 @@ def stage1(qk: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor, kta
             ct.c_int64(k_packed.stride(0)), ct.c_int64(k_packed.stride(1)),
             ct.c_int64(v_packed.stride(0)), ct.c_int64(v_packed.stride(1)),
             ct.c_int32(HKV), ct.c_int32(T), ct.c_int32(split_len), ct.c_int32(splits), *u32, op.data_ptr(), ml.data_ptr()]
-    nacc, minb = VARIANTS[VARIANT if variant is None else variant][D]
-    _driver(dev).launch(f"turbo3_decode<{D}, {nacc}, {minb}>", (B * HKV, splits), 32, args,
+    _driver(dev).launch(f"turbo3_decode<{D}>", (B * HKV, splits), 32, args,
                         torch.cuda.current_stream(qk.device).cuda_stream)
 
 

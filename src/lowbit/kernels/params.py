@@ -23,6 +23,14 @@ def sm_count(device) -> int:
     return torch.cuda.get_device_properties(torch.device(device)).multi_processor_count
 
 
+def cached(p: "TurboParams", name: str, make):
+    """A tensor derived from `p` (a device copy, a permuted matrix...), made once and kept on `p` itself, so
+    it lives and dies with the codec (and is never made inside a CUDA-graph capture after the first call)."""
+    if name not in p.__dict__:
+        p.__dict__[name] = make()
+    return p.__dict__[name]
+
+
 MAX_ROWS = 64  # query rows per KV head (GQA group x new tokens) the decode kernel takes; more is prefill
 
 

@@ -29,7 +29,7 @@ import triton.language as tl
 from lowbit.kernels import _interpret, cuda_decode
 
 from lowbit.errors import LowbitError
-from lowbit.kernels.params import MAX_ROWS, TurboParams, sm_count
+from lowbit.kernels.params import MAX_ROWS, TurboParams, cached, sm_count
 from lowbit.kernels.unpack import USE_ASM, load_units, norm_f32, table_words, unit_values
 from lowbit.quant.rotation import sylvester_hadamard
 
@@ -251,7 +251,7 @@ def rotate_queries(q: torch.Tensor, pk: TurboParams, HKV: int, scale: float) -> 
         base = sylvester_hadamard(pk.block).float() if pk.hadamard else pk.rot.float().cpu()  # rows: output dims
         return base[local.tolist()].t().contiguous().to(device=q.device, dtype=torch.float16)  # [d, kappa]
 
-    mat = _cached(pk, "_qmat", make)
+    mat = cached(pk, "_qmat", make)
     out = torch.empty(B * HKV, 16, D, device=q.device, dtype=torch.float16)
     _rotate_queries[(B * HKV,)](q, mat, pk.signs if pk.hadamard else mat, out, q.stride(0), q.stride(1), q.stride(2),
                                 scale * math.log2(math.e), HKV=HKV, GROUP=Hq // HKV, LQ=LQ, BLK=pk.block,
@@ -259,17 +259,10 @@ def rotate_queries(q: torch.Tensor, pk: TurboParams, HKV: int, scale: float) -> 
     return out
 
 
-def _cached(p: TurboParams, name: str, make):
-    """Derived device tensors, made once per params (never inside a CUDA-graph capture after the first call)."""
-    if name not in p.__dict__:
-        p.__dict__[name] = make()
-    return p.__dict__[name]
-
-
 def _tables(p: TurboParams):
     """The fp16 codebook (interpreter path) and its 8 table words (PTX path), made once per params."""
-    return (_cached(p, "_c16", lambda: p.centroids.to(torch.float16)),
-            _cached(p, "_tabw", lambda: table_words(p.centroids)))
+    return (cached(p, "_c16", lambda: p.centroids.to(torch.float16)),
+            cached(p, "_tabw", lambda: table_words(p.centroids)))
 
 
 def _words(packed: torch.Tensor) -> torch.Tensor:
@@ -363,7 +356,7 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
     split_len = math.ceil(math.ceil(T / splits) / block_n) * block_n
     splits = math.ceil(T / split_len)
     dev = q.device
-    rkt = _cached(pk, "_rkt16", lambda: pk.rot.t().contiguous().to(torch.float16))
+    rkt = cached(pk, "_rkt16", lambda: pk.rot.t().contiguous().to(torch.float16))
     ck, ktab = _tables(pk)
     cv, vtab = _tables(pv)
     k16, v16 = _words(k_packed), _words(v_packed)
@@ -422,7 +415,7 @@ def turbo_dequantize(p: TurboParams, packed: torch.Tensor, dtype=torch.bfloat16,
     out = torch.empty(B, H, T, p.head_dim, dtype=dtype, device=packed.device)
     if T == 0 or B * H == 0:
         return out
-    r16 = _cached(p, "_r16", lambda: p.rot.to(torch.float16).contiguous())
+    r16 = cached(p, "_r16", lambda: p.rot.to(torch.float16).contiguous())
     c16, tab = _tables(p)
     w = _words(packed)
     _dequant_kernel[(B * H, triton.cdiv(T, block_n))](

@@ -49,7 +49,7 @@ import triton.language as tl
 
 from lowbit.kernels import _interpret
 from lowbit.errors import LowbitError
-from lowbit.kernels.params import TurboParams, sm_count
+from lowbit.kernels.params import TurboParams, cached, sm_count
 from lowbit.kernels.store_check import torch_nan16
 from lowbit.quant.rotation import sylvester_hadamard
 
@@ -259,15 +259,12 @@ def _slow_rows(x, mat, rows64, smask, j, OUT, OUT16, CENT, THR, DBG, y_scale, BL
         _debug_store(DBG, rows64, j, smask, nrm, cn2, stored, ss, NBLK)
 
 
-_MATS: dict = {}
-
-
 def _prepared(p: TurboParams, dtype: torch.dtype, permute: bool = True):
-    """(M in `dtype`, columns permuted for the fast packer, y_scale, symmetric codebook?), cached."""
-    key = (id(p), dtype, permute)
-    hit = _MATS.get(key)
-    if hit is not None and hit[0] is p:
-        return hit[1:]
+    """(M in `dtype`, columns permuted for the fast packer, y_scale, symmetric codebook?), made once per params."""
+    return cached(p, f"_store_mat_{dtype}_{permute}", lambda: _prepare(p, dtype, permute))
+
+
+def _prepare(p: TurboParams, dtype: torch.dtype, permute: bool):
     blk = p.block
     if p.hadamard:  # y·sqrt(blk) = x @ (diag(s) H): ±1 entries, exact in bf16/fp16
         m = p.signs.double().cpu()[:, None] * sylvester_hadamard(blk)
@@ -284,9 +281,7 @@ def _prepared(p: TurboParams, dtype: torch.dtype, permute: bool = True):
         m = m[:, perm]
     thr = p.thresholds.cpu()
     sym = bool(torch.equal(thr, -thr.flip(0))) and bool(torch.equal(p.centroids.cpu(), -p.centroids.cpu().flip(0)))
-    mat = m.to(device=p.rot.device, dtype=dtype).contiguous()
-    _MATS[key] = (p, mat, y_scale, sym)  # holds p, so id(p) is not reused while cached
-    return mat, y_scale, sym
+    return m.to(device=p.rot.device, dtype=dtype).contiguous(), y_scale, sym
 
 
 SMEM_LIMIT = 232448  # bytes of shared memory one program may use on H100/H200 (sm_90)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import KVFormat, kv_format
-from lowbit.formats.weights import GGUF_ALIGNMENT, WeightType, aligned, mix, weight_type
+from lowbit.formats.weights import WeightType, aligned, mix, weight_type
 from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.models.config import FULL, LINEAR, SLIDING, ModelConfig
 from lowbit.models.tensors import KINDS, VISION, Tensor, gguf_order, inventory
@@ -34,7 +34,7 @@ HEADER_ASSUMPTION = (
 
 def header_estimate(cfg: ModelConfig) -> int:
     per_token = 24 if cfg.arch.startswith("gemma") else 36
-    return _pad(per_token * cfg.vocab_size + (64 << 10), GGUF_ALIGNMENT)
+    return aligned(per_token * cfg.vocab_size + (64 << 10))
 
 
 def _pad(n: int, to: int) -> int:
