@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
+from lowbit import __version__
 from lowbit.errors import LowbitError
 
-# (command words, module, one-line help). A module that does not exist yet is simply not offered.
+# Heavy dependencies that only some commands need, and the extra that installs each.
+EXTRAS = {"torch": "eval", "transformers": "eval", "matplotlib": "eval", "safetensors": "eval", "triton": "test"}
+
+# (command words, module, one-line help). Two words make a group (`lowbit eval kv`).
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("simulate",), "lowbit.commands.simulate", "the Qwen3.5 family (or any models) under two or more scenarios"),
     (("plan",), "lowbit.commands.plan", "one model, tensor by tensor, under one scenario"),
@@ -30,10 +33,6 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 ]
 
 
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors: one line, status 2
         self.exit(2, f"lowbit: error: {message}\n")
@@ -41,11 +40,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lowbit", description="Exact memory simulation for low-bit LLMs (weights, KV cache, state).")
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, module, help_text in COMMANDS:
-        if not _available(module):
-            continue
         target = sub
         if len(words) == 2:
             if words[0] not in groups:
@@ -66,13 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or argparse's one-line error (already printed)
         return int(e.code or 0)
     module = getattr(args, "_module", None)
-    if module is None:
-        parser.print_help()
+    if module is None:  # a group named without its subcommand (`lowbit eval`)
+        names = ", ".join(w[1] for w, _, _ in COMMANDS if w[0] == args.command)
+        print(f"lowbit: error: `lowbit {args.command}` needs a subcommand: {names}", file=sys.stderr)
         return 2
     try:
         return int(importlib.import_module(module).run(args) or 0)
     except LowbitError as e:
         print(f"lowbit: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").partition(".")[0]
+        if missing not in EXTRAS:
+            raise
+        words = " ".join(w for w in (args.command, getattr(args, "subcommand", None)) if w)
+        print(f"lowbit: error: `lowbit {words}` needs {missing}; install it with: "
+              f"pip install -e '.[{EXTRAS[missing]}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -33,6 +33,7 @@ class Device:
     label: str
     memory_bytes: int
     aliases: tuple[str, ...] = ()
+    source: str = ""  # where memory_bytes comes from (the vendor's specification)
 
     @property
     def unified(self) -> bool:
@@ -64,7 +65,8 @@ def _raw() -> dict:
 @lru_cache(maxsize=None)
 def catalog() -> tuple[Device, ...]:
     return tuple(
-        Device(d["name"], d["kind"], d["class"], d["label"], int(d["memory_bytes"]), tuple(d.get("aliases", ())))
+        Device(d["name"], d["kind"], d["class"], d["label"], int(d["memory_bytes"]),
+               tuple(d.get("aliases", ())), d["source"])
         for d in _raw()["devices"]
     )
 
@@ -156,5 +158,5 @@ def listing() -> list[dict]:
         use, why = usable(d)
         rows.append({"name": d.name, "kind": d.kind, "class": d.klass, "label": d.label,
                      "memory_bytes": d.memory_bytes, "usable_bytes": use, "usable_assumption": why,
-                     "aliases": list(d.aliases)})
+                     "aliases": list(d.aliases), "source": d.source})
     return rows
