@@ -9,9 +9,9 @@ import pytest
 
 from lowbit.cli import main
 from lowbit.devices import budget
-from lowbit.plan.engines import VLLM, shard_config
-from lowbit.plan.fit import Costs, _ot_pattern, fit, fitting_devices
-from lowbit.plan.planner import plan
+from lowbit.planning.engines import VLLM, shard_config
+from lowbit.planning.fit import Costs, _ot_pattern, fit, fitting_devices
+from lowbit.planning.planner import plan
 from lowbit.models.catalog import resolve
 
 ISSUE_KEYS = {"model", "device", "memory_bytes", "weights", "kv_k", "kv_v", "context", "fits", "headroom_bytes",

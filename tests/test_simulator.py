@@ -6,8 +6,8 @@ import pytest
 
 from lowbit.models.catalog import QWEN35_FAMILY, resolve
 from lowbit.models.config import from_hf_config
-from lowbit.plan.planner import plan
-from lowbit.plan.simulate import simulate
+from lowbit.planning.planner import plan
+from lowbit.planning.simulate import simulate
 
 
 @pytest.mark.parametrize(
@@ -182,7 +182,7 @@ def gemma_gguf():
 
 def test_header_estimate_is_close_to_the_real_files(real_gguf):
     """The header estimate used for config-only models, checked against what real files hold."""
-    from lowbit.plan.planner import header_estimate
+    from lowbit.planning.planner import header_estimate
 
     resolved = resolve(str(real_gguf))
     estimate = header_estimate(resolved.config)

@@ -14,11 +14,11 @@ __all__ = ["plan", "simulate", "resolve", "Plan", "Scenario", "LowbitError"]
 
 def __getattr__(name: str):
     if name in ("plan", "Plan", "Scenario"):
-        from lowbit.plan import planner
+        from lowbit.planning import planner
 
         return getattr(planner, name)
     if name == "simulate":
-        from lowbit.plan.simulate import simulate
+        from lowbit.planning.simulate import simulate
 
         return simulate
     if name == "resolve":

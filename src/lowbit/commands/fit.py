@@ -45,7 +45,7 @@ def _model_arg(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from lowbit.errors import LowbitError
     from lowbit.models.catalog import QWEN35_FAMILY
-    from lowbit.plan import fit as F
+    from lowbit.planning import fit as F
     from lowbit.report.render import print_json
 
     b = F.budget(args.device, args.memory, args.gpus)

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     for w in data["weight_types"]:
         t.add(w["name"], w["ggml_type"], w["block"], w["block_bytes"], f"{w['bits_per_weight']:.4g}", w["source"])
     t.render(args.format)
-    t = Table("Mixes (llama-quantize targets; per-tensor rules in lowbit/plan/mix.py)",
+    t = Table("Mixes (llama-quantize targets; per-tensor rules in lowbit/planning/mix.py)",
               ["mix", "ftype", "default type", "source"], right_align_from=4)
     for m in data["mixes"]:
         t.add(m["name"], m["ftype"], m["default_type"], m["source"])

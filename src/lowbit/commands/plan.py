@@ -17,7 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lowbit.models.config import params_label
-    from lowbit.plan.planner import plan
+    from lowbit.planning.planner import plan
 
     units = unit(args.units)
     k, v = kv_pair(args, "f16")

@@ -31,7 +31,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def scenarios_from(args: argparse.Namespace):
-    from lowbit.plan.planner import ONEBIT_TURBO, TODAY, Scenario
+    from lowbit.planning.planner import ONEBIT_TURBO, TODAY, Scenario
 
     if args.scenario:
         if args.weights or args.kv or args.kv_k or args.kv_v:
@@ -48,7 +48,7 @@ def scenarios_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowbit.plan.simulate import simulate
+    from lowbit.planning.simulate import simulate
 
     units = unit(args.units)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
@@ -88,7 +88,7 @@ FITS_NOTE = ("fits: the smallest device of each class (phone, Mac, CPU RAM, cons
 
 
 def _fits(sim) -> dict:
-    from lowbit.plan.fit import fitting_devices
+    from lowbit.planning.fit import fitting_devices
 
     return {(p.model, p.scenario.name): fitting_devices(p) for p in sim.plans}
 

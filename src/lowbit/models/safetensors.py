@@ -146,9 +146,9 @@ _HF_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.*)$")
 
 
 def as_planned(ckpt: Checkpoint, mtp: bool = False):
-    """The checkpoint's tensors as planner TensorPlans, named the way lowbit.plan.fit places them."""
+    """The checkpoint's tensors as planner TensorPlans, named the way lowbit.planning.fit places them."""
     from lowbit.models.tensors import ATTN, EMBED, EXPERTS, MLP, MTP, NORM, OUTPUT, ROUTER, VISION
-    from lowbit.plan.planner import TensorPlan
+    from lowbit.planning.planner import TensorPlan
 
     out = []
     for t in ckpt.tensors:
@@ -185,7 +185,7 @@ def as_planned(ckpt: Checkpoint, mtp: bool = False):
 def stored_fit(model, budget, kv_k: str = "f16", kv_v: str | None = None, context: int | None = None,
                users: int = 1, engine: str = "llama.cpp"):
     """`lowbit fit CHECKPOINT --weights stored`: weights exactly as the safetensors hold them."""
-    from lowbit.plan.fit import fit
+    from lowbit.planning.fit import fit
 
     if not isinstance(model, str) or not Path(model).expanduser().is_dir():
         raise LowbitError("--weights stored needs MODEL to be a local checkpoint folder (config.json + safetensors)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from lowbit.plan.planner import ONEBIT_TURBO, TODAY, Plan, plan
+from lowbit.planning.planner import ONEBIT_TURBO, TODAY, Plan, plan
 from lowbit.report.render import Table, fmt_bytes
 
 CONTEXT = 262_144
@@ -70,7 +70,7 @@ def _nearest(target: float, hypotheses: list[tuple[str, int]]) -> dict:
 
 def _largest_context(model: str, scenario: str, quantity: str, limit: float) -> int:
     """Largest context (tokens) at which `quantity` stays under `limit` bytes (0 if none does)."""
-    from lowbit.plan.fit import largest
+    from lowbit.planning.fit import largest
 
     found = largest(lambda c: _quantity(_plan(model, scenario, context=c), quantity) < limit, 1, 1 << 24)
     return found or 0

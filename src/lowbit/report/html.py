@@ -67,7 +67,7 @@ def _kv_plot(model: str, formats: list[str], units: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lowbit.plan.planner import plan
+    from lowbit.planning.planner import plan
 
     contexts = [2**k for k in range(12, 21)]
     div = UNITS[units]
@@ -201,8 +201,8 @@ th{background:#f3f5f8}tr:nth-child(even){background:#fafafa}.prov{color:#666;fon
 
 
 def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
-    from lowbit.plan.planner import RUNTIME_ASSUMPTION
-    from lowbit.plan.simulate import simulate
+    from lowbit.planning.planner import RUNTIME_ASSUMPTION
+    from lowbit.planning.simulate import simulate
     from lowbit.report.audit import AUDIT_COLUMNS, audit, audit_rows
 
     sim = simulate(context=context)

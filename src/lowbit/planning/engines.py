@@ -6,7 +6,7 @@ The same model, formats and context cost different bytes under different engines
 - llama.cpp: the KV cache is padded to 256 cells; a sliding-window layer holds `window + n_ubatch`
   cells per sequence (never more than the full context); Gated DeltaNet / Mamba state is f32, one
   copy per sequence; the input embedding table always stays in host memory. The planner's own
-  functions (`lowbit.plan.planner`) implement this; `LlamaCpp` exposes them per layer.
+  functions (`lowbit.planning.planner`) implement this; `LlamaCpp` exposes them per layer.
 - vLLM: paged KV in blocks of 16 tokens from one shared pool; hybrid models group layers into
   equally sized groups sharing one page size, and for GDN/Mamba hybrids the attention block is
   raised until an attention page holds a whole recurrent state (the state page padded to match);
@@ -59,7 +59,7 @@ class LlamaCpp:
 
     def allocate(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, context: int, sequences: int,
                  mtp: bool = False) -> Allocation:
-        from lowbit.plan import planner as P
+        from lowbit.planning import planner as P
 
         kb, cells = P.kv_cache_bytes(cfg, k, context, sequences, mtp)
         vb, _ = P.kv_cache_bytes(cfg, v, context, sequences, mtp)
@@ -72,7 +72,7 @@ class LlamaCpp:
         llama.cpp keeps a layer's cache on the device that holds the layer (`offload_kqv`), so this is
         what moves with a layer when layers are split or offloaded.
         """
-        from lowbit.plan import planner as P
+        from lowbit.planning import planner as P
 
         per_vec = k.vector_bytes(cfg.head_dim) + v.vector_bytes(cfg.head_dim)
         n_linear = cfg.count(LINEAR)
@@ -91,7 +91,7 @@ class LlamaCpp:
         return {n for n in tensor_names if n == "token_embd.weight"}
 
     def assumptions(self) -> dict[str, str]:
-        from lowbit.plan.planner import RUNTIME_ASSUMPTION
+        from lowbit.planning.planner import RUNTIME_ASSUMPTION
 
         return {
             "kv": "exact for llama.cpp: cells padded to 256 (flash attention); sliding-window layers hold "
@@ -188,7 +188,7 @@ class VLLM:
     # --- what comes off the top before the KV pool --------------------------------------------
     def activation_bytes(self, cfg: ModelConfig) -> int:
         """Estimated torch peak of the profiling forward: max_num_batched_tokens tokens + the sampler."""
-        from lowbit.plan.planner import activations_per_token
+        from lowbit.planning.planner import activations_per_token
 
         tokens = self.max_num_batched_tokens
         hidden = tokens * activations_per_token(cfg) * self.model_dtype_bytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowbit.models.catalog import QWEN35_FAMILY, resolve
-from lowbit.plan.planner import ONEBIT_TURBO, TODAY, Plan, Scenario, plan
+from lowbit.planning.planner import ONEBIT_TURBO, TODAY, Plan, Scenario, plan
 
 
 @dataclass

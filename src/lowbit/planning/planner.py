@@ -15,7 +15,7 @@ from lowbit.formats.weights import WeightType, aligned, mix, weight_type
 from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.models.config import FULL, LINEAR, SLIDING, ModelConfig
 from lowbit.models.tensors import KINDS, VISION, Tensor, gguf_order, inventory
-from lowbit.plan.mix import assign_types
+from lowbit.planning.mix import assign_types
 
 MAX_CONTEXT = 1 << 27  # 134M tokens: beyond any model; guards absurd input
 MAX_SEQUENCES = 1 << 16
@@ -101,7 +101,7 @@ class Plan:
 
     def provenance(self) -> dict[str, str]:
         """Where each figure comes from: exact (format definitions) or estimated (assumption named)."""
-        from lowbit.plan.engines import engine_model
+        from lowbit.planning.engines import engine_model
 
         notes = engine_model(self.engine).assumptions()
         return {
@@ -241,7 +241,7 @@ def plan(
     """Plan one model under one scenario. `model`: built-in name, config.json path or .gguf path.
 
     `imatrix=None` assumes an importance matrix exactly for the mixes llama-quantize requires one for.
-    `engine` other than llama.cpp takes KV, state and runtime bytes from lowbit.plan.engines.
+    `engine` other than llama.cpp takes KV, state and runtime bytes from lowbit.planning.engines.
     """
     _check_counts(context, sequences)
     resolved = resolve(model) if isinstance(model, str) else model
@@ -256,8 +256,8 @@ def plan(
     k_bytes, cells = kv_cache_bytes(cfg, k_fmt, context, sequences, mtp)
     v_bytes, _ = kv_cache_bytes(cfg, v_fmt, context, sequences, mtp)
     state, runtime = recurrent_state_bytes(cfg, sequences), runtime_bytes(cfg, sequences)
-    if engine != "llama.cpp":  # other engines allocate differently (lowbit.plan.engines)
-        from lowbit.plan.engines import engine_model
+    if engine != "llama.cpp":  # other engines allocate differently (lowbit.planning.engines)
+        from lowbit.planning.engines import engine_model
 
         alloc = engine_model(engine).allocate(cfg, k_fmt, v_fmt, context, sequences, mtp)
         k_bytes, v_bytes, cells = alloc.kv_k_bytes, alloc.kv_v_bytes, alloc.cells

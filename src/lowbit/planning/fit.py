@@ -29,8 +29,8 @@ from lowbit.formats.kv import kv_format
 from lowbit.formats.weights import aligned
 from lowbit.models.catalog import QWEN35_FAMILY, ResolvedModel, resolve
 from lowbit.models.tensors import EXPERTS
-from lowbit.plan.engines import VLLM, LlamaCpp, engine_model, shard_config
-from lowbit.plan.planner import MAX_CONTEXT, MAX_SEQUENCES, Plan, plan
+from lowbit.planning.engines import VLLM, LlamaCpp, engine_model, shard_config
+from lowbit.planning.planner import MAX_CONTEXT, MAX_SEQUENCES, Plan, plan
 
 # Weight mixes tried by best_weights, any order: they are ranked by their real size for the model.
 CANDIDATE_MIXES = (
