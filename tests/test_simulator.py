@@ -13,7 +13,7 @@ from lowbit.planning.simulate import simulate
 @pytest.mark.parametrize(
     "model, kw, expected",
     [
-        # ../shared/research/qwen35_configs.md §4: anchors independent of lowbit's formulas
+        # anchors independent of lowbit's formulas: a checkpoint size, a model card, llama.cpp's own print
         ("qwen3.5-0.8b", {"vision": True, "mtp": True}, 873_438_784),  # = 1,746,882,752-byte BF16 checkpoint
         ("Qwen/Qwen3.5-9B", {"vision": True}, 9_409_813_744),  # 9B-Base parameter count as published
         ("qwen3.5-122b-a10b", {}, 122_111_526_912),  # llama.cpp "122.11B"

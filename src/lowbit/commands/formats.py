@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 from lowbit.commands._common import add_format
+from lowbit.errors import LowbitError
+from lowbit.formats.kv import KV_FORMATS
+from lowbit.formats.weights import MIXES, WEIGHT_TYPES
 from lowbit.report.render import Table, print_json
 
 
@@ -14,10 +17,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowbit.errors import LowbitError
-    from lowbit.formats.kv import KV_FORMATS
-    from lowbit.formats.weights import MIXES, WEIGHT_TYPES
-
     if not 1 <= args.head_dim <= 65536:
         raise LowbitError(f"--head-dim must be from 1 to 65536, got {args.head_dim}")
     hd = args.head_dim
@@ -52,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fits(f, hd: int) -> bool:
-    from lowbit.errors import LowbitError
-
     try:
         f.vector_bytes(hd)
         return True
