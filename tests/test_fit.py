@@ -9,9 +9,9 @@ import pytest
 
 from lowbit.cli import main
 from lowbit.devices import budget
-from lowbit.plan.engines import VLLM, shard_config
-from lowbit.plan.fit import Costs, _ot_pattern, fit, fitting_devices
-from lowbit.plan.planner import plan
+from lowbit.planning.engines import VLLM, _ot_pattern, shard_config
+from lowbit.planning.fit import Costs, fit, fitting_devices
+from lowbit.planning.planner import plan
 from lowbit.models.catalog import resolve
 
 ISSUE_KEYS = {"model", "device", "memory_bytes", "weights", "kv_k", "kv_v", "context", "fits", "headroom_bytes",
@@ -80,12 +80,13 @@ def _embd(p):
 
 def _gpu_bytes(costs, context, ngl, cpu_moe):
     """Independent recount of what llama.cpp puts on the GPU for -ngl / --n-cpu-moe."""
-    n = len(costs.layer_dense)
-    cache = costs.llama.layer_cache_bytes(costs.cfg, costs.k, costs.v, context, 1)
-    b = costs.llama.allocate(costs.cfg, costs.k, costs.v, context, 1).runtime_bytes
-    b += costs.outside if ngl == n else 0
+    split = costs.placement
+    n = len(split.layer_dense)
+    cache = costs.engine.layer_cache_bytes(costs.cfg, costs.k, costs.v, context, 1)
+    b = costs.engine.allocate(costs.cfg, costs.k, costs.v, context, 1).runtime_bytes
+    b += split.outside if ngl == n else 0
     for i in range(n - ngl, n):
-        b += costs.layer_dense[i] + cache[i] + (costs.layer_experts[i] if i >= cpu_moe else 0)
+        b += split.layer_dense[i] + cache[i] + (split.layer_experts[i] if i >= cpu_moe else 0)
     return b
 
 

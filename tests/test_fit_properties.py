@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from lowbit.devices import budget
 from lowbit.formats.kv import kv_format
-from lowbit.plan.engines import LlamaCpp
-from lowbit.plan.fit import CANDIDATE_MIXES, Costs, best_weights
-from lowbit.plan.planner import plan
+from lowbit.planning.engines import LlamaCpp
+from lowbit.planning.fit import CANDIDATE_MIXES, Costs, best_weights
+from lowbit.planning.planner import plan
 
 MODELS = ["qwen3.5-0.8b", "qwen3.5-27b", "qwen3.5-35b-a3b", "llama-3.1-8b"]
 KVS = ["f16", "q8_0", "q4_0", "turbo3", "turbo2"]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lowbit.errors import LowbitError
 from lowbit.models.config import from_hf_config
 from lowbit.models.gguf_header import read_header
-from lowbit.plan.planner import plan
+from lowbit.planning.planner import plan
 
 FIELDS = ["model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size",
           "intermediate_size", "head_dim", "layer_types", "num_experts", "num_experts_per_tok", "moe_intermediate_size",

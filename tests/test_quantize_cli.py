@@ -10,7 +10,7 @@ from lowbit.cli import main
 from lowbit.errors import LowbitError
 from lowbit.eval.artifacts import model_path
 from lowbit.models.gguf_header import read_header
-from lowbit.plan.planner import plan
+from lowbit.planning.planner import plan
 
 
 @pytest.fixture(scope="module")

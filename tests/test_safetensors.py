@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 from lowbit.cli import main
 from lowbit.errors import LowbitError
 from lowbit.models.safetensors import load_checkpoint, read_header
-from lowbit.plan.planner import plan
+from lowbit.planning.planner import plan
 
 H, L, HEADS, KV, HD, FF, V = 64, 2, 2, 1, 32, 128, 256
 CONFIG = {"model_type": "qwen3", "hidden_size": H, "num_hidden_layers": L, "num_attention_heads": HEADS,

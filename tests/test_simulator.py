@@ -6,14 +6,14 @@ import pytest
 
 from lowbit.models.catalog import QWEN35_FAMILY, resolve
 from lowbit.models.config import from_hf_config
-from lowbit.plan.planner import plan
-from lowbit.plan.simulate import simulate
+from lowbit.planning.planner import plan
+from lowbit.planning.simulate import simulate
 
 
 @pytest.mark.parametrize(
     "model, kw, expected",
     [
-        # ../shared/research/qwen35_configs.md §4: anchors independent of lowbit's formulas
+        # anchors independent of lowbit's formulas: a checkpoint size, a model card, llama.cpp's own print
         ("qwen3.5-0.8b", {"vision": True, "mtp": True}, 873_438_784),  # = 1,746,882,752-byte BF16 checkpoint
         ("Qwen/Qwen3.5-9B", {"vision": True}, 9_409_813_744),  # 9B-Base parameter count as published
         ("qwen3.5-122b-a10b", {}, 122_111_526_912),  # llama.cpp "122.11B"
@@ -182,7 +182,7 @@ def gemma_gguf():
 
 def test_header_estimate_is_close_to_the_real_files(real_gguf):
     """The header estimate used for config-only models, checked against what real files hold."""
-    from lowbit.plan.planner import header_estimate
+    from lowbit.planning.planner import header_estimate
 
     resolved = resolve(str(real_gguf))
     estimate = header_estimate(resolved.config)

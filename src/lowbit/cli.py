@@ -1,8 +1,8 @@
 """The `lowbit` command: a thin shell over the Python API.
 
 Each subcommand lives in its own module exposing `configure(parser)` and `run(args) -> int`, imported
-only when that subcommand runs, so `lowbit simulate` never pays for torch. Bad input of any kind
-(LowbitError) becomes one line on stderr and exit status 2.
+only when that subcommand is named, so one command never pays for another's imports (nor for torch).
+Bad input of any kind (LowbitError) becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"lowbit: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: every command is listed, only the one argv names is configured (imported);
+    with no argv, all of them are."""
     parser = _Parser(prog="lowbit", description="Exact memory simulation for low-bit LLMs (weights, KV cache, state).")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -52,15 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
             target = groups[words[0]]
         p = target.add_parser(words[-1], help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).configure(p)
+        if argv is None or tuple(argv[: len(words)]) == words:
+            importlib.import_module(module).configure(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    argv = (sys.argv[1:] if argv is None else argv) or ["simulate"]
+    parser = build_parser(argv)
     try:
-        args = parser.parse_args(argv or ["simulate"])
+        args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or argparse's one-line error (already printed)
         return int(e.code or 0)
     module = getattr(args, "_module", None)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from lowbit.devices import format_bytes, listing, reserve_rules
+from lowbit.report.render import Table, print_json
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("phone", "apple", "gpu", "cpu"), help="only devices of this kind")
@@ -11,9 +14,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowbit.devices import format_bytes, listing, reserve_rules
-    from lowbit.report.render import Table, print_json
-
     rows = [r for r in listing() if not args.kind or r["kind"] == args.kind]
     if args.format == "json":
         print_json({"devices": rows, "reserve": reserve_rules()})

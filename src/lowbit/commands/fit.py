@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 
 from lowbit.commands._common import count
+from lowbit.devices import budget
+from lowbit.errors import LowbitError
+from lowbit.models.catalog import QWEN35_FAMILY
+from lowbit.models.hub import resolve_hf
+from lowbit.planning.fit import FitResult, fit
+from lowbit.planning.stored import stored_fit
+from lowbit.report.render import Table, fmt_bytes, print_json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -33,34 +40,25 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _model_arg(args: argparse.Namespace):
     if args.hf:
         if args.model:
-            from lowbit.errors import LowbitError
-
             raise LowbitError("give either MODEL or --hf ORG/NAME, not both")
-        from lowbit.models.hub import resolve_hf
-
         return resolve_hf(args.hf)
     return args.model
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowbit.errors import LowbitError
-    from lowbit.models.catalog import QWEN35_FAMILY
-    from lowbit.plan import fit as F
-    from lowbit.report.render import print_json
-
-    b = F.budget(args.device, args.memory, args.gpus)
+    b = budget(args.device, args.memory, args.gpus)
     kv_k, kv_v = (args.kv_k or args.kv), (args.kv_v or args.kv)
     if args.family:
         if args.model or args.hf:
             raise LowbitError("give either MODEL or --family, not both")
         if args.family.lower() not in ("qwen3.5", "qwen35"):
             raise LowbitError(f"unknown family {args.family!r}; known: qwen3.5")
-        results = [_fit(F, m, b, args, kv_k, kv_v) for m in QWEN35_FAMILY]
+        results = [_fit(m, b, args, kv_k, kv_v) for m in QWEN35_FAMILY]
     else:
         model = _model_arg(args)
         if not model:
             raise LowbitError("name a MODEL (e.g. qwen3.5-27b), --hf ORG/NAME, or --family qwen3.5")
-        results = [_fit(F, model, b, args, kv_k, kv_v)]
+        results = [_fit(model, b, args, kv_k, kv_v)]
     if args.format == "json":
         docs = [r.to_json() for r in results]
         print_json(docs[0] if len(docs) == 1 and not args.family else {"family": args.family, "results": docs})
@@ -69,23 +67,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit(F, model, b, args, kv_k, kv_v):
+def _fit(model, b, args, kv_k, kv_v) -> FitResult:
     if str(args.weights).lower() == "stored":
-        from lowbit.models.safetensors import stored_fit
-
         return stored_fit(model, b, kv_k, kv_v, args.context, args.users, args.engine)
-    return F.fit(model, b, args.weights, kv_k, kv_v, args.context, args.users, args.engine, args.mtp, args.vision)
+    return fit(model, b, args.weights, kv_k, kv_v, args.context, args.users, args.engine, args.mtp, args.vision)
 
 
 def _gib(n: int | None) -> str:
-    from lowbit.report.render import fmt_bytes
-
     return "-" if n is None else fmt_bytes(n, "GiB")
 
 
-def _table(results, fmt: str) -> None:
-    from lowbit.report.render import Table
-
+def _table(results: list[FitResult], fmt: str) -> None:
     r0 = results[0]
     b = r0.budget
     where = f"{b.name}" + (f" x {b.gpus}" if b.gpus > 1 else "")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 from lowbit.commands._common import add_format
+from lowbit.errors import LowbitError
+from lowbit.formats.kv import KV_FORMATS
+from lowbit.formats.weights import MIXES, WEIGHT_TYPES
 from lowbit.report.render import Table, print_json
 
 
@@ -14,10 +17,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowbit.errors import LowbitError
-    from lowbit.formats.kv import KV_FORMATS
-    from lowbit.formats.weights import MIXES, WEIGHT_TYPES
-
     if not 1 <= args.head_dim <= 65536:
         raise LowbitError(f"--head-dim must be from 1 to 65536, got {args.head_dim}")
     hd = args.head_dim
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     for w in data["weight_types"]:
         t.add(w["name"], w["ggml_type"], w["block"], w["block_bytes"], f"{w['bits_per_weight']:.4g}", w["source"])
     t.render(args.format)
-    t = Table("Mixes (llama-quantize targets; per-tensor rules in lowbit/plan/mix.py)",
+    t = Table("Mixes (llama-quantize targets; per-tensor rules in lowbit/planning/mix.py)",
               ["mix", "ftype", "default type", "source"], right_align_from=4)
     for m in data["mixes"]:
         t.add(m["name"], m["ftype"], m["default_type"], m["source"])
@@ -52,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fits(f, hd: int) -> bool:
-    from lowbit.errors import LowbitError
-
     try:
         f.vector_bytes(hd)
         return True

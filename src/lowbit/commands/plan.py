@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from lowbit.commands._common import add_format, add_model_options, kv_pair
+from lowbit.models.config import params_label
+from lowbit.planning.planner import plan
 from lowbit.report.render import Table, fmt_bytes, print_json, unit
 
 
@@ -16,9 +18,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowbit.models.config import params_label
-    from lowbit.plan.planner import plan
-
     units = unit(args.units)
     k, v = kv_pair(args, "f16")
     p = plan(args.model, args.weights, kv_k=k, kv_v=v, context=args.context, sequences=args.sequences,
@@ -28,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = p.config
     kinds = Table(
-        f"{p.model}: {p.scenario.weights}{' --pure' if p.scenario.pure else ''} weights, KV {k}/{v}, "
+        f"{p.model}: {p.scenario.mix.name}{' --pure' if p.scenario.pure else ''} weights, KV {k}/{v}, "
         f"{p.context:,} tokens x {p.sequences} seq; params {p.params_total:,} total, {p.params_active:,} active/token",
         ["tensor class", "tensors", "params", "types", f"bytes ({units})", "bits/weight"],
     )

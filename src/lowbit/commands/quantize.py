@@ -1,6 +1,6 @@
 """`lowbit quantize MODEL --to Q1_0 [--method gptq] [--pure] -o out.gguf`: a real GGUF, llama.cpp's mix.
 
-Per-tensor types come from the simulator's mix rules (lowbit.plan: the same call `lowbit plan` makes),
+Per-tensor types come from the simulator's mix rules (lowbit.planning: the same call `lowbit plan` makes),
 so the written tensor bytes are exactly what the planner predicts. A tensor already stored in its
 target type is copied byte for byte; every other tensor is dequantized from the source file and
 quantized with lowbit's quantizers (Q1_0, ternary) or gguf's reference ones (Q4_0 ... Q8_0, MXFP4).
@@ -40,7 +40,7 @@ def plan_types(path, mix_name: str, pure: bool, r=None) -> dict[str, str]:
     from lowbit.models.catalog import resolve
     from lowbit.models.gguf_header import read_header
     from lowbit.models.tensors import Tensor
-    from lowbit.plan.planner import weight_types
+    from lowbit.planning.planner import weight_types
 
     # names and shapes only: the bounded header reader is fast where gguf's reader parses the vocabulary
     listed = r.tensors if r is not None else read_header(path).tensors

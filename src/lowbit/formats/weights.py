@@ -2,7 +2,7 @@
 
 Block sizes and bytes come from the `gguf` package's GGML_QUANT_SIZES table (never retyped here).
 A *mix* is a llama.cpp file type (``llama-quantize ... Q4_K_M``): a default tensor type plus the
-per-tensor rules in :mod:`lowbit.plan.mix`.
+per-tensor rules in :mod:`lowbit.planning.mix`.
 """
 
 from __future__ import annotations

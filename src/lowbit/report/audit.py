@@ -7,9 +7,14 @@ search over named hypotheses (what the article may have assumed) reports the nea
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from functools import lru_cache
 from importlib import resources
 
-from lowbit.plan.planner import ONEBIT_TURBO, TODAY, Plan, plan
+from lowbit.formats.kv import KV_FORMATS
+from lowbit.planning.planner import Plan, plan
+from lowbit.planning.scenario import ONEBIT_TURBO, TODAY
+from lowbit.planning.search import largest
 from lowbit.report.render import Table, fmt_bytes
 
 CONTEXT = 262_144
@@ -18,9 +23,11 @@ SCENARIOS = {"today": TODAY, "1bit-turbo": ONEBIT_TURBO}
 CONTEXTS = [32_768, 65_536, 100_000, 128_000, 131_072, 200_000, 256_000, 262_144, 524_288, 1_000_000, 1_048_576]
 
 
-def _plan(model: str, scenario: str, context: int = CONTEXT, **kw) -> Plan:
+@lru_cache(maxsize=128)  # claims and hypotheses ask for the same plans again
+def _plan(model: str, scenario: str, context: int = CONTEXT, pure: bool = False, vision: bool = False,
+          mtp: bool = False) -> Plan:
     s = SCENARIOS[scenario]
-    return plan(model, s.weights, kv_k=s.kv_k, kv_v=s.kv_v, context=context, scenario_name=s.name, **kw)
+    return plan(model, replace(s, pure=True) if pure else s, context=context, vision=vision, mtp=mtp)
 
 
 def _quantity(p: Plan, quantity: str) -> int:
@@ -34,15 +41,13 @@ def _weight_hypotheses(model: str, scenario: str) -> list[tuple[str, int]]:
         ("text GGUF (llama.cpp default)", _plan(model, scenario).weights_bytes),
         ("+ vision tower (mmproj, F16)", _plan(model, scenario, vision=True).weights_bytes),
         ("+ MTP layer + vision tower", _plan(model, scenario, vision=True, mtp=True).weights_bytes),
-        (f"--pure {s.weights} (no mix overrides)", _plan(model, scenario, pure=True).weights_bytes),
+        (f"--pure {s.mix.name} (no mix overrides)", _plan(model, scenario, pure=True).weights_bytes),
     ]
     return out
 
 
 def _kv_hypotheses(model: str, scenario: str) -> list[tuple[str, int]]:
     """KV under alternative readings of the architecture, at the usual context lengths."""
-    from lowbit.formats.kv import KV_FORMATS
-
     base = _plan(model, scenario, context=1)
     cfg = base.config
     full = cfg.count("full_attention")
@@ -70,8 +75,6 @@ def _nearest(target: float, hypotheses: list[tuple[str, int]]) -> dict:
 
 def _largest_context(model: str, scenario: str, quantity: str, limit: float) -> int:
     """Largest context (tokens) at which `quantity` stays under `limit` bytes (0 if none does)."""
-    from lowbit.plan.fit import largest
-
     found = largest(lambda c: _quantity(_plan(model, scenario, context=c), quantity) < limit, 1, 1 << 24)
     return found or 0
 
@@ -106,7 +109,7 @@ def audit() -> dict:
                        holds=all(c["low"] <= r <= c["high"] for r in ratios.values()))
         rows.append(row)
     return {"source": data["source"], "context": CONTEXT, "note": data["context_note"],
-            "scenarios": {k: f"{s.weights} + {s.kv_k}" for k, s in SCENARIOS.items()}, "claims": rows}
+            "scenarios": {k: f"{s.mix.name} + {s.k.name}" for k, s in SCENARIOS.items()}, "claims": rows}
 
 
 AUDIT_COLUMNS = ["claim", "article", "exact", "verdict", "what would reproduce it"]

@@ -54,7 +54,7 @@ def _family_plot(sim, units: str) -> str:
     ax.set_xticks(range(len(models)), [m.replace("qwen3.5-", "") for m in models])
     ax.set_yscale("log")
     ax.set_ylabel(f"{units} (log scale)")
-    ax.set_title(" vs ".join(f"{s.name} ({s.weights}+{s.kv_k})" for s in sim.scenarios)
+    ax.set_title(" vs ".join(s.label() for s in sim.scenarios)
                  + f": solid = {sim.scenarios[0].name}, faded = {sim.scenarios[-1].name}")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -67,7 +67,7 @@ def _kv_plot(model: str, formats: list[str], units: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lowbit.plan.planner import plan
+    from lowbit.planning.planner import plan
 
     contexts = [2**k for k in range(12, 21)]
     div = UNITS[units]
@@ -201,8 +201,7 @@ th{background:#f3f5f8}tr:nth-child(even){background:#fafafa}.prov{color:#666;fon
 
 
 def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
-    from lowbit.plan.planner import RUNTIME_ASSUMPTION
-    from lowbit.plan.simulate import simulate
+    from lowbit.planning.simulate import simulate
     from lowbit.report.audit import AUDIT_COLUMNS, audit, audit_rows
 
     sim = simulate(context=context)
@@ -227,7 +226,7 @@ def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
 <h2>The Qwen3.5 family at {context:,} tokens</h2>
 {_family_plot(sim, units)}
 {_table(fam_cols, fam_rows)}
-<p class=prov>weights, KV, state: exact. runtime: {html.escape(RUNTIME_ASSUMPTION)}.</p>
+<p class=prov>weights, KV, state: exact. runtime: {html.escape(sim.plans[0].provenance()['runtime_bytes'])}.</p>
 <h2>KV cache against context</h2>
 {_kv_plot(KV_MODEL, kv_formats, units)}
 <p class=prov>{html.escape(_kv_note(KV_MODEL))}</p>

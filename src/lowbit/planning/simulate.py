@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lowbit.models.catalog import QWEN35_FAMILY, resolve
-from lowbit.plan.planner import ONEBIT_TURBO, TODAY, Plan, Scenario, plan
+from lowbit.planning.engines import Engine, engine_model
+from lowbit.planning.fit import fitting_devices
+from lowbit.planning.planner import Plan, plan
+from lowbit.planning.scenario import ONEBIT_TURBO, TODAY, Scenario
 
 
-@dataclass
+@dataclass(repr=False)
 class Simulation:
     context: int
     sequences: int
     scenarios: list[Scenario]
     plans: list[Plan]  # model-major: for each model, one plan per scenario
+
+    def __repr__(self) -> str:
+        return (f"<Simulation {len(self.models())} model(s) x {', '.join(s.name for s in self.scenarios)} "
+                f"at {self.context:,} tokens x {self.sequences}>")
 
     def models(self) -> list[str]:
         seen: list[str] = []
@@ -30,12 +37,15 @@ class Simulation:
         first, last = self.get(model, self.scenarios[0].name), self.get(model, self.scenarios[-1].name)
         return first.total_bytes / last.total_bytes
 
+    def fitting_devices(self) -> dict[tuple[str, str], list[str]]:
+        """(model, scenario name) -> the smallest device of each class that holds that plan."""
+        return {(p.model, p.scenario.name): fitting_devices(p) for p in self.plans}
+
     def to_json(self) -> dict:
         return {
             "context": self.context,
             "sequences": self.sequences,
-            "scenarios": [{"name": s.name, "weights": s.weights, "kv_k": s.kv_k, "kv_v": s.kv_v, "pure": s.pure}
-                          for s in self.scenarios],
+            "scenarios": [s.to_json() for s in self.scenarios],
             "rows": [
                 {
                     "model": p.model,
@@ -51,7 +61,7 @@ class Simulation:
                 for p in self.plans
             ],
             "ratios": {m: round(self.ratio(m), 4) for m in self.models()},
-            "engine": self.plans[0].engine if self.plans else "llama.cpp",
+            "engine": self.plans[0].engine.name if self.plans else "llama.cpp",
             "provenance": self.plans[0].provenance() if self.plans else {},
         }
 
@@ -64,13 +74,18 @@ def simulate(
     pure: bool = False,
     mtp: bool = False,
     vision: bool = False,
-    engine: str = "llama.cpp",
+    engine: str | Engine = "llama.cpp",
 ) -> Simulation:
-    scenarios = scenarios or [TODAY, ONEBIT_TURBO]
+    """Every model (default: the Qwen3.5 family) under every scenario (default: today and 1-bit + TurboQuant).
+
+    `pure` plans every scenario as llama-quantize --pure would.
+    """
+    scenarios = list(scenarios or [TODAY, ONEBIT_TURBO])
+    eng = engine_model(engine)
     plans = []
     for name in models or QWEN35_FAMILY:
         resolved = resolve(name)
         for s in scenarios:
-            plans.append(plan(resolved, s.weights, kv_k=s.kv_k, kv_v=s.kv_v, context=context, sequences=sequences,
-                              pure=pure or s.pure, mtp=mtp, vision=vision, scenario_name=s.name, engine=engine))
-    return Simulation(context, sequences, list(scenarios), plans)
+            plans.append(plan(resolved, replace(s, pure=True) if pure else s, context=context, sequences=sequences,
+                              mtp=mtp, vision=vision, engine=eng))
+    return Simulation(context, sequences, scenarios, plans)

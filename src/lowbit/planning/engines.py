@@ -1,0 +1,551 @@
+"""The inference engines: what each allocates beside the weights, and where it places a model.
+
+The same model, formats and context cost different bytes under different engines. Each engine class
+owns its rules; `plan()` asks the chosen one for the KV cache, recurrent state and runtime buffers
+(`allocate`), and `fit` asks it to place a model on a device budget (`place`):
+
+- llama.cpp (`LlamaCpp`): the KV cache is padded to 256 cells; a sliding-window layer holds
+  `window + n_ubatch` cells per sequence (never more than the full context); Gated DeltaNet / Mamba
+  state is f32, one copy per sequence; the input embedding table stays in host memory; over several
+  GPUs whole layers are split evenly, and a model that does not fit on one GPU keeps MoE expert
+  tensors, then whole layers, in CPU RAM (`LayerSplit`).
+- vLLM (`VLLM`): paged KV in blocks of 16 tokens from one shared pool; hybrid models group layers into
+  equally sized groups sharing one page size, and for GDN/Mamba hybrids the attention block is
+  raised until an attention page holds a whole recurrent state (the state page padded to match);
+  the instance is capped at `gpu_memory_utilization` of the GPU and the activation peak of a
+  `max_num_batched_tokens` dummy forward comes off the top; tensor parallel over several GPUs
+  (`TensorParallel`).
+
+Bytes that follow from a format definition and the engine's rules are exact for that rule; the
+activation peak and non-torch memory are estimates, and `assumptions()` names each one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from math import ceil
+from typing import ClassVar, Protocol
+
+from lowbit.devices import Budget
+from lowbit.errors import LowbitError
+from lowbit.formats.kv import KVFormat
+from lowbit.formats.weights import aligned
+from lowbit.models.config import FULL, LINEAR, SLIDING, ModelConfig
+from lowbit.models.tensors import EXPERTS, VISION
+from lowbit.planning.search import largest, smallest
+
+ENGINES = ("llama.cpp", "vllm")
+GIB = 1 << 30
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pad(n: int, to: int) -> int:
+    return _cdiv(n, to) * to
+
+
+def activations_per_token(cfg: ModelConfig) -> int:
+    """Values one token's widest layer keeps live (the runtime estimates' unit): 4 x hidden plus twice the
+    widest projection (the FFN, MoE top-k + shared, gated query, or Gated DeltaNet conv)."""
+    ffn = cfg.intermediate_size
+    if cfg.is_moe:
+        ffn = max(ffn, cfg.num_experts_used * cfg.moe_intermediate_size + cfg.shared_expert_intermediate_size)
+    return 4 * cfg.hidden_size + 2 * max(ffn, cfg.num_heads * cfg.head_dim * 2, cfg.gdn_conv_dim)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What one engine allocates for a model at a context and sequence count (one device's share)."""
+
+    kv_k_bytes: int
+    kv_v_bytes: int
+    state_bytes: int
+    runtime_bytes: int
+    cells: dict  # tokens of KV each layer type holds, all sequences together
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.kv_k_bytes + self.kv_v_bytes
+
+
+@dataclass(frozen=True)
+class Need:
+    """Bytes on the most loaded device, and in host RAM, for one context and user count."""
+
+    device_bytes: int
+    host_bytes: int
+    weights_bytes: int  # on that device
+    kv_bytes: int
+    state_bytes: int
+    runtime_bytes: int
+
+
+class PlacedTensor(Protocol):
+    """What placement reads of a tensor: a planned one (planner.TensorPlan) or a checkpoint's own."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+    bytes: int
+
+
+class Placement(Protocol):
+    """A model placed by one engine on one device budget: the forward function every fit solver searches."""
+
+    engine: Engine
+    limit: int  # bytes one device may use
+    split_assumption: str  # how the model is divided over several GPUs
+
+    def need(self, context: int, users: int = 1) -> Need: ...
+
+    def offload(self, context: int, users: int = 1) -> dict | None:
+        """Which parts go to CPU RAM when the model does not fit; None where the engine has no such plan."""
+
+
+class Engine:
+    """An inference engine's allocation and placement rules."""
+
+    name: str
+
+    def allocate(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, context: int, sequences: int,
+                 mtp: bool = False) -> Allocation:
+        raise NotImplementedError
+
+    def assumptions(self) -> dict[str, str]:
+        """Where the kv, state and runtime figures come from (exact for the engine's rule, or estimated)."""
+        raise NotImplementedError
+
+    def host_tensors(self, tensor_names: Sequence[str]) -> set[str]:
+        """Tensors kept in host memory even when the whole model is on the GPU."""
+        return set()
+
+    def place(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, tensors: Sequence[PlacedTensor], budget: Budget,
+              mtp: bool = False, pad: Callable[[int], int] = aligned) -> Placement:
+        """The model (its `tensors`, each `pad`ded as stored) on `budget`, as this engine places it."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LlamaCpp(Engine):
+    name: str = "llama.cpp"
+    n_ubatch: int = 512  # micro-batch (--ubatch-size default)
+    kv_pad: int = 256  # KV cells are padded to 256 with flash attention (src/llama-kv-cache.cpp)
+    # Architectures llama.cpp runs with a sliding-window cache; for any other (Mistral's GGUF is `llama`) it
+    # allocates the full context even where the model was trained with a window.
+    SWA_ARCHES: ClassVar[frozenset[str]] = frozenset({"gemma3"})
+
+    def layer_cells(self, cfg: ModelConfig, context: int, mtp: bool = False) -> list[int]:
+        """KV cells each layer holds per sequence (0 for recurrent layers), MTP layers appended.
+
+        Full attention: the context padded to 256. Sliding window: window + one micro-batch, padded, at most
+        the full size (llama_kv_cache_iswa, one stream per sequence).
+        """
+        full = _pad(context, self.kv_pad)
+        swa = full
+        if cfg.sliding_window and cfg.arch in self.SWA_ARCHES:
+            swa = min(full, _pad(cfg.sliding_window + self.n_ubatch, self.kv_pad))
+        cells = [0 if t == LINEAR else swa if t == SLIDING else full for t in cfg.layer_types]
+        return cells + [full] * (cfg.mtp_layers if mtp else 0)
+
+    @staticmethod
+    def layer_kv_heads(cfg: ModelConfig, mtp: bool = False) -> list[int]:
+        return list(cfg.num_kv_heads) + [max(cfg.num_kv_heads)] * (cfg.mtp_layers if mtp else 0)
+
+    def kv_cache_bytes(self, cfg: ModelConfig, kv: KVFormat, context: int, sequences: int,
+                       mtp: bool = False) -> tuple[int, dict]:
+        """Bytes of one of K or V for the whole cache, and the cells each layer type holds."""
+        cells = self.layer_cells(cfg, context, mtp)
+        per_vector = kv.vector_bytes(cfg.head_dim)
+        total = sum(c * h for c, h in zip(cells, self.layer_kv_heads(cfg, mtp))) * sequences * per_vector
+        by_type = {FULL: _pad(context, self.kv_pad) * sequences}
+        for t, c in zip(cfg.layer_types, cells):
+            if t == SLIDING:
+                by_type[SLIDING] = c * sequences
+        return total, by_type
+
+    @staticmethod
+    def recurrent_state_bytes(cfg: ModelConfig, sequences: int) -> int:
+        """Recurrent layers (Gated DeltaNet, Mamba-2): conv window (kernel-1 x conv_dim) + state (heads x dk x dv),
+        f32, per sequence (llama.cpp n_embd_r and n_embd_s)."""
+        per_layer = (cfg.linear_conv_kernel_dim - 1) * cfg.gdn_conv_dim + (
+            cfg.linear_num_value_heads * cfg.linear_key_head_dim * cfg.linear_value_head_dim
+        )
+        return cfg.count(LINEAR) * per_layer * 4 * sequences
+
+    def runtime_bytes(self, cfg: ModelConfig, sequences: int) -> int:
+        """Estimated: the output buffer (f32 logits, one token per sequence) plus the compute graph of one
+        micro-batch (f32 logits for every token plus the widest layer's activations)."""
+        output_buffer = cfg.vocab_size * sequences * 4
+        compute = self.n_ubatch * (cfg.vocab_size + activations_per_token(cfg)) * 4
+        return output_buffer + compute
+
+    def allocate(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, context: int, sequences: int,
+                 mtp: bool = False) -> Allocation:
+        kb, cells = self.kv_cache_bytes(cfg, k, context, sequences, mtp)
+        vb, _ = self.kv_cache_bytes(cfg, v, context, sequences, mtp)
+        return Allocation(kb, vb, self.recurrent_state_bytes(cfg, sequences), self.runtime_bytes(cfg, sequences),
+                          cells)
+
+    def layer_cache_bytes(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, context: int, sequences: int,
+                          mtp: bool = False) -> list[int]:
+        """KV + recurrent state of each block `blk.i` (MTP blocks appended), the same rule as `allocate`.
+
+        llama.cpp keeps a layer's cache on the device that holds the layer (`offload_kqv`), so this is
+        what moves with a layer when layers are split or offloaded.
+        """
+        per_vec = k.vector_bytes(cfg.head_dim) + v.vector_bytes(cfg.head_dim)
+        n_linear = cfg.count(LINEAR)
+        state_per_layer = self.recurrent_state_bytes(cfg, sequences) // n_linear if n_linear else 0
+        types = list(cfg.layer_types) + [FULL] * (cfg.mtp_layers if mtp else 0)
+        cells, heads = self.layer_cells(cfg, context, mtp), self.layer_kv_heads(cfg, mtp)
+        return [state_per_layer if t == LINEAR else c * sequences * h * per_vec for t, c, h in zip(types, cells, heads)]
+
+    def host_tensors(self, tensor_names: Sequence[str]) -> set[str]:
+        """Tensors llama.cpp keeps in host memory even with every layer on the GPU.
+
+        "there is very little benefit to offloading the input layer, so always keep it on the CPU"
+        (llama.cpp src/llama-model.cpp, dev_input = cpu). A tied model's output copy still goes to
+        the GPU (TENSOR_DUPLICATED), so its embedding bytes count on both sides.
+        """
+        return {n for n in tensor_names if n == "token_embd.weight"}
+
+    def assumptions(self) -> dict[str, str]:
+        return {
+            "kv": f"exact for llama.cpp: cells padded to {self.kv_pad} (flash attention); sliding-window layers hold "
+                  f"window + {self.n_ubatch} cells per sequence; KV stays with its layer's device",
+            "state": "exact for llama.cpp: conv window + recurrent state of Gated DeltaNet or Mamba layers, f32, one per sequence",
+            "runtime": "estimated: llama.cpp output buffer (f32 logits for one token per sequence) plus its compute graph "
+                       f"for one {self.n_ubatch}-token micro-batch (f32 logits for every token plus the widest layer's "
+                       "activations), flash attention on",
+            "placement": "llama.cpp keeps token_embd.weight in host memory (input layer always on the CPU)",
+        }
+
+    def place(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, tensors: Sequence[PlacedTensor], budget: Budget,
+              mtp: bool = False, pad: Callable[[int], int] = aligned) -> LayerSplit:
+        return LayerSplit(self, cfg, k, v, tensors, budget, mtp, pad)
+
+
+_LAYER = re.compile(r"^(?:blk|model\.layers|layers)\.(\d+)\.")
+
+
+def _layer_of(name: str) -> int:
+    m = _LAYER.match(name)
+    return int(m.group(1)) if m else -1
+
+
+def _ot_pattern(layers: int) -> str:
+    """llama.cpp --override-tensor value that keeps the routed experts of the first `layers` layers on the CPU."""
+    ids = "|".join(str(i) for i in range(layers))
+    return rf"blk\.({ids})\.ffn_(up|down|gate)_exps\.weight=CPU"
+
+
+class LayerSplit:
+    """llama.cpp's placement. On a GPU it keeps the host tensors (token_embd) in host RAM; the rest, with
+    each layer's KV and state, goes to the GPU; with N GPUs layers are split evenly (llama.cpp's default
+    layer split). On unified memory (Apple, phones, CPU RAM) everything is one pool."""
+
+    split_assumption = "llama.cpp layer split: layers divided evenly, each with its KV; output on the last GPU"
+
+    def __init__(self, engine: LlamaCpp, cfg: ModelConfig, k: KVFormat, v: KVFormat,
+                 tensors: Sequence[PlacedTensor], budget: Budget, mtp: bool, pad: Callable[[int], int]):
+        self.engine, self.cfg, self.k, self.v, self.budget, self.mtp = engine, cfg, k, v, budget, mtp
+        self.limit = budget.usable_bytes
+        self.weights_total = sum(pad(t.bytes) for t in tensors)
+        host = engine.host_tensors([t.name for t in tensors])
+        self.host_only = sum(pad(t.bytes) for t in tensors if t.name in host)
+        n_blocks = cfg.num_layers + (cfg.mtp_layers if mtp else 0)
+        self.layer_dense = [0] * n_blocks  # per block: weights other than routed experts
+        self.layer_experts = [0] * n_blocks
+        self.outside = 0  # output head, final norm, ...: with the last layer's device
+        for t in tensors:
+            i = _layer_of(t.name)
+            if t.name in host:
+                if cfg.tie_word_embeddings:
+                    self.outside += pad(t.bytes)  # the duplicated output copy on the device
+            elif 0 <= i < n_blocks and t.kind != VISION:
+                (self.layer_experts if t.kind == EXPERTS else self.layer_dense)[i] += pad(t.bytes)
+            else:
+                self.outside += pad(t.bytes)
+
+    def need(self, context: int, users: int = 1) -> Need:
+        a = self.engine.allocate(self.cfg, self.k, self.v, context, users, self.mtp)
+        w_all = self.weights_total
+        if self.budget.unified:
+            return Need(w_all + a.kv_bytes + a.state_bytes + a.runtime_bytes, 0, w_all, a.kv_bytes, a.state_bytes,
+                        a.runtime_bytes)
+        cache = self.engine.layer_cache_bytes(self.cfg, self.k, self.v, context, users, self.mtp)
+        n = self.budget.gpus
+        per_gpu = [a.runtime_bytes] * n  # estimated: each GPU holds its own compute buffer
+        weights = [0] * n
+        for i, c in enumerate(cache):
+            d = min(n - 1, i * n // len(cache))
+            per_gpu[d] += self.layer_dense[i] + self.layer_experts[i] + c
+            weights[d] += self.layer_dense[i] + self.layer_experts[i]
+        per_gpu[-1] += self.outside
+        weights[-1] += self.outside
+        worst = max(range(n), key=per_gpu.__getitem__)
+        return Need(per_gpu[worst], self.host_only, weights[worst], a.kv_bytes, a.state_bytes, a.runtime_bytes)
+
+    def offload(self, context: int, users: int = 1) -> dict | None:
+        """On one discrete GPU: experts of the first layers to CPU first (--n-cpu-moe), then whole layers
+        (-ngl), as llama.cpp --fit does. None on unified memory or several GPUs."""
+        if self.budget.unified or self.budget.gpus != 1:
+            return None
+        n = len(self.layer_dense)
+        cache = self.engine.layer_cache_bytes(self.cfg, self.k, self.v, context, users, self.mtp)
+        runtime = self.engine.allocate(self.cfg, self.k, self.v, 1, users).runtime_bytes
+        everything = self.outside + sum(self.layer_dense) + sum(self.layer_experts) + sum(cache)
+
+        def on_gpu(ngl: int, cpu_moe: int) -> int:
+            b = runtime + (self.outside if ngl == n else 0)
+            for i in range(n - ngl, n):
+                b += self.layer_dense[i] + cache[i] + (self.layer_experts[i] if i >= cpu_moe else 0)
+            return b
+
+        def result(ngl: int, cpu_moe: int, note: str) -> dict:
+            gpu = on_gpu(ngl, cpu_moe)
+            args = [f"-ngl {ngl if ngl < n else 99}"] + ([f"--n-cpu-moe {cpu_moe}"] if cpu_moe else [])
+            return {"layers_on_cpu": n - ngl, "expert_layers_on_cpu": cpu_moe, "gpu_layers": ngl,
+                    "bytes_on_gpu": gpu, "bytes_on_cpu": self.host_only + everything - (gpu - runtime),
+                    "llama_args": " ".join(args), "override_tensor": _ot_pattern(cpu_moe) if cpu_moe else "",
+                    "note": note}
+
+        if on_gpu(n, 0) <= self.limit:
+            return result(n, 0, "everything but token_embd on the GPU")
+        has_experts = any(self.layer_experts)
+        if has_experts and on_gpu(n, n) <= self.limit:
+            k = smallest(lambda m: on_gpu(n, m) <= self.limit, 0, n)
+            return result(n, k, f"routed experts of the first {k} layers in CPU RAM, everything else on the GPU")
+        cpu_moe = n if has_experts else 0
+        ngl = largest(lambda g: on_gpu(g, cpu_moe) <= self.limit, 0, n)
+        if ngl is None:
+            return result(0, cpu_moe, "even the compute buffer does not fit on the GPU: CPU only")
+        return result(ngl, cpu_moe, f"{n - ngl} of {n} layers in CPU RAM" +
+                      (", all routed experts in CPU RAM" if cpu_moe else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VLLM(Engine):
+    name: str = "vllm"
+    block_size: int = 16  # tokens per KV block (CacheConfig default on CUDA)
+    gpu_memory_utilization: float = 0.9
+    max_num_batched_tokens: int = 8192  # prefill chunk of the profiling dummy run
+    max_num_seqs: int = 256
+    model_dtype_bytes: int = 2  # bf16 activations and conv state
+    ssm_state_bytes: int = 4  # Qwen3.5 configs set mamba_ssm_dtype=float32
+    tp: int = 1
+
+    # --- layer groups and pages (vllm/v1/core/kv_cache_utils.py, models/config.py) -------------
+    def _attn_bytes_per_token(self, cfg: ModelConfig, k: KVFormat, v: KVFormat) -> int:
+        heads = max((h for h in cfg.num_kv_heads if h), default=0)
+        return heads * (k.vector_bytes(cfg.head_dim) + v.vector_bytes(cfg.head_dim))
+
+    def mamba_page_bytes(self, cfg: ModelConfig) -> int:
+        """Gated DeltaNet state of one layer for one request: conv (model dtype) + SSM (f32)."""
+        conv = (cfg.linear_conv_kernel_dim - 1) * cfg.gdn_conv_dim * self.model_dtype_bytes
+        ssm = cfg.linear_num_value_heads * cfg.linear_key_head_dim * cfg.linear_value_head_dim * self.ssm_state_bytes
+        return conv + ssm
+
+    def attention_block_size(self, cfg: ModelConfig, k: KVFormat, v: KVFormat) -> int:
+        """16, or for GDN/Mamba hybrids the smallest multiple of 16 whose page holds one state."""
+        if not cfg.count(LINEAR) or not self._attn_bytes_per_token(cfg, k, v):
+            return self.block_size
+        per_token = self._attn_bytes_per_token(cfg, k, v)
+        needed = 16 * _cdiv(self.mamba_page_bytes(cfg), 16 * per_token)
+        return max(self.block_size, needed)
+
+    def groups(self, cfg: ModelConfig) -> tuple[int, dict[str, int]]:
+        """(layers per group, number of groups per layer type) as _get_kv_cache_groups_uniform_page_size."""
+        counts = {t: cfg.count(t) for t in (FULL, SLIDING, LINEAR) if cfg.count(t)}
+        if not counts:
+            return 0, {}
+        lo, hi = min(counts.values()), max(counts.values())
+        size = hi if hi < lo * 1.5 else lo
+        return size, {t: _cdiv(n, size) for t, n in counts.items()}
+
+    def request_blocks(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, context: int) -> dict[str, int]:
+        """Blocks one request of `context` tokens takes from the shared pool, per layer type."""
+        bs = self.attention_block_size(cfg, k, v)
+        _, n_groups = self.groups(cfg)
+        out = {}
+        for t, g in n_groups.items():
+            if t == FULL:
+                per_group = _cdiv(context, bs)
+            elif t == SLIDING:  # SlidingWindowSpec.max_memory_usage_bytes: window-1 + one prefill chunk
+                tokens = min(cfg.sliding_window - 1 + self.max_num_batched_tokens, context)
+                per_group = min(_cdiv(context, bs), _cdiv(tokens, bs) + 1)
+            else:  # no prefix caching: one state block per request
+                per_group = 1
+            out[t] = g * per_group
+        return out
+
+    def block_bytes(self, cfg: ModelConfig, k: KVFormat, v: KVFormat) -> int:
+        """Bytes of one pool block: one page for every layer slot of a group."""
+        size, _ = self.groups(cfg)
+        per_token = self._attn_bytes_per_token(cfg, k, v)
+        page = self.attention_block_size(cfg, k, v) * per_token if per_token else self.mamba_page_bytes(cfg)
+        return page * size
+
+    def allocate(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, context: int, sequences: int,
+                 mtp: bool = False) -> Allocation:
+        if mtp and cfg.mtp_layers:  # the MTP drafter's attention layers join the full-attention type
+            cfg = replace(cfg, layer_types=cfg.layer_types + (FULL,) * cfg.mtp_layers,
+                          num_kv_heads=cfg.num_kv_heads + (max(cfg.num_kv_heads),) * cfg.mtp_layers,
+                          num_layers=cfg.num_layers + cfg.mtp_layers)
+        blocks = self.request_blocks(cfg, k, v, context)
+        bb = self.block_bytes(cfg, k, v)
+        attn_blocks = sum(n for t, n in blocks.items() if t != LINEAR) * sequences
+        kf, vf = k.vector_bytes(cfg.head_dim), v.vector_bytes(cfg.head_dim)
+        attn = attn_blocks * bb
+        kb = attn * kf // (kf + vf) if attn else 0
+        bs = self.attention_block_size(cfg, k, v)
+        cells = {t: n // max(1, self.groups(cfg)[1][t]) * bs * sequences for t, n in blocks.items() if t != LINEAR}
+        return Allocation(kb, attn - kb, blocks.get(LINEAR, 0) * sequences * bb, self.runtime_bytes(cfg), cells)
+
+    # --- what comes off the top before the KV pool --------------------------------------------
+    def activation_bytes(self, cfg: ModelConfig) -> int:
+        """Estimated torch peak of the profiling forward: max_num_batched_tokens tokens + the sampler."""
+        tokens = self.max_num_batched_tokens
+        hidden = tokens * activations_per_token(cfg) * self.model_dtype_bytes
+        sampler = min(tokens, self.max_num_seqs) * cfg.vocab_size * 4 * 2  # f32 logits + probabilities
+        return hidden + sampler
+
+    def non_torch_bytes(self) -> int:
+        """Estimated CUDA context / NCCL memory outside torch (llm-d capacity planner: 0.15 / 0.6 GiB)."""
+        return int(0.15 * GIB) if self.tp == 1 else int(0.6 * GIB)
+
+    def runtime_bytes(self, cfg: ModelConfig) -> int:
+        return self.activation_bytes(cfg) + self.non_torch_bytes()
+
+    def pool_limit(self, memory_bytes: int) -> int:
+        """The instance cap: gpu_memory_utilization x total memory (vLLM's `requested_memory`)."""
+        return ceil(memory_bytes * self.gpu_memory_utilization)
+
+    def assumptions(self) -> dict[str, str]:
+        return {
+            "kv": f"exact for vLLM's rules: blocks of {self.block_size} tokens from one pool shared by equal-size "
+                  "layer groups; sliding-window layers take window-1 + max_num_batched_tokens tokens (+1 block); "
+                  "GDN hybrids raise the attention block so one page holds a state, state pages padded to match",
+            "state": f"exact for vLLM's rules: one state block per request (no prefix caching), conv state at "
+                     f"{self.model_dtype_bytes} bytes and SSM state at {self.ssm_state_bytes} bytes per value",
+            "runtime": f"estimated: activation peak of a {self.max_num_batched_tokens}-token profiling forward "
+                       f"(4 x hidden + 2 x widest projection per token, bf16) plus the sampler for "
+                       f"{self.max_num_seqs} sequences (f32 logits and probabilities), plus "
+                       f"{self.non_torch_bytes() / GIB:.2f} GiB non-torch memory; CUDA graphs not counted",
+            "budget": f"exact rule: vLLM caps the instance at gpu_memory_utilization = {self.gpu_memory_utilization} "
+                      "of total GPU memory",
+        }
+
+    def place(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, tensors: Sequence[PlacedTensor], budget: Budget,
+              mtp: bool = False, pad: Callable[[int], int] = aligned) -> TensorParallel:
+        if budget.device is not None and budget.device.kind != "gpu":
+            raise LowbitError(f"the vLLM engine model is for GPUs; {budget.device.name} is not one "
+                              f"({budget.device.kind}); use --engine llama.cpp")
+        return TensorParallel(replace(self, tp=budget.gpus), cfg, k, v, tensors, budget, mtp, pad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor parallel (vLLM)
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_config(cfg: ModelConfig, tp: int) -> ModelConfig:
+    """One tensor-parallel rank's share of the model, as vLLM splits it.
+
+    Attention heads, GDN heads, MLP and expert widths and the vocabulary are divided by `tp`. KV heads
+    are divided too, or replicated (one per rank) when there are fewer KV heads than ranks.
+    """
+    if tp == 1:
+        return cfg
+    name = cfg.name
+
+    def need(what: str, n: int) -> None:
+        if n % tp:
+            raise LowbitError(f"{name}: {what} = {n} cannot be split evenly over {tp} GPUs "
+                              f"(tensor parallel needs it divisible by the GPU count)")
+
+    need("attention heads", cfg.num_heads)
+    kv_heads = []
+    for h in cfg.num_kv_heads:
+        if h and h % tp and tp % h:
+            raise LowbitError(f"{name}: {h} KV heads over {tp} GPUs: vLLM needs one to divide the other")
+        kv_heads.append(0 if h == 0 else max(1, h // tp))
+    for what, n in (("Gated DeltaNet key heads", cfg.linear_num_key_heads),
+                    ("Gated DeltaNet value heads", cfg.linear_num_value_heads)):
+        if n:
+            need(what, n)
+    for what, n in (("MLP width", cfg.intermediate_size), ("expert width", cfg.moe_intermediate_size),
+                    ("shared expert width", cfg.shared_expert_intermediate_size)):
+        if n:
+            need(what, n)
+    return replace(
+        cfg,
+        num_heads=cfg.num_heads // tp,
+        num_kv_heads=tuple(kv_heads),
+        intermediate_size=cfg.intermediate_size // tp,
+        moe_intermediate_size=cfg.moe_intermediate_size // tp,
+        shared_expert_intermediate_size=cfg.shared_expert_intermediate_size // tp,
+        linear_num_key_heads=cfg.linear_num_key_heads // tp,
+        linear_num_value_heads=cfg.linear_num_value_heads // tp,
+        vocab_size=_cdiv(cfg.vocab_size, tp),
+    )
+
+
+class TensorParallel:
+    """vLLM's placement: tensor parallel over the budget's GPUs (vLLM's sharding, KV heads replicated when
+    fewer than GPUs), the instance capped at gpu_memory_utilization of each GPU."""
+
+    split_assumption = ("estimated: vLLM tensor parallel: matrices split over the GPUs, vectors and routers "
+                        "replicated, KV heads split or replicated")
+
+    def __init__(self, engine: VLLM, cfg: ModelConfig, k: KVFormat, v: KVFormat, tensors: Sequence[PlacedTensor],
+                 budget: Budget, mtp: bool, pad: Callable[[int], int]):
+        self.engine, self.cfg, self.k, self.v, self.mtp, self.pad = engine, cfg, k, v, mtp, pad
+        self.rank_cfg = shard_config(cfg, engine.tp)
+        self.limit = engine.pool_limit(budget.memory_bytes)
+        self.rank_weights = sum(self._rank_bytes(t) for t in tensors)
+
+    def _rank_bytes(self, t: PlacedTensor) -> int:
+        tp = self.engine.tp
+        if tp == 1 or len(t.shape) == 1 or "ffn_gate_inp" in t.name:
+            return self.pad(t.bytes)  # replicated: vectors and routers
+        if re.search(r"attn_(k|v)\.weight$", t.name):
+            full = max(self.cfg.num_kv_heads)
+            per_rank = max(1, full // tp)
+            return self.pad(-(-t.bytes * per_rank // full))
+        return self.pad(-(-t.bytes // tp))
+
+    def need(self, context: int, users: int = 1) -> Need:
+        a = self.engine.allocate(self.rank_cfg, self.k, self.v, context, users, self.mtp)
+        w = self.rank_weights
+        return Need(w + a.kv_bytes + a.state_bytes + a.runtime_bytes, 0, w, a.kv_bytes, a.state_bytes,
+                    a.runtime_bytes)
+
+    def offload(self, context: int, users: int = 1) -> None:
+        return None  # vLLM's CPU offload is not modelled
+
+
+def engine_model(engine: str | Engine, **options) -> Engine:
+    """The engine of that name (options go to its constructor), or the engine object itself."""
+    if isinstance(engine, Engine):
+        return replace(engine, **options) if options else engine
+    key = str(engine).lower().replace("_", "").replace("-", "")
+    if key in ("llama.cpp", "llamacpp", "llama"):
+        return LlamaCpp(**options)
+    if key == "vllm":
+        return VLLM(**options)
+    raise LowbitError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")

@@ -1,0 +1,202 @@
+"""The planner: model x scenario (weight mix, KV formats) x context x sequences x engine -> bytes, with provenance.
+
+Weights are *exact* (llama.cpp mix rules x gguf block sizes). The KV cache, recurrent state and runtime
+buffers come from the chosen engine (lowbit.planning.engines), which names for each whether it is exact
+for its rule or estimated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from lowbit.errors import LowbitError
+from lowbit.formats.weights import Mix, WeightType, aligned, mix, weight_type
+from lowbit.models.catalog import ResolvedModel, resolve
+from lowbit.models.config import ModelConfig
+from lowbit.models.tensors import KINDS, VISION, Tensor, gguf_order, inventory
+from lowbit.planning.engines import Engine, LlamaCpp, engine_model
+from lowbit.planning.mix import assign_types
+from lowbit.planning.scenario import Scenario
+
+MAX_CONTEXT = 1 << 27  # 134M tokens: beyond any model; guards absurd input
+MAX_SEQUENCES = 1 << 16
+HEADER_ASSUMPTION = (
+    "estimated: GGUF metadata and tokenizer: per vocabulary entry 36 bytes for BPE tokenizers (token string, type, "
+    "one merge) or 24 for SentencePiece (Gemma: string, score, type), plus 64 KiB of other metadata"
+)
+
+
+def header_estimate(cfg: ModelConfig) -> int:
+    per_token = 24 if cfg.arch.startswith("gemma") else 36
+    return aligned(per_token * cfg.vocab_size + (64 << 10))
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+    type: str
+    bytes: int  # unpadded (ggml_nbytes); the file pads each to 32
+
+
+@dataclass(repr=False)
+class Plan:
+    model: str
+    config: ModelConfig
+    scenario: Scenario
+    context: int
+    sequences: int
+    tensors: list[TensorPlan]
+    params_total: int
+    params_active: int
+    weights_bytes: int
+    kv_bytes: int
+    kv_k_bytes: int
+    kv_v_bytes: int
+    state_bytes: int
+    runtime_bytes: int
+    header_bytes: int
+    header_exact: bool
+    kv_cells: dict[str, int] = field(default_factory=dict)
+    engine: Engine = field(default_factory=LlamaCpp)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.state_bytes + self.runtime_bytes
+
+    def __repr__(self) -> str:
+        s = self.scenario
+        return (f"<Plan {self.model} {s.mix.name}{' pure' if s.pure else ''}+{s.k.name}/{s.v.name} "
+                f"{self.context:,} tokens x {self.sequences} on {self.engine.name}: {self.total_bytes:,} bytes>")
+
+    def provenance(self) -> dict[str, str]:
+        """Where each figure comes from: exact (format definitions) or estimated (assumption named)."""
+        notes = self.engine.assumptions()
+        return {
+            "weights_bytes": "exact: llama.cpp mix rules x gguf block sizes, each tensor padded to 32 bytes",
+            "kv_bytes": notes["kv"],
+            "state_bytes": notes["state"],
+            "runtime_bytes": notes["runtime"],
+            "gguf_header_bytes": "exact: read from the file" if self.header_exact else HEADER_ASSUMPTION,
+        }
+
+    def by_kind(self) -> dict[str, dict[str, int | list[str]]]:
+        out: dict[str, dict] = {}
+        for t in self.tensors:
+            row = out.setdefault(t.kind, {"tensors": 0, "params": 0, "bytes": 0, "types": []})
+            row["tensors"] += 1
+            row["params"] += math.prod(t.shape)
+            row["bytes"] += aligned(t.bytes)
+            if t.type not in row["types"]:
+                row["types"].append(t.type)
+        return {k: out[k] for k in KINDS if k in out}
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "scenario": self.scenario.to_json(),
+            "context": self.context,
+            "sequences": self.sequences,
+            "params": {"total": self.params_total, "active": self.params_active},
+            "weights_bytes": self.weights_bytes,
+            "kv_bytes": self.kv_bytes,
+            "kv_k_bytes": self.kv_k_bytes,
+            "kv_v_bytes": self.kv_v_bytes,
+            "state_bytes": self.state_bytes,
+            "runtime_bytes": self.runtime_bytes,
+            "total_bytes": self.total_bytes,
+            "gguf_header_bytes": self.header_bytes,
+            "kv_cells": self.kv_cells,
+            "engine": self.engine.name,
+            "provenance": self.provenance(),
+            "by_kind": self.by_kind(),
+            "tensors": [{"name": t.name, "shape": list(t.shape), "kind": t.kind, "type": t.type, "bytes": t.bytes}
+                        for t in self.tensors],
+        }
+
+
+def _check_counts(context: int, sequences: int) -> None:
+    if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= MAX_CONTEXT:
+        raise LowbitError(f"context must be an integer from 1 to {MAX_CONTEXT:,} tokens, got {context!r}")
+    if isinstance(sequences, bool) or not isinstance(sequences, int) or not 1 <= sequences <= MAX_SEQUENCES:
+        raise LowbitError(f"sequences must be an integer from 1 to {MAX_SEQUENCES:,}, got {sequences!r}")
+
+
+def weight_types(
+    cfg: ModelConfig, tensors: list[Tensor], weights: str | Mix, pure: bool = False, imatrix: bool | None = None
+) -> dict[str, WeightType]:
+    text = [t for t in tensors if t.kind != VISION]
+    types = assign_types(text, weights if isinstance(weights, Mix) else mix(weights), cfg, pure=pure, imatrix=imatrix)
+    # The vision tower is llama.cpp's separate mmproj file, which ships at F16 (1-D tensors F32).
+    types.update({t.name: weight_type("F32" if len(t.shape) == 1 else "F16") for t in tensors if t.kind == VISION})
+    return types
+
+
+def _scenario(weights: str | Scenario, kv: str | None, kv_k: str | None, kv_v: str | None, pure: bool,
+              name: str) -> Scenario:
+    if not isinstance(weights, Scenario):
+        return Scenario.of(weights, kv_k or kv or "f16", kv_v or kv or "f16", name=name, pure=pure)
+    if kv or kv_k or kv_v or name:
+        raise LowbitError("give the formats either as a Scenario or as weights and kv, not both")
+    return replace(weights, pure=True) if pure and not weights.pure else weights
+
+
+def plan(
+    model: str | ResolvedModel,
+    weights: str | Scenario = "Q4_K_M",
+    kv: str | None = None,
+    kv_k: str | None = None,
+    kv_v: str | None = None,
+    context: int = 262_144,
+    sequences: int = 1,
+    pure: bool = False,
+    mtp: bool = False,
+    vision: bool = False,
+    scenario_name: str = "",
+    imatrix: bool | None = None,
+    engine: str | Engine = "llama.cpp",
+) -> Plan:
+    """Plan one model under one scenario. `model`: built-in name, config.json path or .gguf path.
+
+    The formats come as a `Scenario`, or as a mix name (`weights`) and KV formats (`kv` for K and V, f16 by
+    default; `kv_k`, `kv_v` for one of them). `pure` gives every tensor the mix's default type.
+    `imatrix=None` assumes an importance matrix exactly for the mixes llama-quantize requires one for.
+    `engine` (a name or a lowbit.planning.engines object) allocates the KV cache, state and runtime buffers.
+    """
+    _check_counts(context, sequences)
+    resolved = resolve(model) if isinstance(model, str) else model
+    cfg = resolved.config
+    scenario = _scenario(weights, kv, kv_k, kv_v, pure, scenario_name)
+    eng = engine_model(engine)
+    tensors = gguf_order(inventory(cfg, mtp=mtp, vision=vision))
+    types = weight_types(cfg, tensors, scenario.mix, scenario.pure, imatrix)
+    planned = [TensorPlan(t.name, t.shape, t.kind, types[t.name].name, types[t.name].tensor_bytes(t.shape))
+               for t in tensors]
+    alloc = eng.allocate(cfg, scenario.k, scenario.v, context, sequences, mtp)
+    if resolved.gguf is not None:
+        header, header_exact = resolved.gguf.data_offset, True
+    else:
+        header, header_exact = header_estimate(cfg), False
+    active = sum(round(t.n_params * t.per_token_active) for t in tensors)
+    return Plan(
+        model=cfg.name,  # built-ins are named canonically; files by their file or folder name
+        config=cfg,
+        scenario=scenario,
+        context=context,
+        sequences=sequences,
+        tensors=planned,
+        params_total=sum(t.n_params for t in tensors),
+        params_active=active,
+        weights_bytes=sum(aligned(t.bytes) for t in planned),
+        kv_bytes=alloc.kv_bytes,
+        kv_k_bytes=alloc.kv_k_bytes,
+        kv_v_bytes=alloc.kv_v_bytes,
+        state_bytes=alloc.state_bytes,
+        runtime_bytes=alloc.runtime_bytes,
+        header_bytes=header,
+        header_exact=header_exact,
+        kv_cells=alloc.cells,
+        engine=eng,
+    )
