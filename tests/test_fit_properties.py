@@ -93,7 +93,7 @@ def test_best_weights_fits_and_every_bigger_mix_does_not(model, gib, context):
 @settings(max_examples=20, deadline=None)
 @given(st.sampled_from(MODELS), st.sampled_from(KVS), st.integers(1, 300_000), st.integers(1, 8), st.booleans())
 def test_per_layer_cache_adds_up_to_the_planners_kv_and_state(model, kv, context, users, mtp):
-    p = plan(model, kv=kv, context=context, sequences=users, mtp=mtp)
+    p = plan(model, kv=kv, context=context, sequences=users, mtp=mtp, force_context=True)  # any context adds up
     f = kv_format(kv)
     layers = LlamaCpp().layer_cache_bytes(p.config, f, f, context, users, mtp)
     assert sum(layers) == p.kv_bytes + p.state_bytes

@@ -1,16 +1,17 @@
 """`lowbit eval weights --model gemma3-270m --weights Q1_0 [--method gptq]`: what a weight format costs.
 
-The reference is the model *as shipped*: the GGUF's own (already 4/5/8-bit) weights, dequantized
+The reference is the model *as stored*: the GGUF's own (already 4/5/8-bit) weights, dequantized
 (SmolLM2 ships as Q4_1, Gemma 3 270M as Q4_K_M). Each format is applied to those weights with
 llama.cpp's mix rules (the planner's, as `lowbit quantize` writes them: e.g. the tied embedding stays
 Q8_0), the model is rebuilt with the dequantized tensors, and compared on the pydoc text:
-perplexity (context stated), KL divergence and top-1 agreement against the shipped model.
+perplexity (context stated), KL divergence and top-1 agreement against the stored model.
 
 Bits per weight are *exact* from what is stored: every scale, offset and rotation seed counted.
 `bits_per_weight` is the whole model (all tensors, embeddings and norms included); `body_bits_per_weight`
 counts only the transformer blocks' matrices.
 
-Formats: shipped, any quantizable llama.cpp mix (Q8_0, Q4_0, Q4_1, Q5_0, MXFP4_MOE, TQ2_0, TQ1_0, Q1_0)
+Formats: stored (the file's own weights; `shipped`, the former word, still works), any quantizable
+llama.cpp mix (Q8_0, Q4_0, Q4_1, Q5_0, MXFP4_MOE, TQ2_0, TQ1_0, Q1_0)
 and ARB1 (lowbit's rotated/ARB binarization, which takes the place Q1_0 would in the mix).
 `--pad` lets Q1_0/ARB1 take rows that are not whole 128-blocks (SmolLM2's 576): bytes counted, and
 such a Q1_0 tensor is not a file llama.cpp can load.
@@ -28,12 +29,12 @@ from lowbit.commands._common import add_format
 from lowbit.report.render import print_json
 
 LADDER = [  # (weights, method) rows of the results table
-    ("shipped", None), ("Q8_0", None), ("Q4_0", None), ("TQ2_0", "ref"), ("TQ1_0", "ref"),
+    ("stored", None), ("Q8_0", None), ("Q4_0", None), ("TQ2_0", "ref"), ("TQ1_0", "ref"),
     ("TQ1_0", "absmean"), ("TQ1_0", "absmean-group"), ("Q1_0", "ref"), ("Q1_0", "gptq"),
     ("ARB1", "rht-arb"), ("ARB1", "rht-arb-gptq"),
 ]
 COMBINED = [  # weights x KV cache: "today" against the seed's "1-bit + TurboQuant", and the two mixed cells
-    ("shipped", None, "f16"), ("shipped", None, "turbo3"), ("Q1_0", "ref", "f16"), ("Q1_0", "ref", "turbo3"),
+    ("stored", None, "f16"), ("stored", None, "turbo3"), ("Q1_0", "ref", "f16"), ("Q1_0", "ref", "turbo3"),
     ("ARB1", "rht-arb", "f16"), ("ARB1", "rht-arb", "turbo3"),
 ]
 ONE_BIT = ("Q1_0", "ARB1")
@@ -42,11 +43,12 @@ REPORT_JSON = "src/lowbit/report/weights_quality.json"
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gemma3-270m", help="smollm2-135m, gemma3-270m or a .gguf path")
-    p.add_argument("--weights", default="Q1_0", help="shipped, Q8_0, Q4_0, TQ2_0, TQ1_0, Q1_0, ARB1, ...")
+    p.add_argument("--weights", default="Q1_0", help="stored (the file as it is), Q8_0, Q4_0, TQ2_0, TQ1_0, Q1_0, ARB1, ...")
     p.add_argument("--method", default=None, help="Q1_0: ref|gptq|rht|rht-gptq; ARB1: arb|rht-arb|arb-gptq|rht-arb-gptq; "
                    "TQ*: ref|absmean|absmean-group")
     p.add_argument("--tokens", type=int, default=4096, help="evaluation tokens (default 4096)")
-    p.add_argument("--context", type=int, default=512, help="window length in tokens (default 512, as llama-perplexity)")
+    p.add_argument("--context", "-c", "--ctx-size", dest="context", type=int, default=512,
+                   help="window length in tokens (default 512; llama-perplexity's -c)")
     p.add_argument("--pure", action="store_true", help="no mix overrides: every quantizable tensor gets the format")
     p.add_argument("--pad", action="store_true", help="let Q1_0/ARB1 zero-pad rows that are not whole blocks")
     p.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens for gptq methods")
@@ -54,7 +56,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "the prompt half prefilled, the rest teacher-forced 32 tokens at a time through the cache")
     p.add_argument("--ladder", action="store_true", help="run the whole results table for the model")
     p.add_argument("--combined", action="store_true",
-                   help="weights x KV cache: shipped 4-bit + f16 KV ('today') against 1-bit + turbo3 KV, and the mixed cells")
+                   help="weights x KV cache: stored 4-bit + f16 KV ('today') against 1-bit + turbo3 KV, and the mixed cells")
     p.add_argument("--write", default=None, help=f"with --ladder: also merge the rows into this JSON (e.g. {REPORT_JSON})")
     add_format(p, ("table", "json"))
 
@@ -89,14 +91,14 @@ def quantized_weights(model, fmt: str, method: str | None, pure: bool = False, p
     from lowbit.quant import weights as W
 
     path = lm.resolve(model)
-    shipped = lm.gguf_tensor_types(path)
+    own_types = lm.gguf_tensor_types(path)
     src = lm.gguf_weights(path)
     n = {k: int(v.size) for k, v in src.items()}
-    if fmt == "shipped":
+    if fmt == "stored":
         from lowbit.models.gguf_header import read_header
 
         nbytes = {t.name: t.nbytes for t in read_header(path).tensors}
-        return {}, _bits(nbytes, n), "as shipped"
+        return {}, _bits(nbytes, n), "as stored"
     types = tensor_types(path, fmt, pure, pad)
     own = fmt if fmt in ONE_BIT else _mix_default(fmt)
     if method is not None:
@@ -109,7 +111,7 @@ def quantized_weights(model, fmt: str, method: str | None, pure: bool = False, p
         hessians = calibration_hessians(path, targets, n_tokens=calib_tokens, progress=progress)
     replace, nbytes = {}, {}
     for name, t in types.items():
-        if t == shipped[name]:  # already stored that way: kept byte for byte
+        if t == own_types[name]:  # already stored that way: kept byte for byte
             nbytes[name] = weight_type(t).tensor_bytes(tuple(reversed(src[name].shape)))
             continue
         q = W.quantize(src[name], t, method if t == own else None, hessian=hessians.get(name),
@@ -159,10 +161,10 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4
     from lowbit.quant import weights as W
 
     t0 = time.perf_counter()
-    fmt = "shipped" if fmt.lower() == "shipped" else fmt.upper()
+    fmt = "stored" if fmt.lower() in ("stored", "shipped") else fmt.upper()
     if tokens < context:
         raise LowbitError(f"--tokens ({tokens}) must be at least --context ({context})")
-    if fmt != "shipped":  # refuse bad names before minutes of model loading
+    if fmt != "stored":  # refuse bad names before minutes of model loading
         W.check(fmt if fmt in ONE_BIT else _mix_default(fmt), method)
     if kv is not None:
         from lowbit.formats.kv import kv_format
@@ -181,7 +183,7 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4
 
     name = next((m for m in MODELS if lm.resolve(m) == path), str(path)) if str(model) in MODELS else str(model)
     return {
-        "model": name, "weights": fmt, "method": method or ("ref" if fmt != "shipped" else None),
+        "model": name, "weights": fmt, "method": method or ("ref" if fmt != "stored" else None),
         "bits_per_weight": round(bits["bits_per_weight"], 4),
         "body_bits_per_weight": round(bits["body_bits_per_weight"], 4),
         "tensor_bytes": bits["tensor_bytes"], "tokens": q.tokens, "context": q.context,
@@ -194,7 +196,7 @@ def _table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{rows[0]['model']}: weights vs the model as shipped "
+    t = Table(title=f"{rows[0]['model']}: weights vs the model as stored "
                     f"({rows[0]['tokens']} scored tokens, context {rows[0]['context']}, pydoc text)")
     for c in ("weights", "method", "KV", "bpw (model)", "bpw (body)", "PPL", "KLD", "top-1"):
         t.add_column(c, justify="left" if c in ("weights", "method") else "right")
@@ -227,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             _table(rows)
         return 0
+    if args.weights.lower() == "shipped":
+        print("lowbit: --weights shipped is now called stored", file=sys.stderr)
     r = evaluate_weights(args.model, args.weights, args.method, args.tokens, args.context, args.pure, args.pad,
                          args.calib_tokens, kv=args.kv)
     if args.format == "json":
