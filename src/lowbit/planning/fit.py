@@ -19,7 +19,7 @@ from functools import lru_cache
 from lowbit.devices import Budget, budget as make_budget, catalog, usable
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import kv_format
-from lowbit.formats.weights import STORED, aligned
+from lowbit.formats.weights import STORED
 from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.planning.engines import Engine, Need, engine_model
 from lowbit.planning.planner import MAX_CONTEXT, MAX_SEQUENCES, Plan, context_for, plan

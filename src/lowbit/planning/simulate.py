@@ -95,7 +95,7 @@ def simulate(
     if context is not None and not force_context:
         over = [r.config for r in resolved if r.config.max_context and context > r.config.max_context]
         if over:
-            names = ", ".join(f"{c.name} ({c.max_context:,})" for c in over)
+            names = ", ".join(f"{c.name} ({c.max_context:,}: {c.max_context_from})" for c in over)
             raise LowbitError(f"context {context:,} is beyond the trained maximum of {names}; {FORCE_HINT}")
     plans = []
     for r in resolved:

@@ -22,19 +22,21 @@ def plan_tables(p: Plan, units: str, tensors: bool = False, context_given: bool 
     kinds = Table(
         f"{p.model}: {s.mix.name}{' --pure' if s.pure else ''} weights, KV {s.k.name}/{s.v.name}, "
         f"{p.context:,} tokens x {p.sequences} seq; params {p.params_total:,} total, {p.params_active:,} active/token",
-        ["tensor class", "tensors", "params", "types", f"bytes ({units})", "bits/weight"],
+        ["tensor class", "tensors", "params", units, "bits/weight", "types"],
     )
+    kinds.left_from = 5  # the types are text
     for kind, row in p.by_kind().items():
-        kinds.add(kind, row["tensors"], f"{row['params']:,}", ", ".join(row["types"]),
-                  fmt_bytes(row["bytes"], units, 3), f"{row['bytes'] * 8 / row['params']:.3f}")
-    kinds.add("weights (all)", len(p.tensors), f"{p.params_total:,}", "", fmt_bytes(p.weights_bytes, units, 3),
-              f"{p.weights_bytes * 8 / p.params_total:.4f}")
+        kinds.add(kind, row["tensors"], f"{row['params']:,}", fmt_bytes(row["bytes"], units, 3),
+                  f"{row['bytes'] * 8 / row['params']:.3f}", ", ".join(row["types"]))
+    kinds.add("weights (all)", len(p.tensors), f"{p.params_total:,}", fmt_bytes(p.weights_bytes, units, 3),
+              f"{p.weights_bytes * 8 / p.params_total:.4f}", "")
     memory = Table(
         f"Memory ({cfg.count('full_attention')} full-attention, {cfg.count('sliding_attention')} sliding-window, "
         f"{cfg.count('linear_attention')} recurrent (Gated DeltaNet or Mamba) layers; {params_label(p.params_total)} "
         "params)",
         ["part", f"{units}", "bytes", "provenance"], right_align_from=1,
     )
+    memory.left_from = 3
     prov = p.provenance()
     notes: list[str] = []
     parts = [("weights", p.weights_bytes, "weights_bytes"), ("KV cache", p.kv_bytes, "kv_bytes"),

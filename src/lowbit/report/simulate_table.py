@@ -100,7 +100,8 @@ def _scenario_rows_narrow(sim: Simulation, units: str, fits: dict | None) -> Tab
               "sequence(s)", cols, caption="\n".join(notes), right_align_from=3)
     for s in sim.scenarios:
         p = sim.get(m, s.name)
-        row = [s.name, s.mix.name, s.kv_label(), fmt_bytes(p.total_bytes, units), f"{first.total_bytes / p.total_bytes:.2f}x"]
+        row = [s.name, s.mix.name, s.kv_label(), fmt_bytes(p.total_bytes, units),
+               f"{first.total_bytes / p.total_bytes:.2f}x"]
         if fits is not None:
             row.append(_smallest(fits, m, s.name))
         t.add(*row)
