@@ -127,6 +127,8 @@ def test_ctx_size_is_shared_by_the_parallel_sequences_as_in_llama_cpp(capsys):
     assert js(capsys, "plan", "qwen3.5-27b", "-c", "32k") == js(capsys, "plan", "qwen3.5-27b", "--context", "32k")
     code, _, err = run(capsys, "plan", "qwen3.5-27b", "-c", "32k", "--context", "32k")
     assert code == 2 and "not both" in err
+    code, _, err = run(capsys, "plan", "qwen3.5-27b", "-c", "0")  # llama.cpp's "from the model": said, not guessed
+    assert code == 2 and "trained context" in err
 
 
 def test_batch_sizes_set_llama_cpps_micro_batch(capsys):

@@ -106,6 +106,9 @@ def context_arg(args: argparse.Namespace, parallel: int) -> int | None:
         return args.context
     if args.context is not None:
         raise LowbitError("give either --context (per sequence) or -c/--ctx-size (shared, llama.cpp), not both")
+    if args.ctx_size == 0:  # llama.cpp: the trained context, shared by the sequences
+        raise LowbitError("-c 0 (llama.cpp: the model's trained context) is not taken here: leave the context out "
+                          "to plan each sequence at the model's maximum (at most 262,144 tokens)")
     if args.ctx_size < parallel:
         raise LowbitError(f"-c {args.ctx_size} leaves no context for each of {parallel} parallel sequences")
     return args.ctx_size // parallel  # llama.cpp: n_ctx_seq = n_ctx / n_seq_max
