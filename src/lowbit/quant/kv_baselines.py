@@ -30,13 +30,12 @@ from lowbit.formats.kv import KIVI_GROUP, KVFormat, KVSpec, parse_kv_spec
 from lowbit.quant.kv_codec import KVCodec, codec_class
 from lowbit.quant.packing import bytes_to_fp16, fp16_to_bytes, pack_bits, unpack_bits
 from lowbit.quant.rotation import rotation
-from lowbit.quant.turboquant import TurboQuant
+from lowbit.quant.turboquant import TurboQuant  # noqa: F401  (registers the turbo family's codec for make_codec)
 
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 _TORCH_FLOAT = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
-__all__ = ["FP8Codec", "GGMLCodec", "KiviKeys", "KiviValueCodec", "NativeCodec", "RotatedCodec", "TurboQuant",
-           "make_codec"]
+__all__ = ["FP8Codec", "GGMLCodec", "KiviKeys", "KiviValueCodec", "NativeCodec", "RotatedCodec", "make_codec"]
 
 
 def _rotated_if_asked(codec: KVCodec, spec: KVSpec, head_dim: int, seed: int) -> KVCodec:
