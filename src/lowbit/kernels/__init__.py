@@ -30,7 +30,10 @@ from functools import lru_cache
 import torch
 
 from lowbit.formats.kv import TURBO_BLOCK, KVSpec, parse_kv_spec
-from lowbit.kernels import reference
+from lowbit.kernels import cuda_decode, reference
+from lowbit.kernels.params import MAX_ROWS, turbo_params
+
+# turbo_store and turbo_attention import triton: they load on first use, so the reference runs without it.
 
 
 @lru_cache(maxsize=1)
@@ -43,9 +46,7 @@ def triton_available() -> bool:
 
 
 def _cuda_decode_available(device: torch.device) -> bool:
-    from lowbit.kernels import cuda_decode  # compiles its source with NVRTC once per device
-
-    return triton_available() and cuda_decode.available(device)
+    return triton_available() and cuda_decode.available(device)  # NVRTC compiles once per device
 
 
 def _tiles(head_dim: int) -> bool:
@@ -126,7 +127,6 @@ def store_kernel(codec, device) -> str:
 
 def store(codec, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     if store_kernel(codec, x.device) == "triton":
-        from lowbit.kernels.params import turbo_params
         from lowbit.kernels.turbo_store import turbo_store
 
         return turbo_store(turbo_params(codec, x.device), x, out=out)
@@ -139,7 +139,6 @@ def store(codec, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
 
 def dequantize(codec, packed: torch.Tensor, dtype=torch.float32, seq_len: int | None = None) -> torch.Tensor:
     if store_kernel(codec, packed.device) == "triton" and packed.dim() == 4:
-        from lowbit.kernels.params import turbo_params
         from lowbit.kernels.turbo_attention import turbo_dequantize
 
         return turbo_dequantize(turbo_params(codec, packed.device), packed, dtype, seq_len)
@@ -149,12 +148,9 @@ def dequantize(codec, packed: torch.Tensor, dtype=torch.float32, seq_len: int | 
 def decode_attention(q, k_packed, v_packed, kcodec, vcodec, scale: float | None = None,
                      seq_len: int | None = None) -> torch.Tensor:
     """Attention of q [B, Hq, LQ, D] (the last LQ of seq_len cached tokens) over packed K/V [B, Hkv, T, bytes]."""
-    from lowbit.kernels.params import MAX_ROWS
-
     rows = q.shape[1] // k_packed.shape[1] * q.shape[2]
     kernel = _first("decode", [kcodec.spec, vcodec.spec], kcodec.head_dim, q.device)
     if kernel.name != "reference" and rows <= MAX_ROWS:
-        from lowbit.kernels.params import turbo_params
         from lowbit.kernels.turbo_attention import turbo_decode_attention
 
         # "auto": the CUDA kernel where this step's shape allows it, the Triton kernel otherwise
