@@ -9,7 +9,7 @@ import pytest
 from lowbit.cli import main
 from lowbit.commands.eval_kv import bits_per_value
 from lowbit.formats.kv import KV_FORMATS
-from lowbit.kvcache import layer_plan
+from lowbit.cache import layer_plan
 
 KEYS = {"model", "kv_k", "kv_v", "bits_per_value", "tokens", "context", "ppl", "ppl_f16", "kld", "top1", "niah"}
 

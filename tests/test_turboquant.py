@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from scipy import integrate, special
 
 from lowbit.errors import LowbitError
-from lowbit.formats.kv import KV_FORMATS
+from lowbit.formats.kv import KV_FORMATS, TurboKV
 from lowbit.quant.codebooks import lloyd_max, lower_bound, prod_variance_bound, unit_mse
 from lowbit.quant.packing import pack_bits, packed_bytes, unpack_bits
 from lowbit.quant.rotation import dense_qr, randomized_hadamard, rotation
 from lowbit.quant.turboquant import TurboQuant
 
-TURBO = [n for n, f in KV_FORMATS.items() if f.turbo is not None]
+TURBO = [n for n, f in KV_FORMATS.items() if isinstance(f, TurboKV)]
 HEAD_DIMS = [64, 80, 96, 128, 256]
 
 

@@ -61,7 +61,7 @@ def evaluate_kv(model_name: str, kv_k: str, kv_v: str | None = None, *, boundary
                 seed: int = 0, progress: bool = True) -> dict:
     from lowbit.eval import metrics, niah, text
     from lowbit.eval.lm import gguf_info, load_model, load_tokenizer
-    from lowbit.kvcache import QuantizedKVCache
+    from lowbit.cache import QuantizedKVCache
 
     kv_v = kv_v or kv_k
     info = gguf_info(model_name)

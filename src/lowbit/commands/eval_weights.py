@@ -141,7 +141,7 @@ def _cache_factory(kv: str | None):
         from lowbit.eval.metrics import dynamic_cache
 
         return dynamic_cache
-    from lowbit.kvcache import QuantizedKVCache
+    from lowbit.cache import QuantizedKVCache
 
     def make(config, _kv=kv.lower()):
         return QuantizedKVCache(config, _kv)
