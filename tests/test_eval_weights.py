@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lowbit.cli import main
-from lowbit.commands.eval_weights import evaluate_weights, quantized_weights
+from lowbit.eval.weights import evaluate_weights, quantized_weights
 from lowbit.errors import LowbitError
 
 KEYS = {"model", "weights", "method", "bits_per_weight", "tokens", "context", "ppl", "ppl_reference", "kld", "top1"}

@@ -36,6 +36,7 @@ from typing import Callable
 
 from lowbit.errors import LowbitError
 from lowbit.eval.text import Windows
+from lowbit.progress import progress_bar
 
 # make_cache(model.config) -> a transformers Cache; called once per window (and per NIAH trial).
 CacheFactory = Callable[[object], object]
@@ -111,28 +112,6 @@ def window_logits(model, ids, prefill: int, make_cache: CacheFactory | None = No
             out = model(input_ids=ids[:, s:e], position_ids=pos[:, s:e], use_cache=True, **{kw: cache})
             parts.append(out.logits[0].float())
         return torch.cat(parts)[:-1]
-
-
-def progress_bar(enabled: bool, description: str, total: int):
-    """(rich Progress on stderr, task id); use as `with bar: ... bar.advance(task, n)`. Disabled: prints nothing."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tokens"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not enabled,
-    )
-    task = progress.add_task(description, total=total)
-    return progress, task
-
-
 
 
 def _nll(logprobs, targets):

@@ -18,8 +18,9 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from lowbit.errors import LowbitError
-from lowbit.eval.metrics import CacheFactory, _cache_kwarg, dynamic_cache, progress_bar
+from lowbit.eval.metrics import CacheFactory, _cache_kwarg, dynamic_cache
 from lowbit.eval.text import bos_id, corpus_tokens
+from lowbit.progress import progress_bar
 
 ADJECTIVES = ("purple", "golden", "silent", "frozen", "crimson", "hidden", "ancient", "velvet", "copper", "gentle", "rapid", "hollow")
 NOUNS = ("falcon", "harbor", "lantern", "meadow", "river", "castle", "garden", "mirror", "thunder", "orchard", "compass", "violin")
