@@ -27,7 +27,7 @@ DEFAULT_OUT = ROOT / "src" / "lowbit" / "report" / "kv_quality.json"
 
 # (K, V, boundary layers in f16)
 ROWS = [
-    # the set
+    # llama.cpp's types, KIVI and TurboQuant at each width
     ("f16", "f16", 0),
     ("q8_0", "q8_0", 0),
     ("q4_0", "q4_0", 0),

@@ -145,3 +145,37 @@ def test_bad_input_is_one_clear_error():
     assert not z.values.any()
     z = weights.quantize(np.zeros((2, 128), np.float32), "ARB1", "arb")
     assert not z.values.any()
+
+
+def test_every_registered_method_keeps_its_own_promises():
+    # one class per method: what it says about itself (calibration, llama.cpp loading, side bytes) is what it does
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 256)).astype(np.float32)
+    _, h = _hessian(256)
+    seen = 0
+    for fmt in weights.formats():
+        names = weights.methods(fmt)
+        assert weights.method_for(fmt) is weights.method_for(fmt, names[0])  # the first is the default
+        for name in names:
+            method = weights.method_for(fmt, name)
+            assert (method.name, fmt in method.formats) == (name, True)
+            if method.calibrated:
+                with pytest.raises(LowbitError, match="needs calibration"):
+                    weights.quantize(w, fmt, name)
+            q = weights.quantize(w, fmt, name, hessian=h)
+            assert (q.fmt, q.method, q.side_bytes) == (fmt, name, method.side_bytes)
+            assert (q.gguf_type is not None) == method.loadable
+            if method.replaces_in_mix:
+                assert not method.loadable and weights.replaces_in_mix(fmt) == method.replaces_in_mix
+            seen += 1
+    assert seen == 4 + 4 + 2 * 3 + 9
+
+
+def test_a_method_name_is_registered_once_per_format():
+    with pytest.raises(TypeError, match="already has a method 'gptq'"):
+        class Again(weights.WeightMethod, name="gptq", formats=("Q1_0",)):  # noqa: F841
+            pass
+    assert weights.method_for("Q1_0", "gptq") is weights.Q1_0Gptq
+    assert weights.methods("Q1_0") == ("ref", "gptq", "rht", "rht-gptq")
+    assert weights.methods("ARB1") == ("arb", "arb-gptq", "rht-arb", "rht-arb-gptq")
+    assert weights.replaces_in_mix("ARB1") == "Q1_0" and weights.replaces_in_mix("Q1_0") is None

@@ -30,9 +30,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Callable
+
+import numpy as np
 
 from lowbit.errors import LowbitError
 from lowbit.eval.text import Windows
@@ -78,7 +82,6 @@ class Reference:
 
     def window(self, w: int):
         """Log-probabilities of window w as a float32 tensor [scored, vocab]."""
-        import numpy as np
         import torch
 
         return torch.from_numpy(np.array(self.logprobs[w], dtype=np.float32))
@@ -124,10 +127,6 @@ REFERENCE_RAM_BYTES = 512 << 20  # larger references live in a memory-mapped tem
 
 
 def _reference_store(shape: tuple[int, int, int]):
-    import tempfile
-
-    import numpy as np
-
     if np.prod(shape) * 4 <= REFERENCE_RAM_BYTES:
         return np.empty(shape, dtype=np.float32)
     # An unlinked file: the OS frees it when the process ends, however it ends.
@@ -186,8 +185,6 @@ def evaluate(
     description: str = "eval",
 ) -> Quality:
     """Perplexity of `model` on `windows`, plus KLD and top-1 against `reference` when given."""
-    import time
-
     import torch
 
     if reference is not None and reference.windows_key != windows.key:
