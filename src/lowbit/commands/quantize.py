@@ -12,6 +12,8 @@ import sys
 
 from lowbit.commands._common import add_format
 from lowbit.errors import LowbitError
+from lowbit.eval.artifacts import model_path
+from lowbit.quant.quantize_file import quantize_file
 from lowbit.report.render import print_json
 
 
@@ -28,10 +30,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # imported here: the CLI builds every command's parser, and `lowbit simulate` must not pay for numpy and gguf
-    from lowbit.eval.artifacts import model_path
-    from lowbit.quant.quantize_file import quantize_file
-
     if args.calib_tokens < 1:
         raise LowbitError(f"--calib-tokens must be a positive number of tokens, got {args.calib_tokens}")
     path = model_path(args.model)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lowbit.commands._common import count
 from lowbit.errors import LowbitError
+from lowbit.report.html import build
 from lowbit.report.render import unit
 
 
@@ -17,8 +18,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowbit.report.html import build  # only when a report is built: the CLI loads every command's parser
-
     out = Path(args.output)
     if not out.parent.exists():
         raise LowbitError(f"folder {out.parent} does not exist")

@@ -15,6 +15,10 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from lowbit.models.catalog import resolve
+from lowbit.planning.planner import plan
+from lowbit.planning.simulate import simulate
+from lowbit.report.audit import AUDIT_COLUMNS, audit, audit_rows
 from lowbit.report.render import UNITS, fmt_bytes
 
 PARTS = [("weights_bytes", "weights", "#3b6ea8"), ("kv_bytes", "KV cache", "#e08a2c"),
@@ -67,7 +71,6 @@ def _kv_plot(model: str, formats: list[str], units: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lowbit.planning.planner import plan
 
     contexts = [2**k for k in range(12, 21)]
     div = UNITS[units]
@@ -89,7 +92,6 @@ KV_MODEL = "qwen3.5-122b-a10b"
 
 
 def _kv_note(model: str) -> str:
-    from lowbit.models.catalog import resolve
 
     cfg = resolve(model).config
     return (f"exact: only the {cfg.count('full_attention')} full-attention layers of {cfg.num_layers} hold KV; "
@@ -201,8 +203,6 @@ th{background:#f3f5f8}tr:nth-child(even){background:#fafafa}.prov{color:#666;fon
 
 
 def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
-    from lowbit.planning.simulate import simulate
-    from lowbit.report.audit import AUDIT_COLUMNS, audit, audit_rows
 
     sim = simulate(context=context)
     fam_rows = []
