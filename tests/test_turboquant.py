@@ -69,7 +69,7 @@ def test_beta_tends_to_gaussian_and_bounds():
     for b in (1, 2, 3, 4):
         assert unit_mse(b, 64) < unit_mse(b, 128) < unit_mse(b, 4096) < unit_mse(b, None)
         assert unit_mse(b, 4096) == pytest.approx(unit_mse(b, None), rel=2e-3)
-    # Theorem 2 with exact constants (the brief's 1.571, 0.571, 0.184, 0.054 over d)
+    # Theorem 2 with exact constants (1.571, 0.571, 0.184, 0.054 over d, computed independently)
     for b, k in zip((1, 2, 3, 4), (1.5708, 0.5708, 0.1845, 0.0543)):
         assert prod_variance_bound(b, 10**6, "gaussian") * 10**6 == pytest.approx(k, abs=2e-4)
     with pytest.raises(LowbitError):

@@ -161,7 +161,7 @@ def _quality_plot(rows: list[dict]) -> str:
 
 
 def _kernels_plot(rows: list[dict], device: str) -> str:
-    """Speedup over bf16 attention per layer shape and context, one bar per batch size, the issue's goals drawn."""
+    """Speedup over bf16 attention per layer shape and context, one bar per batch size, the kernel goals drawn (2x at batch 1, 2.5x at batch 8 and 32)."""
     import matplotlib
 
     matplotlib.use("Agg")
