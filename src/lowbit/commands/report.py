@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from lowbit.commands._common import count
+from lowbit.errors import LowbitError
+from lowbit.report.render import unit
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -15,9 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowbit.errors import LowbitError
-    from lowbit.report.html import build
-    from lowbit.report.render import unit
+    from lowbit.report.html import build  # only when a report is built: the CLI loads every command's parser
 
     out = Path(args.output)
     if not out.parent.exists():
