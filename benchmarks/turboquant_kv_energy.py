@@ -21,13 +21,13 @@ def main(model_name: str) -> None:
 
     from lowbit.eval import text
     from lowbit.eval.lm import load_model, load_tokenizer
-    from lowbit.kvcache import QuantizedKVCache, make_store
+    from lowbit.cache import QuantizedKVCache, cache_kwarg, make_store
 
     model, tok = load_model(model_name), load_tokenizer(model_name)
     w = text.windows(tok, 512, 512)
     cache = QuantizedKVCache(model.config, "f32")
     with torch.inference_mode():
-        model(input_ids=w.ids[:1], cache=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=w.ids[:1], use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
 
     def rel(spec, x, keys):
         s = make_store(spec, x.shape[-1], keys=keys, seed=3)

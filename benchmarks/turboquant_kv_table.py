@@ -2,7 +2,7 @@
 
     python benchmarks/turboquant_kv_table.py [--models smollm2-135m,gemma3-270m] [--tokens 1024]
 
-Runs `lowbit eval kv` (lowbit.commands.eval_kv.evaluate_kv) for every row below, in one process so
+Runs `lowbit eval kv` (lowbit.eval.kv.evaluate_kv) for every row below, in one process so
 the f16 reference is computed once per model. Rows are saved after each one (temp file + rename) to
 --out (default src/lowbit/report/kv_quality.json, read by `lowbit simulate --quality`), and a
 markdown table is printed at the end. Bits per value are exact (formats/kv.py); the rest is measured.
@@ -27,7 +27,7 @@ DEFAULT_OUT = ROOT / "src" / "lowbit" / "report" / "kv_quality.json"
 
 # (K, V, boundary layers in f16)
 ROWS = [
-    # the set
+    # llama.cpp's types, KIVI and TurboQuant at each width
     ("f16", "f16", 0),
     ("q8_0", "q8_0", 0),
     ("q4_0", "q4_0", 0),
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         print(markdown([r for d in docs for r in d["rows"]]))
         return 0
 
-    from lowbit.commands.eval_kv import evaluate_kv
+    from lowbit.eval.kv import evaluate_kv
 
     command = "python benchmarks/turboquant_kv_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
     setup = {"tokens": args.tokens, "context": args.context, "chunk": args.chunk, "niah_lengths": args.niah_lengths,

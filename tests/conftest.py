@@ -57,3 +57,14 @@ def gemma3(gemma3_gguf):
     from lowbit.eval import lm
 
     return lm.load_model(gemma3_gguf), lm.load_tokenizer(gemma3_gguf)
+
+
+@pytest.fixture(scope="session")
+def report_html(tmp_path_factory):
+    """`lowbit report` at its defaults, built once per session (its plots take seconds to draw)."""
+    pytest.importorskip("matplotlib", reason="lowbit report draws with matplotlib: pip install -e '.[eval]'")
+    from lowbit.cli import main
+
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    assert main(["report", "-o", str(out)]) == 0
+    return out

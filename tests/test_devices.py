@@ -11,7 +11,7 @@ from lowbit.cli import main
 from lowbit.devices import budget, catalog, device, parse_memory, usable
 from lowbit.errors import LowbitError
 
-ISSUE_DEVICES = {  # name -> vendor "GB" from the issue's list (memory chips are binary-sized: GiB)
+LISTED_DEVICES = {  # name -> vendor "GB" from the vendors' lists (memory chips are binary-sized: GiB)
     "phone-8gb": 8, "phone-12gb": 12, "phone-16gb": 16, "rtx-3060": 12, "rtx-4060-ti-16gb": 16,
     "rtx-5060-ti-16gb": 16, "rtx-4090": 24, "rtx-5090": 32, "a100-40gb": 40, "a100-80gb": 80, "h100-80gb": 80,
     "h200-141gb": 141, "b200-180gb": 180, "mi300x-192gb": 192, "m4-max-64gb": 64,
@@ -19,7 +19,7 @@ ISSUE_DEVICES = {  # name -> vendor "GB" from the issue's list (memory chips are
 
 
 def test_catalog_holds_the_issue_devices_with_vendor_memory():
-    for name, gb in ISSUE_DEVICES.items():
+    for name, gb in LISTED_DEVICES.items():
         assert device(name).memory_bytes == gb * 2**30, name
     kinds = {d.kind for d in catalog()}
     assert kinds == {"phone", "apple", "gpu", "cpu"}

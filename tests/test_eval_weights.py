@@ -1,4 +1,4 @@
-"""`lowbit eval weights` on the real SmolLM2 file: the issue's JSON keys, sane quality ordering,
+"""`lowbit eval weights` on the real SmolLM2 file: its JSON keys, sane quality ordering,
 exact bit accounting for the padded 1-bit layout, and one-line refusals."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import json
 import pytest
 
 from lowbit.cli import main
-from lowbit.commands.eval_weights import evaluate_weights, quantized_weights
+from lowbit.eval.weights import evaluate_weights, quantized_weights, tensor_types
 from lowbit.errors import LowbitError
 
 KEYS = {"model", "weights", "method", "bits_per_weight", "tokens", "context", "ppl", "ppl_reference", "kld", "top1"}
 FEW = dict(tokens=64, context=32, progress=False)  # 2 windows: keeps the CPU suite fast
 
 
-def test_json_has_the_issue_keys_and_q8_0_is_near_lossless(capsys):
+def test_json_has_its_keys_and_q8_0_is_near_lossless(capsys):
     assert main(["eval", "weights", "--model", "smollm2-135m", "--weights", "Q8_0", "--tokens", "64",
                  "--context", "32", "--format", "json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -59,3 +59,16 @@ def test_refusals_are_one_line(capsys):
     assert main(["eval", "weights", "--model", "nosuchmodel", "--weights", "Q1_0"]) == 2
     errs = capsys.readouterr().err.strip().splitlines()
     assert len(errs) == 2 and all(e.startswith("lowbit: error:") for e in errs)
+
+
+def test_arb1_takes_the_place_of_q1_0_in_the_mix():
+    # lowbit's own ARB1 goes where the (padded) Q1_0 mix puts Q1_0; every other tensor keeps the mix's type
+    from lowbit.eval.artifacts import model_path
+
+    path = model_path("smollm2-135m")
+    padded_q1 = tensor_types(path, "Q1_0", pure=False, pad=True)
+    arb = tensor_types(path, "ARB1", pure=False, pad=False)
+    assert arb == {n: ("ARB1" if t == "Q1_0" else t) for n, t in padded_q1.items()}
+    assert "ARB1" in arb.values() and "Q8_0" in arb.values()
+    with pytest.raises(LowbitError, match="no fallback for Q1_0"):
+        tensor_types(path, "Q1_0", pure=False, pad=False)

@@ -122,12 +122,47 @@ def test_dispatch_cpu_uses_reference_and_rejects_other_formats():
 
 
 def test_cache_backend_falls_back_to_the_reference_off_cuda():
-    kvcache = pytest.importorskip("lowbit.kvcache")
-    from lowbit.kernels.cache_backend import CudaBackend
+    from lowbit.cache import KernelBackend, TorchBackend, make_store
 
-    fused, ref = kvcache.make_store("turbo3", 64, keys=True, seed=3), kvcache.make_store("turbo3", 64, keys=True, seed=3)
+    fused, ref = make_store("turbo3", 64, keys=True, seed=3), make_store("turbo3", 64, keys=True, seed=3)
     x = torch.randn(1, 2, 5, 64)
-    CudaBackend().store(fused, x)
-    kvcache.TorchBackend().store(ref, x)
+    KernelBackend().store(fused, x)
+    TorchBackend().store(ref, x)
     assert torch.equal(fused.packed, ref.packed)
-    assert torch.equal(CudaBackend().load(fused, torch.float32), kvcache.TorchBackend().load(ref, torch.float32))
+    assert torch.equal(KernelBackend().load(fused, torch.float32), TorchBackend().load(ref, torch.float32))
+
+
+def test_kernels_declare_what_they_take(monkeypatch):
+    """The named hand-off: which implementation stores K, stores V and decodes, per setting and device."""
+    S = kernels.KernelSupport
+    assert kernels.supports("turbo3", "q8_0", 128, "cpu") == S("reference", "reference", "reference")
+    assert kernels.supports("kivi2", "turbo3", 128, "cpu").decode is None  # keys grouped over tokens
+    assert "groups of 32 tokens" in kernels.supports("kivi2", "turbo3", 128, "cpu").reason
+    assert kernels.supports("turbo3", "kivi2", 128, "cpu").decode == "reference"  # KIVI values are per token
+    monkeypatch.setattr(kernels, "_cuda_decode_available", lambda device: False)  # no GPU needed to ask
+    cuda = torch.device("cuda")
+    assert kernels.supports("turbo4", "turbo3", 128, cuda) == S("triton", "triton", "triton")
+    assert kernels.supports("turbo3", "turbo3", 512, cuda) == S("triton", "triton", "reference")  # > 256: no decode
+    assert kernels.supports("turbo3:center", "turbo3", 128, cuda) == S("reference", "triton", "reference")
+    assert kernels.supports("turbo3-prod", "q8_0", 128, cuda) == S("reference", "reference", "reference")
+    assert kernels.supports("turbo3", "turbo3", 96, cuda) == S("reference", "reference", "reference")
+    monkeypatch.setenv("LOWBIT_KERNELS", "reference")
+    assert kernels.supports("turbo3", "turbo3", 128, cuda) == S("reference", "reference", "reference")
+
+
+def test_the_cuda_kernel_is_declared_for_turbo3_at_128_and_256():
+    cuda = kernels.KERNELS[0]
+    assert cuda.name == "cuda" and cuda.ops == {"decode"} and cuda.formats == {"turbo3"}
+    assert [d for d in (64, 96, 128, 192, 256, 512) if cuda.head_dims(d)] == [128, 256]
+
+
+def test_kernels_know_nothing_of_transformers():
+    import ast
+    import pathlib
+
+    for path in pathlib.Path(kernels.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] == "transformers" or n.startswith("lowbit.cache") for n in names), \
+                (path.name, names)

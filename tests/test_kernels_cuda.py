@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
+from lowbit import kernels  # noqa: E402
 from lowbit.errors import LowbitError  # noqa: E402
 from lowbit.kernels import cuda_decode, reference  # noqa: E402
 from lowbit.kernels.params import turbo_params  # noqa: E402
@@ -105,6 +106,25 @@ def test_cuda_kernel_matches_reference(B, Hq, Hkv, D, T, splits):
     out = turbo_decode_attention(q.cuda(), kp.cuda(), vp.cuda(), turbo_params(tk, "cuda"), turbo_params(tv, "cuda"),
                                  splits=splits, backend="cuda").cpu()
     assert torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max() / ref.abs().max() <= ATTN_TOL
+
+
+@gpu
+def test_the_cache_entry_points_reach_the_cuda_kernel(monkeypatch):
+    """What the cache calls (`kernels.supports`, then `kernels.decode_attention` on codecs) launches the CUDA
+    kernel once per decode step for turbo3 K and V."""
+    tk = TurboQuant("turbo3", 128, norm_correction=True, seed=1)
+    tv = TurboQuant("turbo3", 128, norm_correction=True, seed=2)
+    assert kernels.supports(tk.spec, tv.spec, 128, "cuda") == kernels.KernelSupport("triton", "triton", "cuda")
+    launches = []
+    orig = cuda_decode.stage1
+    monkeypatch.setattr(cuda_decode, "stage1", lambda *a, **k: launches.append(a[0].shape) or orig(*a, **k))
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 8, 1, 128, generator=g)
+    kp, vp = tk.quantize(torch.randn(2, 2, 300, 128, generator=g)), tv.quantize(torch.randn(2, 2, 300, 128, generator=g))
+    out = kernels.decode_attention(q.cuda(), kp.cuda(), vp.cuda(), tk, tv).cpu()
+    assert len(launches) == 1
+    ref = reference.decode_attention(q.double(), kp, vp, tk, tv)
     assert (out.double() - ref).abs().max() / ref.abs().max() <= ATTN_TOL
 
 

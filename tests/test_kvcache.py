@@ -9,7 +9,8 @@ from transformers import Gemma3ForCausalLM
 
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import KV_FORMATS
-from lowbit.kvcache import QuantizedKVCache, TorchBackend, backend_for, layer_plan, register_backend
+from lowbit.cache import (QuantizedKVCache, TorchBackend, backend_for, cache_kwarg, layer_plan, make_store,
+                          register_backend)
 
 SEQ = 45  # not a multiple of 32 (KIVI groups) nor of any block
 
@@ -38,7 +39,8 @@ def _run(model, cache, ids, chunks=(20, 1, 1, 23)):
     with torch.inference_mode():
         for n in chunks:
             pos = torch.arange(s, s + n).unsqueeze(0)
-            out.append(model(input_ids=ids[:, s : s + n], position_ids=pos, cache=cache, use_cache=True).logits)
+            out.append(model(input_ids=ids[:, s : s + n], position_ids=pos, use_cache=True,
+                             **{cache_kwarg(model): cache}).logits)
             s += n
     return torch.cat(out, 1)
 
@@ -69,7 +71,7 @@ def test_every_format_runs_and_stores_exact_bytes(llama, spec):
     cfg, fmt = llama.config, KV_FORMATS[spec.split(":")[0]]
     vb = fmt.vector_bytes(cfg.head_dim)
     per_layer_vectors = 2 * cfg.num_key_value_heads * SEQ  # batch 2
-    if fmt.kivi_bits:  # keys: one full group of 32 quantized, 13 tokens in the fp16 residual
+    if fmt.key_token_group:  # keys: one full group of 32 quantized, 13 tokens in the fp16 residual
         k_bytes = 2 * cfg.num_key_value_heads * (32 * vb + 13 * cfg.head_dim * 2)
         assert cache.nbytes() == cfg.num_hidden_layers * (k_bytes + per_layer_vectors * vb)
     else:
@@ -174,8 +176,6 @@ def test_device_backend_seam(llama):
 def test_vector_store_appends_without_copying_the_cache():
     """Decode steps copy only their own vectors: the buffer doubles (a handful of reallocations for 300 steps),
     the view holds exactly what concatenation would, back to back, and a sliding window keeps the newest."""
-    from lowbit.kvcache import make_store
-
     store = make_store("turbo3", 64, keys=True, seed=1)
     xs = [torch.randn(2, 3, n, 64, generator=torch.Generator().manual_seed(n)) for n in [20] + [1] * 300]
     buffers = set()

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from lowbit.cli import main
-from lowbit.commands.eval_kv import bits_per_value
+from lowbit.eval.kv import bits_per_value
 from lowbit.formats.kv import KV_FORMATS
-from lowbit.kvcache import layer_plan
+from lowbit.cache import layer_plan
 
 KEYS = {"model", "kv_k", "kv_v", "bits_per_value", "tokens", "context", "ppl", "ppl_f16", "kld", "top1", "niah"}
 
@@ -36,7 +36,7 @@ def test_bad_input_is_one_line_and_status_2(argv, capsys):
 
 @pytest.mark.slow
 def test_real_smollm2_short_run(capsys):
-    from lowbit.commands.eval_kv import evaluate_kv
+    from lowbit.eval.kv import evaluate_kv
 
     kw = dict(tokens=96, context=96, chunk=24, niah_lengths=(), progress=False)
     f16 = evaluate_kv("smollm2-135m", "f16", **kw)

@@ -103,11 +103,11 @@ def test_pure_and_refusals(tmp_path, capsys):
 
 
 def test_a_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
-    from lowbit.commands.quantize import quantize_file
-    from lowbit.quant import weights as W
+    from lowbit.quant import weights
+    from lowbit.quant.quantize_file import quantize_file
 
     calls = {"n": 0}
-    real = W.quantize
+    real = weights.quantize
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -115,9 +115,9 @@ def test_a_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
             raise LowbitError("simulated failure")
         return real(*a, **k)
 
-    monkeypatch.setattr(W, "quantize", flaky)
+    monkeypatch.setattr(weights, "quantize", flaky)
     with pytest.raises(LowbitError, match="simulated"):
-        quantize_file("smollm2-135m", "Q8_0", tmp_path / "x.gguf", progress=False)
+        quantize_file(model_path("smollm2-135m"), "Q8_0", tmp_path / "x.gguf", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 

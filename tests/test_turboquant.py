@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from scipy import integrate, special
 
 from lowbit.errors import LowbitError
-from lowbit.formats.kv import KV_FORMATS
+from lowbit.formats.kv import KV_FORMATS, TurboKV
 from lowbit.quant.codebooks import lloyd_max, lower_bound, prod_variance_bound, unit_mse
 from lowbit.quant.packing import pack_bits, packed_bytes, unpack_bits
 from lowbit.quant.rotation import dense_qr, randomized_hadamard, rotation
 from lowbit.quant.turboquant import TurboQuant
 
-TURBO = [n for n, f in KV_FORMATS.items() if f.turbo is not None]
+TURBO = [n for n, f in KV_FORMATS.items() if isinstance(f, TurboKV)]
 HEAD_DIMS = [64, 80, 96, 128, 256]
 
 
@@ -69,7 +69,7 @@ def test_beta_tends_to_gaussian_and_bounds():
     for b in (1, 2, 3, 4):
         assert unit_mse(b, 64) < unit_mse(b, 128) < unit_mse(b, 4096) < unit_mse(b, None)
         assert unit_mse(b, 4096) == pytest.approx(unit_mse(b, None), rel=2e-3)
-    # Theorem 2 with exact constants (the brief's 1.571, 0.571, 0.184, 0.054 over d)
+    # Theorem 2 with exact constants (1.571, 0.571, 0.184, 0.054 over d, computed independently)
     for b, k in zip((1, 2, 3, 4), (1.5708, 0.5708, 0.1845, 0.0543)):
         assert prod_variance_bound(b, 10**6, "gaussian") * 10**6 == pytest.approx(k, abs=2e-4)
     with pytest.raises(LowbitError):
@@ -230,7 +230,7 @@ def test_non_power_of_two_padding_is_exact_for_vectors_in_the_subspace():
 # --- the paper's claims ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def distortion128():
-    from lowbit.commands.eval_distortion import measure
+    from lowbit.eval.distortion import measure
 
     return measure(128, samples=6000, seed=0, per_draw=200)
 
@@ -259,7 +259,7 @@ def test_mse_b1_shows_the_two_over_pi_bias(distortion128):
 
 
 def test_distortion_at_d64_with_hadamard():
-    from lowbit.commands.eval_distortion import measure
+    from lowbit.eval.distortion import measure
 
     res = measure(64, samples=3000, seed=1, rotation="hadamard", bits_range=(2, 4), per_draw=300)
     for r in res["rows"]:

@@ -9,12 +9,12 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 from lowbit.errors import LowbitError
-from lowbit.formats.kv import KV_FORMATS
-from lowbit.kvcache import _NativeCodec
-from lowbit.quant.kv_baselines import KiviKeys, make_codec, parse_kv_spec
+from lowbit.formats.kv import KV_FAMILIES, KV_FORMATS, GGMLKV, KiviKV, parse_kv_spec
+from lowbit.quant.kv_baselines import KiviKeys, NativeCodec, make_codec
+from lowbit.quant.kv_codec import codec_class
 
-GGML = [n for n, f in KV_FORMATS.items() if f.ggml is not None]
-KIVI = [n for n, f in KV_FORMATS.items() if f.kivi_bits]
+GGML = [n for n, f in KV_FORMATS.items() if isinstance(f, GGMLKV)]
+KIVI = [n for n, f in KV_FORMATS.items() if isinstance(f, KiviKV)]
 
 
 @pytest.mark.parametrize("name", GGML + KIVI + ["fp8", "q4_0:rot", "q8_0:rot"])
@@ -47,10 +47,12 @@ def test_ggml_types_need_a_divisible_head_dim():
 def test_native_torch_bytes_equal_gguf(name):
     x = torch.randn(64, 128) * 100
     x[0, 0] = float("nan")
-    ours = _NativeCodec(parse_kv_spec(name), 128).quantize(x).numpy()
+    codec = make_codec(name, 128)
+    assert isinstance(codec, NativeCodec)  # the float family's codec: torch casts, on any device
+    ours = codec.quantize(x).numpy()
     theirs = np.ascontiguousarray(quants.quantize(x.numpy(), T[name.upper()])).view(np.uint8).reshape(64, -1)
     assert np.array_equal(ours[1:], theirs[1:])  # NaN payloads may differ; NaN stays NaN:
-    assert torch.isnan(_NativeCodec(parse_kv_spec(name), 128).dequantize(torch.from_numpy(ours))[0, 0])
+    assert torch.isnan(codec.dequantize(torch.from_numpy(ours))[0, 0])
 
 
 def test_q8_0_and_q4_0_error_is_within_half_a_step():
@@ -112,11 +114,23 @@ def test_rotation_then_q4_0_helps_an_outlier_channel():
 
 
 def test_spec_parsing():
-    assert parse_kv_spec("TURBO3:qr,nonc").rotation == "qr"
-    assert parse_kv_spec("turbo3:qr,nonc").norm_correction is False
-    assert parse_kv_spec("turbo3").norm_correction is True
-    assert parse_kv_spec("turbo3:center").center and not parse_kv_spec("turbo3").center
-    assert parse_kv_spec("q4_0:rot").rot and parse_kv_spec("q4_0:rot").name == "q4_0:rot"
+    assert parse_kv_spec("TURBO3:qr,nonc")["rotation"] == "qr"
+    assert parse_kv_spec("turbo3:qr,nonc")["norm_correction"] is False
+    assert parse_kv_spec("turbo3")["norm_correction"] is True
+    assert parse_kv_spec("turbo3:center")["center"] and not parse_kv_spec("turbo3")["center"]
+    assert parse_kv_spec("q4_0:rot")["rot"] and parse_kv_spec("q4_0:rot").name == "q4_0:rot"
     for bad in ("turbo9", "q4_0:qr", "turbo3:rot", "kivi2:nc"):
         with pytest.raises(LowbitError):
             parse_kv_spec(bad)
+
+
+def test_every_family_is_one_registered_class_with_a_codec():
+    """Each KV format belongs to a registered family class, and each family has a codec class registered
+    under its kind: make_codec finds it without knowing the families."""
+    assert {f.kind for f in KV_FORMATS.values()} == set(KV_FAMILIES)
+    for kind, family in KV_FAMILIES.items():
+        assert family.kind == kind and codec_class(kind).__name__
+    assert codec_class("kivi", keys=True) is KiviKeys
+    for name in KV_FORMATS:
+        d = 128
+        assert make_codec(name, d).vector_bytes == KV_FORMATS[name].vector_bytes(d)

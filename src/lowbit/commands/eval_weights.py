@@ -1,43 +1,20 @@
 """`lowbit eval weights --model gemma3-270m --weights Q1_0 [--method gptq]`: what a weight format costs.
 
-The reference is the model *as stored*: the GGUF's own (already 4/5/8-bit) weights, dequantized
-(SmolLM2 ships as Q4_1, Gemma 3 270M as Q4_K_M). Each format is applied to those weights with
-llama.cpp's mix rules (the planner's, as `lowbit quantize` writes them: e.g. the tied embedding stays
-Q8_0), the model is rebuilt with the dequantized tensors, and compared on the pydoc text:
-perplexity (context stated), KL divergence and top-1 agreement against the stored model.
-
-Bits per weight are *exact* from what is stored: every scale, offset and rotation seed counted.
-`bits_per_weight` is the whole model (all tensors, embeddings and norms included); `body_bits_per_weight`
-counts only the transformer blocks' matrices.
-
-Formats: stored (the file's own weights; `shipped`, the former word, still works), any quantizable
-llama.cpp mix (Q8_0, Q4_0, Q4_1, Q5_0, MXFP4_MOE, TQ2_0, TQ1_0, Q1_0)
-and ARB1 (lowbit's rotated/ARB binarization, which takes the place Q1_0 would in the mix).
-`--pad` lets Q1_0/ARB1 take rows that are not whole 128-blocks (SmolLM2's 576): bytes counted, and
-such a Q1_0 tensor is not a file llama.cpp can load.
-`--ladder` runs the standard table (docs/weights.md) and prints or writes all of it.
+The measurement is lowbit.eval.weights.evaluate_weights: the format applied with llama.cpp's mix rules
+to the model as stored, then perplexity, KL divergence and top-1 against the stored model, with
+exact bits per weight. `--ladder` runs the standard table (docs/weights.md) and prints or writes all
+of it; `--combined` crosses weights with KV-cache formats.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 
 from lowbit.commands._common import add_format
+from lowbit.errors import LowbitError
 from lowbit.report.render import print_json
 
-LADDER = [  # (weights, method) rows of the results table
-    ("stored", None), ("Q8_0", None), ("Q4_0", None), ("TQ2_0", "ref"), ("TQ1_0", "ref"),
-    ("TQ1_0", "absmean"), ("TQ1_0", "absmean-group"), ("Q1_0", "ref"), ("Q1_0", "gptq"),
-    ("ARB1", "rht-arb"), ("ARB1", "rht-arb-gptq"),
-]
-COMBINED = [  # weights x KV cache: "today" against the seed's "1-bit + TurboQuant", and the two mixed cells
-    ("stored", None, "f16"), ("stored", None, "turbo3"), ("Q1_0", "ref", "f16"), ("Q1_0", "ref", "turbo3"),
-    ("ARB1", "rht-arb", "f16"), ("ARB1", "rht-arb", "turbo3"),
-]
-ONE_BIT = ("Q1_0", "ARB1")
 REPORT_JSON = "src/lowbit/report/weights_quality.json"
 
 
@@ -61,137 +38,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_format(p, ("table", "json"))
 
 
-def _is_body(name: str) -> bool:
-    return name.startswith("blk.") and not name.endswith("norm.weight") and len(name.split(".")) > 2
-
-
-def tensor_types(path, fmt: str, pure: bool, pad: bool) -> dict[str, str]:
-    """Per-tensor types: the planner's mix rules; ARB1 (and padded Q1_0) take Q1_0's place."""
-    from lowbit.commands.quantize import plan_types
-    from lowbit.errors import LowbitError
-
-    if fmt not in ONE_BIT:
-        return plan_types(path, fmt, pure)
-    try:
-        types = plan_types(path, "Q1_0", pure)
-    except LowbitError:
-        if not (pad or fmt == "ARB1"):
-            raise
-        # llama.cpp refuses Q1_0 here; Q4_0's mix makes the same choices for the rest (tied embedding
-        # -> Q8_0) and puts its own type exactly where Q1_0 would go.
-        types = {n: ("Q1_0" if t == "Q4_0" else t) for n, t in plan_types(path, "Q4_0", pure).items()}
-    return {n: (fmt if t == "Q1_0" else t) for n, t in types.items()}
-
-
-def quantized_weights(model, fmt: str, method: str | None, pure: bool = False, pad: bool = False,
-                      calib_tokens: int = 4096, progress: bool = True):
-    """(replace dict for lm.load_model, bits dict) for one format."""
-    from lowbit.eval import lm
-    from lowbit.formats.weights import weight_type
-    from lowbit.quant import weights as W
-
-    path = lm.resolve(model)
-    own_types = lm.gguf_tensor_types(path)
-    src = lm.gguf_weights(path)
-    n = {k: int(v.size) for k, v in src.items()}
-    if fmt == "stored":
-        from lowbit.models.gguf_header import read_header
-
-        nbytes = {t.name: t.nbytes for t in read_header(path).tensors}
-        return {}, _bits(nbytes, n), "as stored"
-    types = tensor_types(path, fmt, pure, pad)
-    own = fmt if fmt in ONE_BIT else _mix_default(fmt)
-    if method is not None:
-        W.check(own, method)
-    hessians = {}
-    if method and W.needs_hessian(method):
-        from lowbit.quant.binarize import calibration_hessians
-
-        targets = [k for k, t in types.items() if t == own]
-        hessians = calibration_hessians(path, targets, n_tokens=calib_tokens, progress=progress)
-    replace, nbytes = {}, {}
-    for name, t in types.items():
-        if t == own_types[name]:  # already stored that way: kept byte for byte
-            nbytes[name] = weight_type(t).tensor_bytes(tuple(reversed(src[name].shape)))
-            continue
-        q = W.quantize(src[name], t, method if t == own else None, hessian=hessians.get(name),
-                       pad=pad and t in ONE_BIT, name=name)
-        replace[name] = q.values
-        nbytes[name] = q.nbytes
-    return replace, _bits(nbytes, n), own
-
-
-def _mix_default(fmt: str) -> str:
-    from lowbit.formats.weights import mix
-
-    return mix(fmt).default.name
-
-
-def _bits(nbytes: dict[str, int], n: dict[str, int]) -> dict:
-    body = [k for k in nbytes if _is_body(k)]
-    return {
-        "bits_per_weight": sum(nbytes.values()) * 8 / sum(n.values()),
-        "body_bits_per_weight": sum(nbytes[k] for k in body) * 8 / sum(n[k] for k in body),
-        "tensor_bytes": sum(nbytes.values()),
-    }
-
-
-def _cache_factory(kv: str | None):
-    if kv is None:
-        return None
-    if kv.lower() == "f16":
-        from lowbit.eval.metrics import dynamic_cache
-
-        return dynamic_cache
-    from lowbit.kvcache import QuantizedKVCache
-
-    def make(config, _kv=kv.lower()):
-        return QuantizedKVCache(config, _kv)
-
-    make.__qualname__ = f"QuantizedKVCache[{kv.lower()}]"
-    return make
-
-
-def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4096, context: int = 512,
-                     pure: bool = False, pad: bool = False, calib_tokens: int = 4096, progress: bool = True,
-                     kv: str | None = None) -> dict:
-    from lowbit.errors import LowbitError
-    from lowbit.eval import lm, metrics, text
-
-    from lowbit.quant import weights as W
-
-    t0 = time.perf_counter()
-    fmt = "stored" if fmt.lower() in ("stored", "shipped") else fmt.upper()
-    if tokens < context:
-        raise LowbitError(f"--tokens ({tokens}) must be at least --context ({context})")
-    if fmt != "stored":  # refuse bad names before minutes of model loading
-        W.check(fmt if fmt in ONE_BIT else _mix_default(fmt), method)
-    if kv is not None:
-        from lowbit.formats.kv import kv_format
-
-        kv_format(kv)
-    path = lm.resolve(model)
-    tok = lm.load_tokenizer(path)
-    win = text.windows(tok, n_tokens=tokens, context=context)
-    base = lm.load_model(path)
-    ref = metrics.reference(base, win, progress=progress)
-    replace, bits, own = quantized_weights(path, fmt, method, pure, pad, calib_tokens, progress)
-    net = lm.load_model(path, replace=replace) if replace else base
-    q = metrics.evaluate(net, win, reference=ref, progress=progress, make_cache=_cache_factory(kv),
-                         description=f"{fmt} {method or ''} {kv or ''}".strip())
-    from lowbit.eval.artifacts import MODELS
-
-    name = next((m for m in MODELS if lm.resolve(m) == path), str(path)) if str(model) in MODELS else str(model)
-    return {
-        "model": name, "weights": fmt, "method": method or ("ref" if fmt != "stored" else None),
-        "bits_per_weight": round(bits["bits_per_weight"], 4),
-        "body_bits_per_weight": round(bits["body_bits_per_weight"], 4),
-        "tensor_bytes": bits["tensor_bytes"], "tokens": q.tokens, "context": q.context,
-        "ppl": q.ppl, "ppl_reference": q.ppl_reference, "kld": q.kld, "top1": q.top1,
-        "pure": pure, "padded": pad, "kv": kv, "seconds": round(time.perf_counter() - t0, 1),
-    }
-
-
 def _table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -207,23 +53,23 @@ def _table(rows: list[dict]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowbit.errors import LowbitError
+    # imported here: torch and transformers, and the CLI builds every command's parser
+    from lowbit.eval.weights import COMBINED, LADDER, evaluate_weights, merge_rows
 
     if args.ladder or args.combined:
         rows = []
-        plan = LADDER if args.ladder else COMBINED
-        for fmt, method, *kv in [(*x, None) if len(x) == 2 else x for x in plan]:
+        for row in LADDER if args.ladder else COMBINED:
             try:
-                rows.append(evaluate_weights(args.model, fmt, method, args.tokens, args.context, args.pure,
-                                             args.pad or fmt in ONE_BIT, args.calib_tokens, kv=kv[0] or args.kv))
+                rows.append(evaluate_weights(args.model, row.weights, row.method, args.tokens, args.context, args.pure,
+                                             args.pad or row.pad, args.calib_tokens, kv=row.kv or args.kv))
                 r = rows[-1]
-                print(f"{r['model']} {fmt} {method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
+                print(f"{r['model']} {row.weights} {row.method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
                       f"(body {r['body_bits_per_weight']:.3f}) ppl {r['ppl']:.2f} kld {r['kld']:.3f} "
                       f"top1 {r['top1']:.3f} [{r['seconds']:.0f} s]", file=sys.stderr, flush=True)
             except LowbitError as e:
-                print(f"lowbit: {fmt} {method}: {e}", file=sys.stderr)
+                print(f"lowbit: {row.weights} {row.method}: {e}", file=sys.stderr)
         if args.write:
-            _merge(args.write, rows)
+            merge_rows(args.write, rows)
         if args.format == "json":
             print_json(rows)
         else:
@@ -238,22 +84,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         _table([r])
     return 0
-
-
-def _merge(path: str, rows: list[dict]) -> None:
-    """Replace this model's rows in the report JSON, atomically."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    p = Path(path)
-    data = json.loads(p.read_text()) if p.exists() else {"rows": []}
-    models = {r["model"] for r in rows}
-    kinds = {r.get("kv") is not None for r in rows}  # ladder rows (no KV) and combined rows are kept apart
-    data["rows"] = [r for r in data.get("rows", [])
-                    if r["model"] not in models or (r.get("kv") is not None) not in kinds] + rows
-    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, p)

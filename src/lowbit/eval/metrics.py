@@ -28,14 +28,18 @@ add noise of about 1e-5 nats, the size of a good 8-bit KV cache's whole effect.
 
 from __future__ import annotations
 
-import inspect
 import math
+import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
+
 from lowbit.errors import LowbitError
 from lowbit.eval.text import Windows
+from lowbit.progress import progress_bar
 
 # make_cache(model.config) -> a transformers Cache; called once per window (and per NIAH trial).
 CacheFactory = Callable[[object], object]
@@ -77,20 +81,16 @@ class Reference:
 
     def window(self, w: int):
         """Log-probabilities of window w as a float32 tensor [scored, vocab]."""
-        import numpy as np
         import torch
 
         return torch.from_numpy(np.array(self.logprobs[w], dtype=np.float32))
 
 
-def _cache_kwarg(model) -> str:
-    # transformers 5 renamed the forward argument past_key_values -> cache.
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def window_logits(model, ids, prefill: int, make_cache: CacheFactory | None = None, chunk: int = 32):
     """float32 logits [context - prefill - 1, vocab] of the scored positions of one window ([context] ids)."""
     import torch
+
+    from lowbit.cache import cache_kwarg
 
     context = int(ids.shape[-1])
     ids = ids.reshape(1, context)
@@ -101,7 +101,7 @@ def window_logits(model, ids, prefill: int, make_cache: CacheFactory | None = No
             return out.logits[0, :-1].float()
         if chunk < 1:
             raise LowbitError(f"chunk must be >= 1 (got {chunk})")
-        kw = _cache_kwarg(model)
+        kw = cache_kwarg(model)
         cache = make_cache(model.config)
         pos = torch.arange(context).reshape(1, context)
         model(input_ids=ids[:, :prefill], position_ids=pos[:, :prefill], use_cache=True, logits_to_keep=1, **{kw: cache})
@@ -111,28 +111,6 @@ def window_logits(model, ids, prefill: int, make_cache: CacheFactory | None = No
             out = model(input_ids=ids[:, s:e], position_ids=pos[:, s:e], use_cache=True, **{kw: cache})
             parts.append(out.logits[0].float())
         return torch.cat(parts)[:-1]
-
-
-def progress_bar(enabled: bool, description: str, total: int):
-    """(rich Progress on stderr, task id); use as `with bar: ... bar.advance(task, n)`. Disabled: prints nothing."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tokens"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not enabled,
-    )
-    task = progress.add_task(description, total=total)
-    return progress, task
-
-
 
 
 def _nll(logprobs, targets):
@@ -145,10 +123,6 @@ REFERENCE_RAM_BYTES = 512 << 20  # larger references live in a memory-mapped tem
 
 
 def _reference_store(shape: tuple[int, int, int]):
-    import tempfile
-
-    import numpy as np
-
     if np.prod(shape) * 4 <= REFERENCE_RAM_BYTES:
         return np.empty(shape, dtype=np.float32)
     # An unlinked file: the OS frees it when the process ends, however it ends.
@@ -207,8 +181,6 @@ def evaluate(
     description: str = "eval",
 ) -> Quality:
     """Perplexity of `model` on `windows`, plus KLD and top-1 against `reference` when given."""
-    import time
-
     import torch
 
     if reference is not None and reference.windows_key != windows.key:

@@ -18,8 +18,9 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from lowbit.errors import LowbitError
-from lowbit.eval.metrics import CacheFactory, _cache_kwarg, dynamic_cache, progress_bar
+from lowbit.eval.metrics import CacheFactory, dynamic_cache
 from lowbit.eval.text import bos_id, corpus_tokens
+from lowbit.progress import progress_bar
 
 ADJECTIVES = ("purple", "golden", "silent", "frozen", "crimson", "hidden", "ancient", "velvet", "copper", "gentle", "rapid", "hollow")
 NOUNS = ("falcon", "harbor", "lantern", "meadow", "river", "castle", "garden", "mirror", "thunder", "orchard", "compass", "violin")
@@ -103,6 +104,8 @@ def trial(
 ) -> Trial:
     import torch
 
+    from lowbit.cache import cache_kwarg
+
     if not 0.0 <= depth <= 1.0:
         raise LowbitError(f"NIAH depth must be in [0, 1] (got {depth})")
     if length > model.config.max_position_embeddings:
@@ -111,7 +114,7 @@ def trial(
     passphrase = f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
     ids, q_start = _prompt(tokenizer, length, depth, passphrase, offset=rng.randrange(0, 20000))
     make_cache = make_cache or dynamic_cache
-    kw = _cache_kwarg(model)
+    kw = cache_kwarg(model)
     cache = make_cache(model.config)
     ids_t = torch.tensor([ids])
     eos = tokenizer.eos_token_id

@@ -17,9 +17,12 @@ Families
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from math import ceil
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 from lowbit.formats.ggml import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -58,60 +61,174 @@ class TurboLayout:
         return sum(ceil(bits / 8) for _, bits in self.fields(block))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KVFormat:
+    """A KV-cache format; each family is one subclass that registers itself under its `kind`.
+
+    A family owns, in one class:
+    - its bytes: `layout_bytes(head_dim)` (and `block_values`), from its layout; `vector_bytes` checks and calls it;
+    - its options: `options` maps a spec option (the text after ':' in "turbo3:qr,nonc") to the setting it
+      makes, `defaults` the settings without options; `check_spec` refuses settings a head_dim cannot take;
+    - how its keys are stored: `key_token_group` > 0 when keys are packed per channel over groups of tokens
+      (KIVI) instead of per token.
+    Its codec (quantize, dequantize, calibration) is a class in `lowbit.quant` registered against the same kind
+    (`class MyCodec(KVCodec, kind="mine")`, see `lowbit.quant.kv_codec`), and the kernels declare which
+    formats they take (`lowbit.kernels.supports`). Registration follows gguf-py's quants.py, where each ggml
+    type is one class that registers itself through `__init_subclass__`.
+
+    A new family is this class plus its codec class, and its formats in KV_FORMATS:
+
+        @dataclass(frozen=True, kw_only=True)
+        class Int6KV(KVFormat, kind="int6", family="int6"):
+            options: ClassVar = MappingProxyType({"rot": ("rot", True)})
+            defaults: ClassVar = MappingProxyType({"rot": False})
+
+            def layout_bytes(self, head_dim: int) -> int:
+                return ceil(head_dim * 6 / 8) + 2  # 6-bit codes, one fp16 scale
+
+        # lowbit/quant/kv_baselines.py
+        class Int6Codec(KVCodec, kind="int6"):
+            def quantize(self, x): ...
+            def dequantize(self, p): ...
+    """
+
     name: str
-    family: str  # "llama.cpp", "fp8", "turbo", "kivi"
     description: str
     source: str
-    ggml: GGMLQuantizationType | None = None
-    turbo: TurboLayout | None = None
-    kivi_bits: int = 0
     aliases: tuple[str, ...] = field(default=())
 
+    kind: ClassVar[str]  # registry key, also the key its codec class registers under
+    family: ClassVar[str]  # the family shown by `lowbit formats`
+    options: ClassVar[Mapping[str, tuple[str, Any]]] = MappingProxyType({})
+    defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    key_token_group: ClassVar[int] = 0
+
+    def __init_subclass__(cls, kind: str | None = None, family: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if family is not None:
+            cls.family = family
+        if kind is not None:
+            if kind in KV_FAMILIES:
+                raise AssertionError(f"KV family kind {kind!r} is registered twice")
+            cls.kind = kind
+            KV_FAMILIES[kind] = cls
+
     def block_values(self, head_dim: int) -> int:
-        if self.ggml is not None:
-            return GGML_QUANT_SIZES[self.ggml][0]
-        if self.turbo is not None:
-            return min(TURBO_BLOCK, _pow2_at_least(head_dim))
-        if self.kivi_bits:
-            return KIVI_GROUP
+        """Values that share per-block metadata (a scale, a norm); 1 for plain per-value types."""
         return 1
+
+    def layout_bytes(self, head_dim: int) -> int:
+        """Bytes of one head vector in this family's layout (head_dim is positive)."""
+        raise NotImplementedError
 
     def vector_bytes(self, head_dim: int) -> int:
         """Exact bytes that hold one cached head vector of `head_dim` values."""
         if head_dim <= 0:
             raise LowbitError(f"head_dim must be positive, got {head_dim}")
-        if self.ggml is not None:
-            block, nbytes = GGML_QUANT_SIZES[self.ggml]
-            if head_dim % block:
-                raise LowbitError(
-                    f"KV type {self.name} needs head_dim divisible by {block} (llama.cpp refuses {head_dim})"
-                )
-            return head_dim // block * nbytes
-        if self.turbo is not None:
-            # A head_dim that is not a power of two is zero-padded to one for the Hadamard rotation.
-            block = self.block_values(head_dim)
-            padded = ceil(head_dim / block) * block
-            return padded // block * self.turbo.block_bytes(block)
-        if self.kivi_bits:
-            groups = ceil(head_dim / KIVI_GROUP)
-            return ceil(head_dim * self.kivi_bits / 8) + groups * 4  # fp16 scale + fp16 zero per group
-        if self.family == "fp8":
-            return head_dim
-        raise AssertionError(self.name)
+        return self.layout_bytes(head_dim)
 
     def bits_per_value(self, head_dim: int = 128) -> Fraction:
         return Fraction(self.vector_bytes(head_dim) * 8, head_dim)
+
+    def check_spec(self, spec: "KVSpec", head_dim: int) -> None:
+        """Refuse, in one line, settings that this head_dim cannot take (the bytes are checked already)."""
+
+
+KV_FAMILIES: dict[str, type[KVFormat]] = {}  # kind -> family class, filled by KVFormat.__init_subclass__
+
+
+@dataclass(frozen=True, kw_only=True)
+class GGMLKV(KVFormat, kind="ggml", family="llama.cpp"):
+    """llama.cpp cache types (-ctk/-ctv): ggml blocks from the gguf package's table. `rot`: a seeded randomized
+    Hadamard on the head vector before the type, as llama.cpp PR #21038 rotates K/V (no extra bytes)."""
+
+    ggml: GGMLQuantizationType
+    options: ClassVar = MappingProxyType({"rot": ("rot", True)})
+    defaults: ClassVar = MappingProxyType({"rot": False})
+
+    def block_values(self, head_dim: int) -> int:
+        return GGML_QUANT_SIZES[self.ggml][0]
+
+    def layout_bytes(self, head_dim: int) -> int:
+        block, nbytes = GGML_QUANT_SIZES[self.ggml]
+        if head_dim % block:
+            raise LowbitError(f"KV type {self.name} needs head_dim divisible by {block} (llama.cpp refuses {head_dim})")
+        return head_dim // block * nbytes
+
+    def check_spec(self, spec: "KVSpec", head_dim: int) -> None:
+        if spec["rot"] and head_dim & (head_dim - 1):
+            raise LowbitError(f"{spec.name}: ':rot' needs a power-of-two head_dim, got {head_dim}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloatKV(GGMLKV, kind="float"):
+    """f32, f16, bf16: plain floats, one per value (ggml types of block 1); the same bits as gguf's converters."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FP8KV(KVFormat, kind="fp8", family="fp8"):
+    """float8 e4m3, one byte per value, as vLLM's kv_cache_dtype=fp8 (its per-tensor scale is not counted)."""
+
+    def layout_bytes(self, head_dim: int) -> int:
+        return head_dim
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurboKV(KVFormat, kind="turbo", family="turbo"):
+    """TurboQuant (arXiv 2504.19874): blocks of 128 values (or the whole vector when shorter), each stored as
+    `turbo.fields(block)`. Options: `qr`|`hadamard` (rotation, default hadamard), `beta`|`gaussian` (codebook,
+    default beta), `nc`|`nonc` (norm correction, default on for mse formats, as vLLM's `_nc` presets), `center`
+    (lowbit's addition: subtract a per-channel mean calibrated on the prefill, per KV head; the mean is per-head
+    metadata, D fp16 values per head and layer, not per-vector storage)."""
+
+    turbo: TurboLayout
+    options: ClassVar = MappingProxyType({
+        "qr": ("rotation", "qr"), "hadamard": ("rotation", "hadamard"),
+        "beta": ("codebook", "beta"), "gaussian": ("codebook", "gaussian"),
+        "nc": ("norm_correction", True), "nonc": ("norm_correction", False),
+        "center": ("center", True),
+    })
+    defaults: ClassVar = MappingProxyType({"rotation": "hadamard", "codebook": "beta", "norm_correction": True,
+                                           "center": False})
+
+    def block_values(self, head_dim: int) -> int:
+        return min(TURBO_BLOCK, _pow2_at_least(head_dim))
+
+    def layout_bytes(self, head_dim: int) -> int:
+        # A head_dim that is not a power of two is zero-padded to one for the Hadamard rotation.
+        block = self.block_values(head_dim)
+        padded = ceil(head_dim / block) * block
+        return padded // block * self.turbo.block_bytes(block)
+
+    def check_spec(self, spec: "KVSpec", head_dim: int) -> None:
+        if self.block_values(head_dim) < 16 and self.turbo.outlier_channels:
+            raise LowbitError(f"{spec.name}: head_dim {head_dim} is too small for the outlier split")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KiviKV(KVFormat, kind="kivi", family="kivi"):
+    """KIVI (arXiv 2402.02750): b-bit asymmetric integers, fp16 scale and zero per group of 32 values; values per
+    token (groups of 32 channels), keys per channel over groups of 32 tokens."""
+
+    bits: int
+    key_token_group: ClassVar[int] = KIVI_GROUP
+
+    def block_values(self, head_dim: int) -> int:
+        return KIVI_GROUP
+
+    def layout_bytes(self, head_dim: int) -> int:
+        groups = ceil(head_dim / KIVI_GROUP)
+        return ceil(head_dim * self.bits / 8) + groups * 4  # fp16 scale + fp16 zero per group
 
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _ggml(name: str, text: str) -> KVFormat:
+def _ggml(name: str, text: str) -> GGMLKV:
     t = GGMLQuantizationType[name.upper()]
-    return KVFormat(name, "llama.cpp", text, "gguf GGML_QUANT_SIZES; llama.cpp -ctk/-ctv", ggml=t)
+    cls = FloatKV if GGML_QUANT_SIZES[t][0] == 1 else GGMLKV
+    return cls(name=name, description=text, source="gguf GGML_QUANT_SIZES; llama.cpp -ctk/-ctv", ggml=t)
 
 
 _TQ = "TurboQuant, arXiv 2504.19874"
@@ -127,25 +244,27 @@ KV_FORMATS: dict[str, KVFormat] = {
         _ggml("q4_1", "4-bit, fp16 scale and min per 32"),
         _ggml("q4_0", "4-bit, fp16 scale per 32"),
         _ggml("iq4_nl", "4-bit non-linear grid, fp16 scale per 32"),
-        KVFormat("fp8", "fp8", "float8 e4m3, one per-tensor scale (not counted)", "vLLM kv_cache_dtype=fp8",
-                 aliases=("fp8_e4m3",)),
+        FP8KV(name="fp8", description="float8 e4m3, one per-tensor scale (not counted)",
+              source="vLLM kv_cache_dtype=fp8", aliases=("fp8_e4m3",)),
         *[
-            KVFormat(f"turbo{b}", "turbo", f"TurboQuant_mse {b}-bit Lloyd-Max + fp16 norm per 128",
-                     f"{_TQ} Alg. 1", turbo=TurboLayout(b))
+            TurboKV(name=f"turbo{b}", description=f"TurboQuant_mse {b}-bit Lloyd-Max + fp16 norm per 128",
+                    source=f"{_TQ} Alg. 1", turbo=TurboLayout(b))
             for b in (2, 3, 4)
         ],
         *[
-            KVFormat(f"turbo{b}-prod", "turbo", f"TurboQuant_prod: {b - 1}-bit MSE + 1-bit QJL + fp16 norm and gamma",
-                     f"{_TQ} Alg. 2", turbo=TurboLayout(b, qjl=True))
+            TurboKV(name=f"turbo{b}-prod",
+                    description=f"TurboQuant_prod: {b - 1}-bit MSE + 1-bit QJL + fp16 norm and gamma",
+                    source=f"{_TQ} Alg. 2", turbo=TurboLayout(b, qjl=True))
             for b in (2, 3, 4)
         ],
-        KVFormat("turbo2.5", "turbo", "outlier split: 32 ch at 3 bits + 96 at 2 bits, 2 fp16 norms per 128",
-                 f"{_TQ} §4.3 (RaBitQ re-run's count)", turbo=TurboLayout(2, outlier_channels=32)),
-        KVFormat("turbo3.5", "turbo", "outlier split: 32 ch at 4 bits + 96 at 3 bits, 2 fp16 norms per 128",
-                 f"{_TQ} §4.3 (RaBitQ re-run's count)", turbo=TurboLayout(3, outlier_channels=32)),
+        TurboKV(name="turbo2.5", description="outlier split: 32 ch at 3 bits + 96 at 2 bits, 2 fp16 norms per 128",
+                source=f"{_TQ} §4.3 (RaBitQ re-run's count)", turbo=TurboLayout(2, outlier_channels=32)),
+        TurboKV(name="turbo3.5", description="outlier split: 32 ch at 4 bits + 96 at 3 bits, 2 fp16 norms per 128",
+                source=f"{_TQ} §4.3 (RaBitQ re-run's count)", turbo=TurboLayout(3, outlier_channels=32)),
         *[
-            KVFormat(f"kivi{b}", "kivi", f"KIVI {b}-bit asymmetric, fp16 scale+zero per 32 (K per channel, V per token)",
-                     "KIVI, arXiv 2402.02750", kivi_bits=b)
+            KiviKV(name=f"kivi{b}",
+                   description=f"KIVI {b}-bit asymmetric, fp16 scale+zero per 32 (K per channel, V per token)",
+                   source="KIVI, arXiv 2402.02750", bits=b)
             for b in (2, 4)
         ],
     ]
@@ -159,3 +278,62 @@ def kv_format(name: str) -> KVFormat:
     if found is None:
         raise LowbitError(f"unknown KV-cache format {name!r}; known: {', '.join(KV_FORMATS)}")
     return found
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """A format with its options, as written FORMAT[:opt,...] (e.g. "turbo3:qr,nonc", "q4_0:rot").
+
+    `spec["rotation"]` reads a setting: the family's default, or what an option set."""
+
+    fmt: KVFormat
+    settings: tuple[tuple[str, Any], ...] = ()
+    text: str = ""
+    opts: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.text or self.fmt.name
+
+    def __getitem__(self, key: str):
+        for k, v in self.settings:
+            if k == key:
+                return v
+        raise KeyError(f"{self.fmt.name} has no setting {key!r}")
+
+    def get(self, key: str, default=None):
+        return dict(self.settings).get(key, default)
+
+    def bits_per_value(self, head_dim: int) -> float:
+        """Exact, from the format definition (a rotation adds no bytes)."""
+        return float(self.fmt.bits_per_value(head_dim))
+
+    def check_head_dim(self, head_dim: int) -> None:
+        """Fail early, in one line, for a head_dim this format and its settings cannot hold."""
+        self.fmt.vector_bytes(head_dim)
+        self.fmt.check_spec(self, head_dim)
+
+    @classmethod
+    def of(cls, fmt: KVFormat, **settings) -> "KVSpec":
+        """The spec of `fmt` with the family's defaults, overridden by `settings`."""
+        unknown = set(settings) - set(fmt.defaults)
+        if unknown:
+            raise LowbitError(f"{fmt.name} has no setting {', '.join(sorted(unknown))}")
+        return cls(fmt, tuple(sorted({**fmt.defaults, **settings}.items())))
+
+
+def parse_kv_spec(text: str | KVSpec) -> KVSpec:
+    if isinstance(text, KVSpec):
+        return text
+    name, _, rest = str(text).strip().lower().partition(":")
+    fmt = kv_format(name)
+    opts = tuple(o for o in rest.split(",") if o) if rest else ()
+    settings = dict(fmt.defaults)
+    for o in opts:
+        if o not in fmt.options:
+            takes = ", ".join(fmt.options) or "no options"
+            raise LowbitError(f"KV spec {text!r}: option {o!r} does not apply to {fmt.name} (it takes {takes})")
+        key, value = fmt.options[o]
+        settings[key] = value
+    canonical = fmt.name + (":" + ",".join(opts) if opts else "")
+    return KVSpec(fmt, tuple(sorted(settings.items())), text=canonical, opts=opts)

@@ -1,24 +1,39 @@
-"""Device kernels for the packed KV cache, chosen by device.
+"""Device kernels for the packed KV cache, and what each one takes.
 
     from lowbit import kernels
-    packed = kernels.store(codec, x)                       # [..., D] -> uint8 [..., vector_bytes]
+    kernels.supports("turbo3", "turbo3", 128, "cuda")   # KernelSupport(store_k='triton', store_v='triton', decode='cuda')
+    packed = kernels.store(codec, x)                     # [..., D] -> uint8 [..., vector_bytes]
     dense = kernels.dequantize(codec, packed, torch.bfloat16)
     out = kernels.decode_attention(q, k_packed, v_packed, k_codec, v_codec)
 
-On CUDA with Triton importable, TurboQuant mse formats (turbo2/3/4) run the fused kernels: the Triton store
-(`turbo_store`) and decode attention (`turbo_attention`), which hands turbo3 K/V decoding to the CUDA split
-kernel (`cuda_decode`, NVRTC) where it applies; everything else (CPU, other formats, prefill-sized query
-blocks) runs the reference in `lowbit.kernels.reference`. Set LOWBIT_KERNELS=reference to force the reference.
+Each implementation declares in KERNELS what it takes, as vLLM's attention backends declare their head sizes
+and KV-cache dtypes: the operation, the device type, the K/V formats (by name), the head dims and the
+settings it cannot honour; the first one that takes a setting runs it.
+- cuda (decode): turbo3 K and V, head_dim 128 or 256, an sm_80+ GPU with NVRTC (`cuda_decode`); at run time
+  it also needs one new token, <= 16 query rows per KV head and token-contiguous caches, else Triton runs;
+- triton (store, dequantize, decode): turbo2/3/4 on CUDA with Triton importable, head_dim one power-of-two
+  block or whole 128-blocks (decode: up to 256), not centered (`turbo_store`, `turbo_attention`);
+- reference (everything): any format with per-token vectors on any device (`reference`: the codec's own
+  quantize/dequantize, float32 attention).
+Decode blocks of more than MAX_ROWS query rows per KV head (prefill) take the reference.
+LOWBIT_KERNELS=reference forces the reference. Codecs come in with `codec.spec` (their format and settings);
+nothing here knows transformers (the cache integration is `lowbit.cache`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
 
-from lowbit.kernels import reference
+from lowbit.formats.kv import TURBO_BLOCK, KVSpec, parse_kv_spec
+from lowbit.kernels import cuda_decode, reference
+from lowbit.kernels.params import MAX_ROWS, turbo_params
+
+# turbo_store and turbo_attention import triton: they load on first use, so the reference runs without it.
 
 
 @lru_cache(maxsize=1)
@@ -30,16 +45,88 @@ def triton_available() -> bool:
     return True
 
 
-def _fused(codec, device) -> bool:
-    lay = getattr(codec, "layout", None)
-    return (torch.device(device).type == "cuda" and os.environ.get("LOWBIT_KERNELS") != "reference"
-            and triton_available() and lay is not None and not lay.qjl and not lay.outlier_channels
-            and codec.n_blocks * codec.block == codec.head_dim)
+def _cuda_decode_available(device: torch.device) -> bool:
+    return triton_available() and cuda_decode.available(device)  # NVRTC compiles once per device
+
+
+def _tiles(head_dim: int) -> bool:
+    """One power-of-two TurboQuant block, or whole 128-value blocks: what the Triton kernels index."""
+    return head_dim % TURBO_BLOCK == 0 or (head_dim & (head_dim - 1) == 0 and head_dim < TURBO_BLOCK)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One implementation and what it takes."""
+
+    name: str
+    ops: frozenset[str]  # "store" (store and dequantize), "decode" (decode attention)
+    device_type: str | None  # None: any device
+    formats: frozenset[str] | None  # K/V format names; None: every format with per-token vectors
+    head_dims: Callable[[int], bool] = field(repr=False)
+    refuses: tuple[str, ...] = ()  # settings it cannot honour (they must be off)
+    available: Callable[[torch.device], bool] = field(repr=False, default=lambda device: True)
+
+    def takes(self, op: str, spec: KVSpec, head_dim: int, device: torch.device) -> bool:
+        if op not in self.ops:
+            return False
+        if self.device_type is not None and (device.type != self.device_type or not _compiled_kernels()):
+            return False
+        if self.formats is not None and spec.fmt.name not in self.formats:
+            return False
+        return (self.head_dims(head_dim) and not any(spec.get(s) for s in self.refuses)
+                and self.available(device))
+
+
+def _compiled_kernels() -> bool:
+    return os.environ.get("LOWBIT_KERNELS") != "reference" and triton_available()
+
+
+_TURBO_MSE = frozenset({"turbo2", "turbo3", "turbo4"})
+KERNELS: tuple[Kernel, ...] = (
+    Kernel("cuda", frozenset({"decode"}), "cuda", frozenset({"turbo3"}), lambda d: d in (128, 256),
+           refuses=("center",), available=lambda device: _cuda_decode_available(device)),
+    Kernel("triton", frozenset({"decode"}), "cuda", _TURBO_MSE, lambda d: _tiles(d) and d <= 2 * TURBO_BLOCK,
+           refuses=("center",)),
+    Kernel("triton", frozenset({"store"}), "cuda", _TURBO_MSE, _tiles, refuses=("center",)),
+    Kernel("reference", frozenset({"store", "decode"}), None, None, lambda d: True),
+)
+
+
+@dataclass(frozen=True)
+class KernelSupport:
+    """Which implementation stores K, stores V, and runs decode attention for one setting on one device.
+    decode is None where no decode kernel reads the cache (`reason` says why): the model attends densely."""
+
+    store_k: str
+    store_v: str
+    decode: str | None
+    reason: str = ""
+
+
+def _first(op: str, specs, head_dim: int, device) -> Kernel | None:
+    device = torch.device(device)
+    return next((k for k in KERNELS if all(k.takes(op, s, head_dim, device) for s in specs)), None)
+
+
+def supports(k: KVSpec | str, v: KVSpec | str, head_dim: int, device) -> KernelSupport:
+    """What the kernels do for K in format k and V in format v (specs or spec strings) at head_dim on device."""
+    k, v = parse_kv_spec(k), parse_kv_spec(v)
+    group = k.fmt.key_token_group
+    store_k = "reference" if group else _first("store", [k], head_dim, device).name
+    store_v = _first("store", [v], head_dim, device).name
+    if group:
+        return KernelSupport(store_k, store_v, None, f"{k.name} keys are packed per channel over groups of {group} "
+                                                     "tokens; the decode kernels read per-token vectors")
+    return KernelSupport(store_k, store_v, _first("decode", [k, v], head_dim, device).name)
+
+
+def store_kernel(codec, device) -> str:
+    """The implementation that stores (and dequantizes) this codec's vectors on device."""
+    return _first("store", [codec.spec], codec.head_dim, device).name
 
 
 def store(codec, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    if _fused(codec, x.device):
-        from lowbit.kernels.params import turbo_params
+    if store_kernel(codec, x.device) == "triton":
         from lowbit.kernels.turbo_store import turbo_store
 
         return turbo_store(turbo_params(codec, x.device), x, out=out)
@@ -51,8 +138,7 @@ def store(codec, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
 
 
 def dequantize(codec, packed: torch.Tensor, dtype=torch.float32, seq_len: int | None = None) -> torch.Tensor:
-    if _fused(codec, packed.device) and packed.dim() == 4:
-        from lowbit.kernels.params import turbo_params
+    if store_kernel(codec, packed.device) == "triton" and packed.dim() == 4:
         from lowbit.kernels.turbo_attention import turbo_dequantize
 
         return turbo_dequantize(turbo_params(codec, packed.device), packed, dtype, seq_len)
@@ -62,14 +148,12 @@ def dequantize(codec, packed: torch.Tensor, dtype=torch.float32, seq_len: int | 
 def decode_attention(q, k_packed, v_packed, kcodec, vcodec, scale: float | None = None,
                      seq_len: int | None = None) -> torch.Tensor:
     """Attention of q [B, Hq, LQ, D] (the last LQ of seq_len cached tokens) over packed K/V [B, Hkv, T, bytes]."""
-    from lowbit.kernels.params import MAX_ROWS
-
     rows = q.shape[1] // k_packed.shape[1] * q.shape[2]
-    if _fused(kcodec, q.device) and _fused(vcodec, q.device) and rows <= MAX_ROWS and kcodec.block == vcodec.block \
-            and kcodec.n_blocks <= 2:
-        from lowbit.kernels.params import turbo_params
+    kernel = _first("decode", [kcodec.spec, vcodec.spec], kcodec.head_dim, q.device)
+    if kernel.name != "reference" and rows <= MAX_ROWS:
         from lowbit.kernels.turbo_attention import turbo_decode_attention
 
+        # "auto": the CUDA kernel where this step's shape allows it, the Triton kernel otherwise
         return turbo_decode_attention(q, k_packed, v_packed, turbo_params(kcodec, q.device),
                                       turbo_params(vcodec, q.device), scale, seq_len)
     return reference.decode_attention(q, k_packed, v_packed, kcodec, vcodec, scale, seq_len)

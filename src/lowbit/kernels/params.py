@@ -15,6 +15,7 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.quant.rotation import sylvester_hadamard
+from lowbit.quant.turboquant import TurboQuant
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,10 +58,9 @@ def turbo_params(codec, device) -> TurboParams:
     cache = codec.__dict__.setdefault("_kernel_params", {})  # lives and dies with the codec
     if str(device) in cache:
         return cache[str(device)]
-    lay = getattr(codec, "layout", None)
-    if lay is None or lay.qjl or lay.outlier_channels:
-        name = getattr(getattr(codec, "fmt", None), "name", type(codec).__name__)
-        raise LowbitError(f"no GPU kernel for KV format {name}: kernels cover turbo2, turbo3 and turbo4")
+    if not isinstance(codec, TurboQuant) or codec.layout.qjl or codec.layout.outlier_channels or codec.center:
+        raise LowbitError(f"no GPU kernel for KV format {codec.spec.name}: kernels cover turbo2, turbo3 and turbo4 "
+                          "(not centered)")
     names = [n for n, _ in codec.fields]
     assert names == ["idx", "norm"], names  # the storage order the kernels index
     st = codec.stages[0]

@@ -13,6 +13,8 @@ import socket
 from urllib.parse import urlparse
 
 from lowbit.errors import LowbitError
+from lowbit.models.catalog import ResolvedModel, canonical
+from lowbit.models.config import from_hf_config
 
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _OFFLINE = ("1", "true", "yes", "on")
@@ -50,8 +52,5 @@ def fetch_config(repo_id: str) -> dict:
         raise LowbitError(f"{repo_id}/config.json is not valid JSON: {e}") from None
 
 
-def resolve_hf(repo_id: str):
-    from lowbit.models.catalog import ResolvedModel, canonical
-    from lowbit.models.config import from_hf_config
-
+def resolve_hf(repo_id: str) -> ResolvedModel:
     return ResolvedModel(from_hf_config(fetch_config(repo_id), name=canonical(repo_id)), hf_id=repo_id)

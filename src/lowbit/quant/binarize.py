@@ -21,6 +21,7 @@ Three ideas, composable, all numpy:
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import hadamard
 
 from lowbit.errors import LowbitError
 from lowbit.formats.weights import ARB_LAYOUT
@@ -32,8 +33,6 @@ ROTATION_MAX = 1024
 SEED_BYTES = 8  # per rotated tensor: the seed of its random signs
 
 
-
-
 # ---------------------------------------------------------------- rotation
 
 def rotation_block(ne0: int) -> int:
@@ -42,8 +41,6 @@ def rotation_block(ne0: int) -> int:
 
 
 def _hadamard(n: int) -> np.ndarray:
-    from scipy.linalg import hadamard
-
     return (hadamard(n) / np.sqrt(n)).astype(np.float32)
 
 
@@ -205,63 +202,3 @@ def gptq(w: np.ndarray, hessian: np.ndarray, quantizer: str = "q1_0") -> tuple[n
         # packed[g] holds group g of every row; interleave back to row-major block order
         return values, np.stack(packed, axis=1).reshape(rows, ne0 // q1_0.BLOCK * q1_0.Q1_0.block_bytes)
     return values, arb_pack(packed)
-
-
-# ---------------------------------------------------------------- calibration
-
-CALIBRATION_TOKENS = 4096
-CALIBRATION_CONTEXT = 512
-
-
-def calibration_hessians(model, names: list[str], n_tokens: int = CALIBRATION_TOKENS,
-                         context: int = CALIBRATION_CONTEXT, progress: bool = True) -> dict[str, np.ndarray]:
-    """H = mean x x^T of the real inputs of each named GGUF weight, from the shipped model on text.
-
-    Calibration text is the *end* of the pydoc corpus, disjoint from the evaluation windows, which
-    start at its beginning. All Hessians come from one pass of the unquantized model (not GPTQ's
-    layer-by-layer sequential variant), which keeps calibration to one forward pass.
-    """
-    import torch
-
-    from lowbit.eval import lm, text
-
-    tok = lm.load_tokenizer(model)
-    net = lm.load_model(model)
-    to_hf = lm.gguf_to_hf_names(model)
-    stream_len = len(text.corpus_tokens(tok))
-    n_tokens = min(n_tokens, stream_len // 4)
-    ids = text.eval_tokens(tok, n_tokens // context * context, offset=stream_len - n_tokens // context * context)
-    batch = torch.tensor(ids, dtype=torch.long).reshape(-1, context)
-    modules = dict(net.named_modules())
-    sums: dict[str, torch.Tensor] = {}
-    count = {"n": 0}
-    hooks = []
-    by_module: dict[str, list[str]] = {}
-    for g in names:
-        mod = to_hf[g].rsplit(".", 1)[0]
-        if mod not in modules:
-            raise LowbitError(f"no module {mod} for {g}")
-        by_module.setdefault(mod, []).append(g)
-
-    def hook(mod_name):
-        def f(_m, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).float()
-            h = (x.T @ x).double()  # float32 product per window (fast), float64 running sum
-            sums[mod_name] = sums[mod_name] + h if mod_name in sums else h
-        return f
-
-    for mod in by_module:
-        hooks.append(modules[mod].register_forward_pre_hook(hook(mod)))
-    from lowbit.eval.metrics import progress_bar
-
-    bar, task = progress_bar(progress, "calibration", batch.numel())
-    try:
-        with bar, torch.inference_mode():
-            for row in batch:
-                net(input_ids=row[None], use_cache=False, logits_to_keep=1)
-                count["n"] += row.numel()
-                bar.advance(task, row.numel())
-    finally:
-        for h in hooks:
-            h.remove()
-    return {g: (sums[mod] / count["n"]).numpy() for mod, gs in by_module.items() for g in gs}

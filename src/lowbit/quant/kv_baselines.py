@@ -1,8 +1,10 @@
 """KV-cache codecs besides TurboQuant, and the one place a KV spec string becomes a codec.
 
-A codec quantizes head vectors [..., head_dim] to packed uint8 [..., vector_bytes] and back:
-- ggml types (f32, f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_1): gguf's reference quantizers
-  (`gguf.quants.quantize/dequantize`), so the bytes are llama.cpp's `-ctk/-ctv` blocks;
+A codec quantizes head vectors [..., head_dim] to packed uint8 [..., vector_bytes] and back; each is
+registered against its family's kind (`lowbit.quant.kv_codec`):
+- f32, f16, bf16 (`NativeCodec`): torch casts, the same bits as gguf's converters (round to nearest even);
+- ggml types (q8_0, q5_0, q5_1, q4_0, q4_1): gguf's reference quantizers (`gguf.quants.quantize/dequantize`),
+  so the bytes are llama.cpp's `-ctk/-ctv` blocks;
 - iq4_nl: gguf has only the dequantizer, so quantization here follows llama.cpp's
   `quantize_row_iq4_nl_ref` (scale search over ±7 steps, weights x², gguf's `kvalues` grid) and
   gguf's dequantizer reads the bytes back;
@@ -10,81 +12,67 @@ A codec quantizes head vectors [..., head_dim] to packed uint8 [..., vector_byte
   and kept, as transformers' Fp8QuantizedLayer does; the scale is not counted, as in the format;
 - KIVI values: b-bit asymmetric per token, groups of 32 channels, fp16 scale + fp16 zero per group
   (group layout: codes, then scale, then zero). KIVI keys (per channel, groups of 32 tokens) need the
-  token axis and live in `KiviKeys`, used by the cache;
+  token axis: `KiviKeys`, the family's key codec (`make_codec(..., keys=True)`);
 - rotation + a ggml type ("q4_0:rot"): a seeded randomized Hadamard on the head vector before the
-  type, as llama.cpp PR #21038 rotates K/V; bytes are those of the type.
+  type, as llama.cpp PR #21038 rotates K/V; bytes are those of the type;
+- TurboQuant: `lowbit.quant.turboquant`.
 
-Spec strings: FORMAT[:opt,...], FORMAT a name from `lowbit.formats.kv`. Options: `rot` (ggml types),
-and for turbo formats `qr`|`hadamard` (rotation, default hadamard), `beta`|`gaussian` (codebook,
-default beta), `nc`|`nonc` (norm correction, default on for mse formats, as vLLM's `_nc` presets),
-`center` (lowbit's addition: subtract a per-channel mean calibrated on the prefill, per KV head; the
-mean is per-head metadata, D fp16 values per head and layer, not per-vector storage).
+Spec strings (FORMAT[:opt,...]) and the options of each family: `lowbit.formats.kv.parse_kv_spec`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.formats.kv import KIVI_GROUP, KVFormat, kv_format
+from lowbit.formats.kv import KIVI_GROUP, KVFormat, KVSpec, parse_kv_spec
+from lowbit.quant.kv_codec import KVCodec, codec_class
 from lowbit.quant.packing import bytes_to_fp16, fp16_to_bytes, pack_bits, unpack_bits
 from lowbit.quant.rotation import rotation
+from lowbit.quant.turboquant import TurboQuant  # noqa: F401  (registers the turbo family's codec for make_codec)
 
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
+_TORCH_FLOAT = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+__all__ = ["FP8Codec", "GGMLCodec", "KiviKeys", "KiviValueCodec", "NativeCodec", "RotatedCodec", "make_codec"]
 
 
-@dataclass(frozen=True)
-class KVSpec:
-    fmt: KVFormat
-    rot: bool = False
-    rotation: str = "hadamard"
-    codebook: str = "beta"
-    norm_correction: bool = True
-    center: bool = False
-    text: str = ""
-    opts: tuple[str, ...] = field(default=())
-
-    @property
-    def name(self) -> str:
-        return self.text or self.fmt.name
-
-    def bits_per_value(self, head_dim: int) -> float:
-        """Exact, from the format definition (a rotation adds no bytes)."""
-        return float(self.fmt.bits_per_value(head_dim))
+def _rotated_if_asked(codec: KVCodec, spec: KVSpec, head_dim: int, seed: int) -> KVCodec:
+    return RotatedCodec(codec, head_dim, seed, spec) if spec["rot"] else codec
 
 
-def parse_kv_spec(text: str) -> KVSpec:
-    name, _, rest = str(text).strip().lower().partition(":")
-    fmt = kv_format(name)
-    opts = tuple(o for o in rest.split(",") if o) if rest else ()
-    kw: dict = {}
-    for o in opts:
-        if o == "rot" and fmt.ggml is not None:
-            kw["rot"] = True
-        elif o in ("qr", "hadamard") and fmt.turbo is not None:
-            kw["rotation"] = o
-        elif o in ("beta", "gaussian") and fmt.turbo is not None:
-            kw["codebook"] = o
-        elif o in ("nc", "nonc") and fmt.turbo is not None:
-            kw["norm_correction"] = o == "nc"
-        elif o == "center" and fmt.turbo is not None:
-            kw["center"] = True
-        else:
-            raise LowbitError(f"KV spec {text!r}: option {o!r} does not apply to {fmt.name} "
-                              "(ggml types take 'rot'; turbo formats take qr|hadamard, beta|gaussian, nc|nonc, center)")
-    canonical = fmt.name + (":" + ",".join(opts) if opts else "")
-    return KVSpec(fmt, text=canonical, opts=opts, **kw)
+# --- f32 / f16 / bf16 in torch ------------------------------------------------------------------
+class NativeCodec(KVCodec, kind="float"):
+    """f32/f16/bf16 in torch: the same bits as gguf's converters (round to nearest even), on any device."""
+
+    def __init__(self, fmt: KVFormat, head_dim: int):
+        self.fmt, self.head_dim, self.dtype = fmt, head_dim, _TORCH_FLOAT[fmt.name]
+        self.vector_bytes = fmt.vector_bytes(head_dim)
+        self.spec = KVSpec.of(fmt)
+
+    @classmethod
+    def from_spec(cls, spec, head_dim, *, seed=0, device="cpu"):
+        return _rotated_if_asked(cls(spec.fmt, head_dim), spec, head_dim, seed)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype).contiguous().view(torch.uint8)
+
+    def dequantize(self, p: torch.Tensor) -> torch.Tensor:
+        return p.contiguous().view(self.dtype).float()
 
 
 # --- ggml types through gguf --------------------------------------------------------------------
-class GGMLCodec:
+class GGMLCodec(KVCodec, kind="ggml"):
     def __init__(self, fmt: KVFormat, head_dim: int):
         self.fmt, self.head_dim = fmt, head_dim
         self.vector_bytes = fmt.vector_bytes(head_dim)  # raises for a head_dim the block does not divide
         self.qtype = fmt.ggml
+        self.spec = KVSpec.of(fmt)
+
+    @classmethod
+    def from_spec(cls, spec, head_dim, *, seed=0, device="cpu"):
+        return _rotated_if_asked(cls(spec.fmt, head_dim), spec, head_dim, seed)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         from gguf import GGMLQuantizationType as T
@@ -140,11 +128,16 @@ def _iq4_nl_quantize(a: np.ndarray) -> np.ndarray:
 
 
 # --- fp8 ----------------------------------------------------------------------------------------
-class FP8Codec:
+class FP8Codec(KVCodec, kind="fp8"):
     def __init__(self, fmt: KVFormat, head_dim: int):
         self.fmt, self.head_dim = fmt, head_dim
         self.vector_bytes = fmt.vector_bytes(head_dim)
+        self.spec = KVSpec.of(fmt)
         self.scale: float | None = None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.scale is None
 
     def calibrate(self, x: torch.Tensor, keep_dims=()) -> None:
         finite = x[torch.isfinite(x)]
@@ -182,12 +175,13 @@ def kivi_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
     return codes.float() * scale.float() + zero.float()
 
 
-class KiviValueCodec:
+class KiviValueCodec(KVCodec, kind="kivi"):
     """Per token: head vector cut into groups of 32 channels, each [codes | fp16 scale | fp16 zero]."""
 
     def __init__(self, fmt: KVFormat, head_dim: int):
-        self.fmt, self.head_dim, self.bits = fmt, head_dim, fmt.kivi_bits
+        self.fmt, self.head_dim, self.bits = fmt, head_dim, fmt.bits
         self.vector_bytes = fmt.vector_bytes(head_dim)
+        self.spec = KVSpec.of(fmt)
         self.groups = [(s, min(KIVI_GROUP, head_dim - s)) for s in range(0, head_dim, KIVI_GROUP)]
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,13 +205,17 @@ class KiviValueCodec:
         return torch.cat(parts, -1)
 
 
-class KiviKeys:
+class KiviKeys(KVCodec, kind="kivi", keys=True):
     """KIVI keys: per channel over groups of 32 tokens. A group [..., 32, D] packs to [..., D, 32·b/8 + 4]
-    (each channel: 32 codes, fp16 scale, fp16 zero), i.e. exactly 32 × vector_bytes when D % 32 == 0."""
+    (each channel: 32 codes, fp16 scale, fp16 zero), i.e. exactly 32 × vector_bytes when D % 32 == 0.
+    `quantize_group`/`dequantize_group` work on whole groups of `token_group` tokens."""
 
     def __init__(self, fmt: KVFormat, head_dim: int):
-        self.fmt, self.head_dim, self.bits = fmt, head_dim, fmt.kivi_bits
-        self.group_bytes = head_dim * ((KIVI_GROUP * self.bits + 7) // 8 + 4)
+        self.fmt, self.head_dim, self.bits = fmt, head_dim, fmt.bits
+        self.vector_bytes = fmt.vector_bytes(head_dim)
+        self.spec = KVSpec.of(fmt)
+        self.token_group = fmt.key_token_group
+        self.group_bytes = head_dim * ((self.token_group * self.bits + 7) // 8 + 4)
 
     def quantize_group(self, x: torch.Tensor) -> torch.Tensor:
         """[..., 32, D] -> uint8 [..., group_bytes]."""
@@ -228,8 +226,8 @@ class KiviKeys:
 
     def dequantize_group(self, p: torch.Tensor) -> torch.Tensor:
         p = p.reshape(*p.shape[:-1], self.head_dim, -1)
-        nb = (KIVI_GROUP * self.bits + 7) // 8
-        codes = unpack_bits(p[..., :nb], self.bits, KIVI_GROUP)
+        nb = (self.token_group * self.bits + 7) // 8
+        codes = unpack_bits(p[..., :nb], self.bits, self.token_group)
         scale = bytes_to_fp16(p[..., nb : nb + 2]).unsqueeze(-1)
         zero = bytes_to_fp16(p[..., nb + 2 : nb + 4]).unsqueeze(-1)
         x = kivi_dequantize(codes, scale, zero)
@@ -237,14 +235,15 @@ class KiviKeys:
 
 
 # --- rotation around any codec ------------------------------------------------------------------
-class RotatedCodec:
+class RotatedCodec(KVCodec):
     """x -> inner(x R^T); decode -> inner⁻¹(p) R. R: seeded randomized Hadamard on the head vector."""
 
-    def __init__(self, inner, head_dim: int, seed: int):
+    def __init__(self, inner: KVCodec, head_dim: int, seed: int, spec: KVSpec | None = None):
         if head_dim & (head_dim - 1):
             raise LowbitError(f"':rot' needs a power-of-two head_dim, got {head_dim}")
         self.inner, self.fmt, self.head_dim = inner, inner.fmt, head_dim
         self.vector_bytes = inner.vector_bytes
+        self.spec = spec or KVSpec.of(inner.fmt, rot=True)
         self.R = rotation("hadamard", head_dim, seed)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,29 +253,7 @@ class RotatedCodec:
         return self.inner.dequantize(p) @ self.R.to(p.device)
 
 
-def make_codec(spec: KVSpec | str, head_dim: int, seed: int = 0, device="cpu"):
-    """A per-vector codec for the spec (KIVI keys are handled by the cache via `KiviKeys`)."""
-    spec = parse_kv_spec(spec) if isinstance(spec, str) else spec
-    fmt = spec.fmt
-    if fmt.turbo is not None:
-        from lowbit.quant.turboquant import TurboQuant
-
-        return TurboQuant(fmt, head_dim, rotation_kind=spec.rotation, codebook=spec.codebook,
-                          norm_correction=spec.norm_correction, seed=seed, device=device, center=spec.center)
-    if fmt.ggml is not None:
-        codec = GGMLCodec(fmt, head_dim)
-        return RotatedCodec(codec, head_dim, seed) if spec.rot else codec
-    if fmt.family == "fp8":
-        return FP8Codec(fmt, head_dim)
-    if fmt.kivi_bits:
-        return KiviValueCodec(fmt, head_dim)
-    raise LowbitError(f"no codec for KV format {fmt.name}")
-
-
-def check_head_dim(spec: KVSpec, head_dim: int) -> None:
-    """Fail early, in one line, for a head_dim a format cannot hold."""
-    spec.fmt.vector_bytes(head_dim)
-    if spec.rot and head_dim & (head_dim - 1):
-        raise LowbitError(f"{spec.name}: ':rot' needs a power-of-two head_dim, got {head_dim}")
-    if spec.fmt.turbo is not None and spec.fmt.block_values(head_dim) < 16 and spec.fmt.turbo.outlier_channels:
-        raise LowbitError(f"{spec.name}: head_dim {head_dim} is too small for the outlier split")
+def make_codec(spec: KVSpec | str, head_dim: int, seed: int = 0, device="cpu", keys: bool = False) -> KVCodec:
+    """The codec of the spec's family (`keys`: the family's key codec where it has one, e.g. KIVI's)."""
+    spec = parse_kv_spec(spec)
+    return codec_class(spec.fmt.kind, keys=keys).from_spec(spec, head_dim, seed=seed, device=device)

@@ -7,7 +7,7 @@ the TQ block, so each block's stored fp16 scale is exactly its own gamma.
 
 Storage goes through gguf's reference TQ quantizers (d = amax per 256, q = round(x / d)). On weights
 that are already ternary that is lossless up to the fp16 rounding of gamma, because a block's amax
-is gamma. On ordinary weights (`method="ref"`, what llama-quantize does) amax scaling zeroes most
+is gamma. On ordinary weights (`bitnet=False`, what llama-quantize does) amax scaling zeroes most
 weights: the TQ types are containers for ternary-trained models, not a PTQ method.
 """
 
@@ -21,7 +21,6 @@ from lowbit.formats.weights import weight_type
 
 BITNET_EPS = 1e-5  # the clamp in BitNet's weight_quant
 TQ_TYPES = ("TQ1_0", "TQ2_0")
-METHODS = ("ref", "absmean", "absmean-group")
 
 
 def absmean(x: np.ndarray, group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -46,11 +45,11 @@ def ternarize(x: np.ndarray, group: int | None = None) -> np.ndarray:
     return (q.reshape(-1, group).astype(np.float32) * gamma[:, None]).reshape(np.shape(x))
 
 
-def quantize(x: np.ndarray, fmt: str = "TQ1_0", method: str = "absmean") -> np.ndarray:
+def quantize(x: np.ndarray, fmt: str = "TQ1_0", *, bitnet: bool = True, per_block: bool = False) -> np.ndarray:
     """Packed TQ1_0 / TQ2_0 bytes of x (uint8 [..., row_bytes]).
 
-    method: "ref" = gguf's TQ quantizer on the raw weights (llama-quantize's behaviour);
-    "absmean" = BitNet per-tensor ternary, then stored; "absmean-group" = per-256-block gamma.
+    bitnet=False stores x as it is through gguf's TQ quantizer (llama-quantize's behaviour);
+    bitnet=True ternarizes first the BitNet way, with gamma per tensor or, per_block, per 256-value block.
     """
     fmt = fmt.upper()
     if fmt not in TQ_TYPES:
@@ -59,14 +58,7 @@ def quantize(x: np.ndarray, fmt: str = "TQ1_0", method: str = "absmean") -> np.n
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 0 or x.shape[-1] % wt.block:
         raise LowbitError(f"{fmt} needs rows whose length divides by {wt.block}; these have {x.shape[-1] if x.ndim else 0}")
-    if method == "ref":
-        src = x
-    elif method == "absmean":
-        src = ternarize(x)
-    elif method == "absmean-group":
-        src = ternarize(x, group=wt.block)
-    else:
-        raise LowbitError(f"unknown ternary method {method!r}; known: {', '.join(METHODS)}")
+    src = ternarize(x, wt.block if per_block else None) if bitnet else x
     return quants.quantize(src, GGMLQuantizationType[fmt])
 
 

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.formats.kv import TURBO_BLOCK, KVFormat, TurboLayout, kv_format
+from lowbit.formats.kv import TURBO_BLOCK, KVFormat, KVSpec, TurboKV, TurboLayout, kv_format
 from lowbit.quant.codebooks import lloyd_max
+from lowbit.quant.kv_codec import KVCodec
 from lowbit.quant.packing import bytes_to_fp16, fp16_to_bytes, pack_bits, split_fields, unpack_bits
 from lowbit.quant.rotation import gaussian_matrix, rotation
 
@@ -81,7 +82,7 @@ def _normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u, norm.squeeze(-1)
 
 
-class TurboQuant:
+class TurboQuant(KVCodec, kind="turbo"):
     """Quantizer for one KV-cache format and head_dim; `quantize` -> packed uint8, `dequantize` -> float32.
 
     `encode`/`decode` work on unpacked fields (dict of code and norm tensors, float norms), which is what
@@ -102,9 +103,10 @@ class TurboQuant:
         center: bool = False,
     ):
         if isinstance(fmt, TurboLayout):  # an ad-hoc setting, e.g. b = 1 for the distortion check
-            fmt = KVFormat(f"turbo{fmt.bits}{'-prod' if fmt.qjl else ''}", "turbo", "ad hoc", "", turbo=fmt)
+            fmt = TurboKV(name=f"turbo{fmt.bits}{'-prod' if fmt.qjl else ''}", description="ad hoc", source="",
+                          turbo=fmt)
         fmt = kv_format(fmt) if isinstance(fmt, str) else fmt
-        if fmt.turbo is None:
+        if not isinstance(fmt, TurboKV):
             raise LowbitError(f"{fmt.name} is not a TurboQuant format")
         if head_dim <= 0:
             raise LowbitError(f"head_dim must be positive, got {head_dim}")
@@ -121,6 +123,8 @@ class TurboQuant:
         # a large common offset (62% of SmolLM2's key energy) that TurboQuant's per-vector norm spends bits on.
         self.center = center
         self.mean: torch.Tensor | None = None
+        self.spec = KVSpec.of(fmt, rotation=rotation_kind, codebook=codebook,
+                              norm_correction=self.norm_correction, center=center)
         self.device = torch.device(device)
         lay, blk = self.layout, self.block
         if lay.outlier_channels:
@@ -147,6 +151,11 @@ class TurboQuant:
             assert bits % counts[name] == 0, (name, bits, counts[name])
             self.code_bits[name] = bits // counts[name]
         assert self.n_blocks * sum(self.field_bytes) == self.vector_bytes
+
+    @classmethod
+    def from_spec(cls, spec: KVSpec, head_dim: int, *, seed: int = 0, device="cpu") -> "TurboQuant":
+        return cls(spec.fmt, head_dim, rotation_kind=spec["rotation"], codebook=spec["codebook"],
+                   norm_correction=spec["norm_correction"], seed=seed, device=device, center=spec["center"])
 
     # -- blocks -----------------------------------------------------------------------------------
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
