@@ -15,6 +15,10 @@ KEYS = {"model", "weights", "method", "bits_per_weight", "tokens", "context", "p
 FEW = dict(tokens=64, context=32, progress=False)  # 2 windows: keeps the CPU suite fast
 
 
+# Every test here runs the real SmolLM2 (skipped with its install line where the package is missing).
+pytestmark = pytest.mark.usefixtures("smollm2_gguf")
+
+
 def test_json_has_its_keys_and_q8_0_is_near_lossless(capsys):
     assert main(["eval", "weights", "--model", "smollm2-135m", "--weights", "Q8_0", "--tokens", "64",
                  "--context", "32", "--format", "json"]) == 0

@@ -35,7 +35,7 @@ def test_bad_input_is_one_line_and_status_2(argv, capsys):
 
 
 @pytest.mark.slow
-def test_real_smollm2_short_run(capsys):
+def test_real_smollm2_short_run(smollm2_gguf, capsys):
     from lowbit.eval.kv import evaluate_kv
 
     kw = dict(tokens=96, context=96, chunk=24, niah_lengths=(), progress=False)

@@ -112,7 +112,7 @@ def test_refuses_scale_overflowing_fp16():
 
 
 @pytest.fixture(scope="module")
-def gemma3_tensor() -> np.ndarray:
+def gemma3_tensor(gemma3_gguf) -> np.ndarray:
     """blk.0.ffn_gate.weight of the real Gemma 3 270M file (640 columns: whole Q1_0 blocks)."""
     from gguf import GGUFReader
     from gguf.quants import dequantize

@@ -14,7 +14,7 @@ from lowbit.planning.planner import plan
 
 
 @pytest.fixture(scope="module")
-def gemma_q1(tmp_path_factory):
+def gemma_q1(tmp_path_factory, gemma3_gguf):
     out = tmp_path_factory.mktemp("q") / "gemma-q1_0.gguf"
     assert main(["quantize", "gemma3-270m", "--to", "Q1_0", "-o", str(out), "--format", "json"]) == 0
     return out
@@ -74,7 +74,7 @@ def test_inspect_reads_it_back(gemma_q1, capsys):
     assert info["types"]["Q1_0"]["bytes"] * 8 == info["types"]["Q1_0"]["params"] * 1.125
 
 
-def test_smollm2_ternary_mix_uses_fallbacks_and_matches_the_planner(tmp_path):
+def test_smollm2_ternary_mix_uses_fallbacks_and_matches_the_planner(smollm2_gguf, tmp_path):
     out = tmp_path / "s.gguf"
     assert main(["quantize", "smollm2-135m", "--to", "TQ2_0", "--method", "absmean-group", "-o", str(out)]) == 0
     _assert_matches_plan(out, model_path("smollm2-135m"), "TQ2_0")
@@ -82,7 +82,7 @@ def test_smollm2_ternary_mix_uses_fallbacks_and_matches_the_planner(tmp_path):
     assert types == {"TQ2_0", "Q4_0", "Q8_0", "F32"}  # 576-wide rows fall back to Q4_0
 
 
-def test_smollm2_q1_0_is_refused_like_llama_cpp(tmp_path, capsys):
+def test_smollm2_q1_0_is_refused_like_llama_cpp(smollm2_gguf, tmp_path, capsys):
     out = tmp_path / "s.gguf"
     assert main(["quantize", "smollm2-135m", "--to", "Q1_0", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -90,7 +90,7 @@ def test_smollm2_q1_0_is_refused_like_llama_cpp(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_pure_and_refusals(tmp_path, capsys):
+def test_pure_and_refusals(smollm2_gguf, tmp_path, capsys):
     out = tmp_path / "p.gguf"
     assert main(["quantize", "smollm2-135m", "--to", "Q4_0", "--pure", "-o", str(out)]) == 0
     _assert_matches_plan(out, model_path("smollm2-135m"), "Q4_0", pure=True)
@@ -102,7 +102,7 @@ def test_pure_and_refusals(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.gguf"]
 
 
-def test_a_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
+def test_a_failure_mid_write_leaves_nothing(smollm2_gguf, tmp_path, monkeypatch):
     from lowbit.quant import weights
     from lowbit.quant.quantize_file import quantize_file
 

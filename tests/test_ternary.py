@@ -13,7 +13,7 @@ from lowbit.quant import weights
 
 
 @pytest.fixture(scope="module")
-def real() -> dict[str, np.ndarray]:
+def real(gemma3_gguf) -> dict[str, np.ndarray]:
     """Two real Gemma 3 270M tensors and a calibration-like Hessian for the first."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
