@@ -277,9 +277,10 @@ def main() -> None:
     doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
            "llama_cpp": llama_version(args.llama_bench), "script": shlex.join([sys.executable, *sys.argv]),
            "method": bench.__doc__.strip(), "runs": []}
-    if args.out.exists():  # resume: keep finished cases
+    if args.out.exists():  # resume or another pass: keep finished cases and the first date
         old = json.loads(args.out.read_text())
         doc["runs"] = old.get("runs", [])
+        doc["date"], doc["updated"] = old.get("date", doc["date"]), doc["date"]
     done = {(r["file"], r["test"], r["n"], r["depth"], r["kv"], r["threads"], r.get("pass", 1)) for r in doc["runs"]}
 
     def save() -> None:

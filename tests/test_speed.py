@@ -54,9 +54,10 @@ def test_decode_bytes_of_a_dense_model_by_hand():
     # untied: every tensor once, the embedding table only its one row
     expect = sum(t.bytes for t in p.tensors) - emb.bytes + emb.bytes / p.config.vocab_size
     assert weights == pytest.approx(expect)
-    # KV at 1,000 tokens: 1,024 cells (padded to 256) x 32 layers x 8 KV heads x 128 x 2 bytes x (K + V)
+    # KV at 1,000 tokens, the new one included: 1,001 cells x 32 layers x 8 KV heads x 128 x 2 bytes x (K + V)
+    # (the 256-cell padding is masked, and masked cells are skipped)
     kv = sum(i.bytes for i in items if i.what == "attention")
-    assert kv == 1024 * 32 * 8 * 128 * 2 * 2
+    assert kv == 1001 * 32 * 8 * 128 * 2 * 2
     # decode FLOPs of the matrices: 2 per parameter a token touches (the embedding table: none; norms are
     # elementwise work)
     flops = sum(i.flops for i in items if i.what == "weights")
@@ -95,6 +96,24 @@ def test_tied_output_reads_the_whole_table_and_prefill_computes_one_row_of_logit
     assert sum(i.bytes for i in dec) == emb.bytes  # SmolLM2 ties its output to token_embd
     pre = [i for i in prefill_work(p, 128) if i.what == "weights" and i.layer == -1]
     assert sum(i.flops for i in pre) == 2 * math.prod(emb.shape)  # the last token's logits only
+
+
+def test_sliding_window_layers_see_at_most_their_window(gemma3_gguf):
+    p = plan(str(gemma3_gguf), context=4096)
+    cfg = p.config
+    w = cfg.sliding_window
+    per = {i.layer: i for i in decode_work(p, context=3000)}
+    swa = [i for i, t in enumerate(cfg.layer_types) if t == "sliding_attention"]
+    full = [i for i, t in enumerate(cfg.layer_types) if t == "full_attention"]
+    assert swa and full
+    unit = 4 * cfg.num_heads * cfg.head_dim
+    assert all(per[i].flops == unit * w for i in swa) and all(per[i].flops == unit * 3001 for i in full)
+    # a prompt crossing the window: the first w - d tokens see fewer than w cells
+    d, n = 200, 500
+    att = {i.layer: i for i in prefill_work(p, n, d) if i.what == "attention"}
+    below = w - d
+    assert att[swa[0]].flops == unit * (below * d + below * (below + 1) / 2 + (n - below) * w)
+    assert att[full[0]].flops == unit * (n * d + n * (n + 1) / 2)
 
 
 def test_prefill_attention_is_causal_by_hand():

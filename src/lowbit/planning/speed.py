@@ -111,19 +111,30 @@ def _kv_label(plan: Plan) -> str:
     return s.k.name if s.k == s.v else f"{s.k.name}/{s.v.name}"
 
 
-def _read_cells(plan: Plan, layer_type: str, context: int) -> int:
-    """KV cells attention reads for a query at `context`: llama.cpp's flash attention runs over the used
-    cells padded to 256; a sliding-window layer (gemma3) over at most its window + one micro-batch."""
+def _window(plan: Plan, layer_type: str) -> int:
+    """The sliding window llama.cpp applies to a layer (0: none). Only architectures it runs with a
+    sliding-window cache (gemma3) get one; for the rest it attends over the whole context."""
     eng = plan.engine if isinstance(plan.engine, LlamaCpp) else LlamaCpp()
-    pad = eng.kv_pad
-    cells = -(-max(1, context) // pad) * pad
-    if layer_type == SLIDING and plan.config.sliding_window and plan.config.arch in eng.SWA_ARCHES:
-        cells = min(cells, -(-(plan.config.sliding_window + eng.n_ubatch) // pad) * pad)
-    return cells
+    cfg = plan.config
+    return cfg.sliding_window if layer_type == SLIDING and cfg.sliding_window and cfg.arch in eng.SWA_ARCHES else 0
+
+
+def _seen(queries: int, depth: int, window: int) -> float:
+    """Cells the `queries` new tokens attend to, summed: token j sees depth + j cells (causal), at most
+    `window`. Masked cells cost nothing: llama.cpp's flash attention skips them (ggml-cpu ops.cpp)."""
+    full = queries * depth + queries * (queries + 1) / 2
+    if not window or depth + queries <= window:
+        return full
+    if depth >= window:
+        return queries * window
+    below = window - depth  # tokens that still see fewer than `window` cells
+    return below * depth + below * (below + 1) / 2 + (queries - below) * window
 
 
 def _attention_items(plan: Plan, queries: int, depth: int, sequences: int, reads: int) -> list[Item]:
-    """Attention of `queries` new tokens per sequence after `depth` cached ones, per layer."""
+    """Attention of `queries` new tokens per sequence after `depth` cached ones, per layer: the K and V
+    cells in reach are read once per micro-batch, and each query costs 4 x heads x head_dim FLOPs per cell
+    it sees."""
     cfg = plan.config
     s = plan.scenario
     hd = cfg.head_dim
@@ -134,14 +145,10 @@ def _attention_items(plan: Plan, queries: int, depth: int, sequences: int, reads
         heads_kv = cfg.num_kv_heads[i]
         if lt == LINEAR or not heads_kv:
             continue
-        last = _read_cells(plan, lt, depth + queries)
-        # causal: query j sees depth + j cells (a window at most); summed over the queries
-        if lt == SLIDING and last < depth + queries:
-            seen = queries * last
-        else:
-            seen = queries * depth + queries * (queries + 1) / 2
-        flops = 4.0 * cfg.num_heads * hd * seen * sequences
-        out.append(Item("attention", kv, float(last * heads_kv * per_cell * sequences * reads), flops, i))
+        w = _window(plan, lt)
+        cells = min(w, depth + queries) if w else depth + queries
+        flops = 4.0 * cfg.num_heads * hd * _seen(queries, depth, w) * sequences
+        out.append(Item("attention", kv, float(cells * heads_kv * per_cell * sequences * reads), flops, i))
     return out
 
 
