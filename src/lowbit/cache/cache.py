@@ -25,6 +25,12 @@ FUSED_MAX_NEW new tokens) is counted: `fused_steps` read the packed bytes, `dens
 (a sliding-window layer, a format no decode kernel reads, the model's attention not being "lowbit_turbo",
 a padding mask...), with the reasons in `fallback_reasons` and a warning the first time each reason occurs.
 
+Linear-attention layers (Gated DeltaNet in Qwen3.5, "linear_attention" in the config's layer_types) get
+transformers' own layer (`LinearAttentionLayer`), so their conv and recurrent states are kept exactly as
+DynamicCache keeps them (the model's dtype for the conv window, the kernel's dtype, float32, for the recurrent
+state); the KV formats apply to attention layers only, as llama.cpp quantizes only the attention cache of its
+hybrids. `state_nbytes()` counts those states, `nbytes()` the packed K/V.
+
 Sliding-window layers (Gemma 3) keep the last `sliding_window - 1` tokens like transformers'
 DynamicSlidingWindowLayer (KIVI keys drop whole groups only, so a few more may stay).
 The cache is not croppable (as transformers' own quantized caches): rolling back stored bytes
@@ -39,7 +45,8 @@ import warnings
 from collections import Counter
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
+from transformers.cache_utils import (DYNAMIC_LAYER_TYPE_MAPPING, Cache, DynamicLayer, LinearAttentionCacheLayerMixin,
+                                      get_layer_types_and_kwargs)
 
 from lowbit import kernels
 from lowbit.cache.backends import backend_for
@@ -47,6 +54,7 @@ from lowbit.cache.stores import make_store
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import KVSpec, parse_kv_spec
 
+LINEAR_TYPES = ("linear_attention", "conv")  # layer types that hold a conv/recurrent state, no K/V
 ATTENTION = "lowbit_turbo"  # the attention implementation that reads fused steps (lowbit.cache.attention)
 FUSED_MAX_NEW = 16  # new tokens per step that take the fused decode path (more is prefill: dense K/V)
 
@@ -189,8 +197,17 @@ def layer_plan(n_layers: int, kv_k: str, kv_v: str | None = None, boundary: int 
     return plan
 
 
+def _linear_layer(kind: str, kwargs: dict):
+    """transformers' own cache layer for a linear-attention layer type (no K/V to quantize)."""
+    cls = DYNAMIC_LAYER_TYPE_MAPPING[kind]
+    assert issubclass(cls, LinearAttentionCacheLayerMixin), cls
+    # transformers before 5.2x hands every layer the same kwargs (a sliding window too): take only its own.
+    return cls(number_of_states=kwargs.get("number_of_states", 1))
+
+
 class QuantizedKVCache(Cache):
-    """Drop-in for DynamicCache: same layer types (full or sliding), K and V stored packed per format."""
+    """Drop-in for DynamicCache: same layer types (full, sliding or linear attention), K and V stored packed per
+    format; linear-attention layers keep transformers' own conv/recurrent states."""
 
     def __init__(self, config, kv_k: str = "turbo3", kv_v: str | None = None, *, boundary: int = 0,
                  per_layer: dict[int, tuple[str, str]] | None = None, seed: int = 0, fused_attention: bool = False):
@@ -208,6 +225,8 @@ class QuantizedKVCache(Cache):
                 layers.append(QuantizedKVLayer(k, v, seed=seed + 2 * i))
             elif kind in ("sliding_attention", "chunked_attention"):
                 layers.append(QuantizedKVLayer(k, v, seed=seed + 2 * i, sliding_window=kw["sliding_window"]))
+            elif kind in LINEAR_TYPES:
+                layers.append(_linear_layer(kind, kw))
             else:
                 raise LowbitError(f"layer type {kind!r} has no KV cache lowbit can quantize")
         super().__init__(layers=layers)
@@ -259,4 +278,16 @@ class QuantizedKVCache(Cache):
 
     def nbytes(self) -> int:
         """Bytes held right now by all layers' K and V stores (packed bytes plus any fp16 residual)."""
-        return sum(sum(layer.nbytes()) for layer in self.layers)
+        return sum(sum(layer.nbytes()) for layer in self.layers if isinstance(layer, QuantizedKVLayer))
+
+    def state_nbytes(self) -> int:
+        """Bytes of the linear-attention layers' conv and recurrent states (as transformers allocates them)."""
+        return sum(state_nbytes(layer) for layer in self.layers)
+
+
+def state_nbytes(layer) -> int:
+    """Bytes of one cache layer's conv and recurrent state tensors (0 for an attention layer)."""
+    if not isinstance(layer, LinearAttentionCacheLayerMixin):
+        return 0
+    states = [*layer.conv_states.values(), *layer.recurrent_states.values()]
+    return sum(t.numel() * t.element_size() for t in states if t is not None)
