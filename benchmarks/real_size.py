@@ -4,7 +4,7 @@ against lowbit's plan, and decode speed with transformers' DynamicCache (bf16) a
     # on the GPU (flash-linear-attention importable: the Gated DeltaNet layers use its kernels)
     python benchmarks/real_size.py --out docs/real_size_results/qwen3.5-27b.json
     python benchmarks/real_size.py --models qwen3.5-35b-a3b --out ... --merge
-    python benchmarks/real_size.py --layers 8 --contexts 32768         # a quick check: 8 of 64 layers
+    python benchmarks/real_size.py --layers 8 --contexts 8192 --dense-check   # a quick check: 8 of 64 layers
     python benchmarks/real_size.py --tiny --device cpu --out /tmp/t.json  # CPU, a tiny config, seconds (CI)
 
 Models come from lowbit's built-in configs (their text_config), built by transformers with random bf16
@@ -30,7 +30,8 @@ dtype, the recurrent state in float32.
 Decode: CUDA events around each step after `--warmup-steps` (ms/token, median), and wall-clock tokens/s over
 the same steps. Which Gated DeltaNet kernels ran (flash-linear-attention or transformers' PyTorch fallback),
 which decode-attention kernel read the packed cache (cuda/triton/reference) and the dense fallbacks are
-recorded.
+recorded; `--dense-check` decodes each quantized cache a second time without fused attention (the same
+packed bytes, read back densely) and compares tokens and logits.
 """
 
 from __future__ import annotations
@@ -136,17 +137,21 @@ def gdn_kernels(model) -> dict:
     names = ("torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule", "causal_conv1d_fn",
              "causal_conv1d_update")
     out = {n: _implementation(getattr(mod, n, None)) for n in names}
-    out["fla_used"] = out["torch_chunk_gated_delta_rule"].startswith("fla.")
-    out["causal_conv1d_used"] = out["causal_conv1d_fn"].startswith("causal_conv1d")
     check = getattr(import_utils, "is_flash_linear_attention_available", None)
     out["is_flash_linear_attention_available"] = bool(check()) if check else None
     try:
         import fla
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # noqa: F401 - what transformers resolves
 
         out["fla_version"] = fla.__version__
     except Exception as e:  # noqa: BLE001 - any failure to import is the answer
         out["fla_version"] = None
         out["fla_import_error"] = f"{type(e).__name__}: {e}"
+    chunk = out["torch_chunk_gated_delta_rule"]
+    # "unknown": a transformers whose wrapper hides the resolved function; then fla importable is the answer
+    out["fla_used"] = chunk.startswith("fla.") or (chunk == "unknown" and out["fla_version"] is not None)
+    out["causal_conv1d_used"] = out["causal_conv1d_fn"].startswith("causal_conv1d")
+    out["experts_implementation"] = getattr(model.config, "_experts_implementation", None)
     return out
 
 
@@ -200,15 +205,27 @@ def explain(cfg, measured: dict, pred: dict, tokens: int, model_dtype_bytes: int
 
 # --- running -------------------------------------------------------------------------------------------------
 class Clock:
+    """Synchronize and read the allocator on the run's device (CUDA), or nothing (CPU)."""
+
     def __init__(self, device: str):
-        self.cuda = torch.device(device).type == "cuda"
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # events, streams and kernels on the run's GPU
 
     def sync(self):
         if self.cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
 
     def allocated(self) -> int | None:
-        return torch.cuda.memory_allocated() if self.cuda else None
+        return torch.cuda.memory_allocated(self.device) if self.cuda else None
+
+    def reset_peak(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int | None:
+        return torch.cuda.max_memory_allocated(self.device) if self.cuda else None
 
 
 def make_cache(model, kv: str):
@@ -266,9 +283,10 @@ class KernelCounts:
             setattr(mod, attr, orig)
 
 
-def decode(model, cache, nxt, steps: int, warmup: int, clock: Clock) -> dict:
+def decode(model, cache, nxt, steps: int, warmup: int, clock: Clock) -> tuple[dict, torch.Tensor]:
+    """Greedy steps, timed after `warmup`; the timings and tokens, and the first step's logits."""
     tokens, events, walls = [], [], []
-    t_start = None
+    t_start = first = None
     for i in range(steps):
         if i == warmup:
             clock.sync()
@@ -280,6 +298,8 @@ def decode(model, cache, nxt, steps: int, warmup: int, clock: Clock) -> dict:
             w0 = time.perf_counter()
         out = forward(model, nxt, cache)
         nxt = out.logits[:, -1:].argmax(-1)
+        if i == 0:
+            first = out.logits[:, -1].float()
         del out
         tokens.append(nxt)
         if clock.cuda:
@@ -293,7 +313,7 @@ def decode(model, cache, nxt, steps: int, warmup: int, clock: Clock) -> dict:
     timed = sorted(ms[warmup:])
     n = len(timed)
     return {
-        "tokens": [int(t) for t in torch.cat(tokens, 1)[0].tolist()],
+        "tokens": torch.cat(tokens, 1)[0].tolist(),
         "steps": steps, "warmup_steps": warmup, "timed_steps": n,
         "ms_per_token_median": timed[n // 2] if n else None,
         "ms_per_token_mean": sum(timed) / n if n else None,
@@ -301,7 +321,28 @@ def decode(model, cache, nxt, steps: int, warmup: int, clock: Clock) -> dict:
         "tokens_per_s": n / wall if n and wall == wall else None,
         "timer": "CUDA events per step; tokens/s from wall clock over the timed steps" if clock.cuda
         else "wall clock per step",
-    }
+    }, first
+
+
+def dense_check(model, ids, kv: str, args, fused_tokens: list[int], fused_first: torch.Tensor) -> dict:
+    """The same prompt through a QuantizedKVCache without fused attention (the same seeds, so the same packed
+    bytes; the model's attention reads the dequantized cache): do the fused steps give its tokens and logits?"""
+    from lowbit.cache import QuantizedKVCache
+
+    k, v = kv_formats(kv)
+    cache = QuantizedKVCache(model.config, k.name, v.name)
+    with torch.no_grad():
+        nxt, _ = prefill(model, ids, cache, args.chunk)
+        tokens, first = [], None
+        for _ in range(args.decode_tokens):
+            logits = forward(model, nxt, cache).logits[:, -1].float()
+            first = logits if first is None else first
+            nxt = logits.argmax(-1, keepdim=True)
+            tokens.append(int(nxt))
+    diff = [i for i, (a, b) in enumerate(zip(tokens, fused_tokens)) if a != b]
+    rel = float((fused_first - first).abs().max() / first.abs().max())
+    return {"tokens_equal": not diff, "first_difference": diff[0] if diff else None,
+            "first_step_logits_max_rel_diff": rel, "dense_fallbacks": cache.dense_fallbacks}
 
 
 def fused_report(cache, counts: KernelCounts) -> dict | None:
@@ -324,8 +365,7 @@ def one_run(model, resolved, kv: str, context: int, args, clock: Clock, dtype_by
     ids = torch.randint(0, resolved.config.vocab_size, (1, context), generator=gen).to(args.device)
     gc.collect()
     clock.sync()
-    if clock.cuda:
-        torch.cuda.reset_peak_memory_stats()
+    clock.reset_peak()
     before = clock.allocated()
     cache = make_cache(model, kv)
     t0 = time.perf_counter()
@@ -337,15 +377,20 @@ def one_run(model, resolved, kv: str, context: int, args, clock: Clock, dtype_by
         del last
         gc.collect()
         after = clock.allocated()
-        peak = torch.cuda.max_memory_allocated() - before if clock.cuda else None
+        peak = clock.peak() - before if clock.cuda else None
         held_prefill = held_bytes(cache)
         counts.counts = {"cuda": 0, "reference": 0}  # count the decode steps only
-        dec = decode(model, cache, nxt, args.decode_tokens, args.warmup_steps, clock)
+        dec, first = decode(model, cache, nxt, args.decode_tokens, args.warmup_steps, clock)
         gc.collect()
         after_decode = clock.allocated()
         held_decode = held_bytes(cache)
     fused = fused_report(cache, counts)
     del cache
+    check = None
+    if args.dense_check and kv != "bf16":
+        gc.collect()
+        check = dense_check(model, ids, kv, args, dec["tokens"], first)
+    del first
     tokens_after = context + args.decode_tokens
     pred = predictions(resolved, kv, context, 1, dtype_bytes)
     pred_after = predictions(resolved, kv, tokens_after, 1, dtype_bytes)
@@ -365,7 +410,7 @@ def one_run(model, resolved, kv: str, context: int, args, clock: Clock, dtype_by
             "predicted": pred_after,
             "explained": explain(resolved.config, held_decode, pred_after, tokens_after, dtype_bytes),
         },
-        "decode": dec, "fused": fused,
+        "decode": dec, "fused": fused, "dense_check": check,
     }
 
 
@@ -480,6 +525,8 @@ def parse(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the JSON here (rewritten after every run)")
     ap.add_argument("--merge", action="store_true", help="append to the runs already in --out")
+    ap.add_argument("--dense-check", action="store_true",
+                    help="also decode each quantized cache densely (no fused attention) and compare tokens and logits")
     ap.add_argument("--max-minutes", type=float, help="skip the runs that would start after this")
     ap.add_argument("--allow-torch-gdn", action="store_true",
                     help="run on CUDA even when the Gated DeltaNet layers would take transformers' PyTorch fallback")

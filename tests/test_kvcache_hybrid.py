@@ -11,6 +11,7 @@ from transformers import DynamicCache
 
 from lowbit.cache import QuantizedKVCache, QuantizedKVLayer, cache_kwarg, held_bytes
 from lowbit.cache import attention as fused
+from lowbit.errors import LowbitError
 from lowbit.models.catalog import ResolvedModel
 from lowbit.models.config import FULL, LINEAR, from_hf_config
 from lowbit.planning.engines import VLLM
@@ -68,6 +69,18 @@ def test_linear_attention_layers_are_transformers_own(qwen35):
             assert isinstance(ours, QuantizedKVLayer)
 
 
+def test_boundary_layers_are_attention_layers():
+    """boundary=n keeps the first and last n layers with a KV cache in f16 (here layers 3 and 7 of 8)."""
+    model = _qwen35(layers=8)
+    cache = QuantizedKVCache(model.config, "turbo3", boundary=1)
+    kv = [(i, layer.k_spec.name, layer.v_spec.name) for i, layer in enumerate(cache.layers)
+          if isinstance(layer, QuantizedKVLayer)]
+    assert kv == [(3, "f16", "f16"), (7, "f16", "f16")]
+    assert [i for i, kind in enumerate(model.config.layer_types) if kind == "full_attention"] == [3, 7]
+    with pytest.raises(LowbitError, match="boundary must be between 0 and 1 for 2 layers"):
+        QuantizedKVCache(model.config, "turbo3", boundary=2)
+
+
 def test_f32_cache_keeps_the_dynamic_cache_states_and_f16_its_tokens(qwen35):
     """Lossless K/V (f32): the same logits and bit-identical conv/recurrent states as DynamicCache after a
     chunked prefill and decoding; f16 K/V: the same greedy tokens."""
@@ -99,6 +112,7 @@ def test_turbo3_decodes_through_the_fused_path(qwen35):
     finally:
         qwen35.set_attn_implementation("sdpa")
     attention_layers = qwen35.config.layer_types.count("full_attention")
+    assert fused.fused_cache() is None  # nothing pending: the thread holds no reference to the cache
     assert cache.fused_steps == STEPS * attention_layers and cache.dense_fallbacks == 0
     assert not cache.fallback_reasons
     assert toks == dense_toks

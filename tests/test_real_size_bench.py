@@ -29,7 +29,7 @@ def _run(*args, timeout=300):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("real_size") / "tiny.json"
-    res = _run("--tiny", "--device", "cpu", "--out", str(out))
+    res = _run("--tiny", "--device", "cpu", "--dense-check", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(out.read_text()), res.stdout
 
@@ -75,6 +75,10 @@ def test_tiny_decode_is_greedy_and_fused_where_asked(tiny):
             f = r["fused"]
             assert f["fused_steps"] == n * f["attention_layers"] and f["dense_fallbacks"] == 0
             assert f["reference_calls"] == f["fused_steps"]  # on the CPU the reference reads the packed bytes
+            # the dense path over the same packed bytes: same tokens, logits within 4 bf16 steps of the largest
+            check = r["dense_check"]
+            assert check["tokens_equal"] and check["dense_fallbacks"] == 0
+            assert check["first_step_logits_max_rel_diff"] < 4 * 2.0 ** -8
 
 
 def test_bad_kv_format_fails_before_building_anything():

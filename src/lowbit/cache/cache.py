@@ -6,7 +6,7 @@
                                                                       # `past_key_values=` before
 
 Each layer holds one store for K and one for V (formats may differ, per layer too: `boundary=n`
-keeps the first and last n layers in f16, as vLLM's boundary protection; `per_layer={i: (k, v)}`
+keeps the first and last n layers that hold K/V in f16, as vLLM's boundary protection; `per_layer={i: (k, v)}`
 overrides any layer). A store appends new tokens as real uint8 bytes in the format's layout
 (`nbytes()` is exactly `KVFormat.vector_bytes(head_dim)` per vector; KIVI keys also hold up to 31
 tokens in fp16 until their group of 32 is complete, as KIVI's residual does).
@@ -183,13 +183,18 @@ class QuantizedKVLayer(DynamicLayer):
 
 
 def layer_plan(n_layers: int, kv_k: str, kv_v: str | None = None, boundary: int = 0,
-               per_layer: dict[int, tuple[str, str]] | None = None) -> list[tuple[KVSpec, KVSpec]]:
-    """(K spec, V spec) for every layer: the default, f16 in the first/last `boundary` layers, then overrides."""
-    if boundary < 0 or 2 * boundary > n_layers:
-        raise LowbitError(f"boundary must be between 0 and {n_layers // 2} for {n_layers} layers, got {boundary}")
+               per_layer: dict[int, tuple[str, str]] | None = None,
+               kv_layers: list[int] | None = None) -> list[tuple[KVSpec, KVSpec]]:
+    """(K spec, V spec) for every layer: the default, f16 in the first/last `boundary` layers that hold K/V
+    (`kv_layers`, all by default: a hybrid's linear-attention layers have none), then overrides."""
+    kv_layers = list(range(n_layers)) if kv_layers is None else list(kv_layers)
+    if boundary < 0 or 2 * boundary > len(kv_layers):
+        raise LowbitError(f"boundary must be between 0 and {len(kv_layers) // 2} for {len(kv_layers)} layers with "
+                          f"a KV cache, got {boundary}")
     k, v = parse_kv_spec(kv_k), parse_kv_spec(kv_v if kv_v is not None else kv_k)
     f16 = parse_kv_spec("f16")
-    plan = [(f16, f16) if i < boundary or i >= n_layers - boundary else (k, v) for i in range(n_layers)]
+    edges = set(kv_layers[:boundary]) | set(kv_layers[len(kv_layers) - boundary:])
+    plan = [(f16, f16) if i in edges else (k, v) for i in range(n_layers)]
     for i, (lk, lv) in (per_layer or {}).items():
         if not -n_layers <= i < n_layers:
             raise LowbitError(f"per_layer: no layer {i} (the model has {n_layers})")
@@ -214,7 +219,8 @@ class QuantizedKVCache(Cache):
         config = config.get_text_config(decoder=True)
         layer_types, kwargs = _layer_types(config)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.plan = layer_plan(len(layer_types), kv_k, kv_v, boundary, per_layer)
+        kv_layers = [i for i, kind in enumerate(layer_types) if kind not in LINEAR_TYPES]
+        self.plan = layer_plan(len(layer_types), kv_k, kv_v, boundary, per_layer, kv_layers)
         for k, v in set(self.plan):
             k.check_head_dim(head_dim)
             v.check_head_dim(head_dim)
@@ -266,7 +272,10 @@ class QuantizedKVCache(Cache):
 
     def take_fused_step(self, layer_idx: int) -> QuantizedKVLayer | None:
         """The layer whose update() just left a fused decode step, once (None: the step was dense)."""
-        return self._pending.pop(layer_idx, None)
+        layer = self._pending.pop(layer_idx, None)
+        if not self._pending and _ACTIVE.cache is self:
+            _ACTIVE.cache = None  # the thread must not keep a cache (all its K/V) alive once the user drops it
+        return layer
 
     def count_dense(self, reason: str) -> None:
         """Count a decode step that attended densely, and warn the first time for each reason."""
