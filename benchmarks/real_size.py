@@ -553,7 +553,8 @@ def main(argv=None) -> int:
     clock = Clock(args.device)
     dtype, dtype_bytes = torch.bfloat16, 2
     started = time.perf_counter()
-    result = {"benchmark": "real_size", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    result = {"benchmark": "real_size", "date": now,
               "command": " ".join(["python", "benchmarks/real_size.py", *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine(args.device),
               "settings": {"contexts": args.contexts, "kv": args.kv, "decode_tokens": args.decode_tokens,

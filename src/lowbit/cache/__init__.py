@@ -19,4 +19,5 @@ from lowbit.cache.stores import TokenGroupStore, VectorStore, make_store
 
 __all__ = ["FUSED_MAX_NEW", "NAME", "KernelBackend", "QuantizedKVCache", "QuantizedKVLayer", "TokenGroupStore",
            "TorchBackend", "VectorStore", "backend_for", "cache_kwarg", "enable", "fused_cache", "held_bytes",
-           "install", "layer_plan", "lowbit_turbo_attention", "make_store", "register", "register_backend", "state_nbytes"]
+           "install", "layer_plan", "lowbit_turbo_attention", "make_store", "register", "register_backend",
+           "state_nbytes"]
