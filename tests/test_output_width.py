@@ -21,7 +21,7 @@ NUMBER = re.compile(r"\d[\d,.]*\d|\d")  # 4.30, 1,017,118,720, 262,144, 8
 
 def _smollm2() -> str:
     from lowbit.errors import LowbitError
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     try:
         return str(model_path("smollm2-135m"))
