@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
                                              args.pad or row.pad, args.calib_tokens, kv=row.kv or args.kv))
                 r = rows[-1]
                 print(f"{r['model']} {row.weights} {row.method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
-                      f"(body {r['body_bits_per_weight']:.3f}) ppl {r['ppl']:.2f} kld {r['kld']:.3f} "
+                      f"(body {r['body_bits_per_weight']:.3f}) ppl {r['ppl']:.2f} (stored {r['ppl_reference']:.2f}) "
+                      f"kld {r['kld']:.3f} "
                       f"top1 {r['top1']:.3f} [{r['seconds']:.0f} s]", file=sys.stderr, flush=True)
             except LowbitError as e:
                 print(f"lowbit: {row.weights} {row.method}: {e}", file=sys.stderr)
