@@ -21,7 +21,7 @@ if "TRITON_INTERPRET" not in os.environ:
 
 def _gguf(name: str):
     from lowbit.errors import LowbitError
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     try:
         return model_path(name)

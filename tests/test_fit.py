@@ -189,7 +189,7 @@ def test_table_output_runs(capsys):
 
 def _real(name):
     from lowbit.errors import LowbitError
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     try:
         return model_path(name)

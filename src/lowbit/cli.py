@@ -24,6 +24,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("formats",), "lowbit.commands.formats", "every weight type, mix and KV-cache format"),
     (("fit",), "lowbit.commands.fit", "will it fit on a device; largest context; best format; offload"),
     (("devices",), "lowbit.commands.devices", "the device catalog"),
+    (("models",), "lowbit.commands.models", "every model name the commands take, and what each is for"),
     (("quantize",), "lowbit.commands.quantize", "quantize a GGUF file (Q1_0, ternary, ...) and write a new GGUF"),
     (("inspect",), "lowbit.commands.inspect", "read a GGUF file: metadata, tensor types and bytes"),
     (("eval", "distortion"), "lowbit.commands.eval_distortion", "TurboQuant distortion against the paper"),

@@ -28,7 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=count, default=None, metavar="N",
                    help="llama.cpp: keep only the last N layers on the GPU (more than the layers: the output too); "
                         "default: all, or the offload lowbit finds")
-    add_weights(p, "Q4_K_M", "default Q4_K_M")
+    add_weights(p, None, "default Q4_K_M; a .gguf or a local real model (`lowbit models`): stored")
     add_kv(p, "f16")
     add_context(p, "default 32768, or the model's maximum if smaller; 128k = 131072")
     add_sequences(p, "--users", "concurrent sequences")

@@ -12,7 +12,8 @@ import sys
 
 from lowbit.commands._common import add_format
 from lowbit.errors import LowbitError
-from lowbit.eval.artifacts import model_path
+from lowbit.models.catalog import gguf_path
+from lowbit.progress import step
 from lowbit.quant.quantize_file import quantize_file
 from lowbit.report.render import print_json
 
@@ -32,10 +33,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.calib_tokens < 1:
         raise LowbitError(f"--calib-tokens must be a positive number of tokens, got {args.calib_tokens}")
-    path = model_path(args.model)
+    path = gguf_path(args.model)
 
     def calibrate(names):
-        from lowbit.eval.calibration import calibration_hessians  # torch and transformers: only for gptq
+        with step(True, "loading torch and transformers"):  # only for gptq
+            from lowbit.eval.calibration import calibration_hessians
 
         return calibration_hessians(path, names, n_tokens=args.calib_tokens)
 

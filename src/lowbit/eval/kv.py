@@ -14,6 +14,7 @@ from lowbit.errors import LowbitError
 from lowbit.eval import metrics, niah, text
 from lowbit.eval.lm import gguf_info, load_model, load_tokenizer
 from lowbit.cache import QuantizedKVCache
+from lowbit.progress import honours_progress
 
 
 def bits_per_value(plan, head_dim: int) -> tuple[float, float, float]:
@@ -23,6 +24,7 @@ def bits_per_value(plan, head_dim: int) -> tuple[float, float, float]:
     return k, v, (k + v) / 2
 
 
+@honours_progress
 def evaluate_kv(model_name: str, kv_k: str, kv_v: str | None = None, *, boundary: int = 0, tokens: int = 2048,
                 context: int = 512, chunk: int = 128, niah_lengths=(1024,), niah_depths=(0.1, 0.5, 0.9),
                 seed: int = 0, progress: bool = True) -> dict:

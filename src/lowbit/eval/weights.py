@@ -28,12 +28,12 @@ from typing import NamedTuple
 
 from lowbit.errors import LowbitError
 from lowbit.eval import lm, metrics, text
-from lowbit.eval.artifacts import MODELS
 from lowbit.eval.calibration import calibration_hessians
 from lowbit.formats.kv import kv_format
 from lowbit.formats.weights import mix, weight_type
 from lowbit.cache import QuantizedKVCache
 from lowbit.models.gguf_header import read_header
+from lowbit.progress import honours_progress, progress_bar
 from lowbit.quant import weights
 from lowbit.quant.quantize_file import plan_types
 
@@ -86,6 +86,7 @@ def tensor_types(path, fmt: str, pure: bool, pad: bool) -> dict[str, str]:
     return {n: (fmt if t == place else t) for n, t in types.items()}
 
 
+@honours_progress
 def quantized_weights(model, fmt: str, method: str | None, pure: bool = False, pad: bool = False,
                       calib_tokens: int = 4096, progress: bool = True):
     """(replace dict for lm.load_model, bits dict, the format's own type) for one format."""
@@ -104,13 +105,17 @@ def quantized_weights(model, fmt: str, method: str | None, pure: bool = False, p
         targets = [k for k, t in types.items() if t == own]
         hessians = calibration_hessians(path, targets, n_tokens=calib_tokens, progress=progress)
     replace, nbytes = {}, {}
-    for name, t in types.items():
-        if t == own_types[name]:  # already stored that way: kept byte for byte
-            nbytes[name] = weight_type(t).tensor_bytes(tuple(reversed(src[name].shape)))
-            continue
-        q = weights.quantize(src[name], t, method if t == own else None, hessian=hessians.get(name), pad=pad, name=name)
-        replace[name] = q.values
-        nbytes[name] = q.nbytes
+    bar, task = progress_bar(progress, f"quantize {fmt}" + (f" {method}" if method else ""), len(types), unit="tensors")
+    with bar:
+        for name, t in types.items():
+            if t == own_types[name]:  # already stored that way: kept byte for byte
+                nbytes[name] = weight_type(t).tensor_bytes(tuple(reversed(src[name].shape)))
+            else:
+                q = weights.quantize(src[name], t, method if t == own else None, hessian=hessians.get(name), pad=pad,
+                                     name=name)
+                replace[name] = q.values
+                nbytes[name] = q.nbytes
+            bar.advance(task)
     return replace, _bits(nbytes, n), own
 
 
@@ -136,6 +141,7 @@ def _cache_factory(kv: str | None):
     return make
 
 
+@honours_progress
 def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4096, context: int = 512,
                      pure: bool = False, pad: bool = False, calib_tokens: int = 4096, progress: bool = True,
                      kv: str | None = None) -> dict:
@@ -156,13 +162,15 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4
     net = lm.load_model(path, replace=replace) if replace else base
     q = metrics.evaluate(net, win, reference=ref, progress=progress, make_cache=_cache_factory(kv),
                          description=f"{fmt} {method or ''} {kv or ''}".strip())
-    name = next((m for m in MODELS if lm.resolve(m) == path), str(path)) if str(model) in MODELS else str(model)
+    _, stored_bits, _ = quantized_weights(path, "stored", None)  # the baseline's bits: header only
     return {
-        "model": name, "weights": fmt, "method": method or ("ref" if fmt != "stored" else None),
+        "model": str(model), "weights": fmt, "method": method or ("ref" if fmt != "stored" else None),
         "bits_per_weight": round(bits["bits_per_weight"], 4),
         "body_bits_per_weight": round(bits["body_bits_per_weight"], 4),
         "tensor_bytes": bits["tensor_bytes"], "tokens": q.tokens, "context": q.context,
         "ppl": q.ppl, "ppl_reference": q.ppl_reference, "kld": q.kld, "top1": q.top1,
+        "reference_bits_per_weight": round(stored_bits["bits_per_weight"], 4),
+        "reference_body_bits_per_weight": round(stored_bits["body_bits_per_weight"], 4),
         "pure": pure, "padded": pad, "kv": kv, "seconds": round(time.perf_counter() - t0, 1),
     }
 

@@ -1,8 +1,16 @@
-"""Resolve MODEL arguments: a built-in name, a config.json (or its folder), or a .gguf file."""
+"""The one registry of model names, and MODEL arguments resolved: a name, a config.json (or its folder), a .gguf.
+
+Names are of two kinds, and every command takes both:
+  built-in configs (models/catalog/*.json: the Qwen3.5 family, Llama 3.1 8B): shapes only, for the simulator;
+  local real models (models/local.py: smollm2-135m, gemma3-270m): GGUF files from PyPI, planned as stored
+  and run by eval/quantize/inspect.
+`models()` lists them all, with what each is for and whether it is installed.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
@@ -11,6 +19,7 @@ from pathlib import Path
 from lowbit.errors import LowbitError
 from lowbit.models.config import ModelConfig, from_gguf_metadata, from_hf_config, load_config_file
 from lowbit.models.gguf_header import GGUFHeader, read_header
+from lowbit.models.local import LOCAL, installed, local_model, model_path, where
 
 QWEN35_FAMILY = [
     "qwen3.5-0.8b", "qwen3.5-2b", "qwen3.5-4b", "qwen3.5-9b",
@@ -49,23 +58,84 @@ def canonical(name: str) -> str:
     return name.strip().split("/")[-1].lower()
 
 
+def _from_gguf(path: Path, name: str) -> ResolvedModel:
+    header = read_header(path)
+    meta = dict(header.metadata)
+    # llama.cpp decides tied embeddings by the absence of output.weight; so do we.
+    meta["lowbit.has_output_tensor"] = any(t.name == "output.weight" for t in header.tensors)
+    return ResolvedModel(from_gguf_metadata(meta, name=name), gguf=header)
+
+
 def resolve(model: str) -> ResolvedModel:
+    """A MODEL argument as a config (and its GGUF header, for a file): a built-in name, a local real model's
+    name, a .gguf path, or a config.json (or its folder)."""
     key = canonical(model)
     if key in builtin_names():
         return _builtin(key)
+    if local_model(model) is not None:  # a real GGUF: planned as stored, like any .gguf
+        return _from_gguf(model_path(model), local_model(model).name)
     path = Path(model).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise LowbitError(f"no such GGUF file: {model}")
-        header = read_header(path)
-        meta = dict(header.metadata)
-        # llama.cpp decides tied embeddings by the absence of output.weight; so do we.
-        meta["lowbit.has_output_tensor"] = any(t.name == "output.weight" for t in header.tensors)
-        return ResolvedModel(from_gguf_metadata(meta, name=path.name), gguf=header)
+        return _from_gguf(path, path.name)
     if path.name == "config.json" or path.suffix.lower() == ".json" or path.is_dir():
         if not path.exists():
             raise LowbitError(f"no such file or folder: {model}")
         return ResolvedModel(load_config_file(path), path=path if path.is_dir() else path.parent)
-    raise LowbitError(
-        f"unknown model {model!r}: not a built-in ({', '.join(builtin_names())}), a config.json, or a .gguf file"
-    )
+    raise LowbitError(f"unknown model {model!r}: not a name from `lowbit models` ({', '.join(names())}), "
+                      "a config.json, or a .gguf file")
+
+
+def gguf_path(model: str | os.PathLike) -> Path:
+    """The GGUF file behind a MODEL argument (a local real model's name or a .gguf path), for the commands
+    that read tensor data: eval, quantize, inspect. A built-in config has no weights to read."""
+    if isinstance(model, str) and canonical(model) in builtin_names():
+        raise LowbitError(f"{canonical(model)} is a built-in config (shapes only, no weights): this command needs "
+                          f"a real GGUF: {', '.join(LOCAL)} or a .gguf path (see `lowbit models`)")
+    return model_path(model)
+
+
+# What each kind of name is good for: the commands that take it.
+CONFIG_COMMANDS = ("simulate", "plan", "fit")
+GGUF_COMMANDS = ("eval kv", "eval weights", "quantize", "inspect", *CONFIG_COMMANDS)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One name of the registry, as `lowbit models` lists it."""
+
+    name: str
+    kind: str  # "config" (built-in shapes) or "gguf" (a real model file)
+    about: str
+    commands: tuple[str, ...]
+    installed: bool
+    install: str = ""  # the line that installs it, when it is not
+    path: str | None = None  # the file, once on disk
+    hf_id: str = ""
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "about": self.about, "commands": list(self.commands),
+                "installed": self.installed, "install": self.install or None, "path": self.path,
+                "hf_id": self.hf_id or None}
+
+
+def names() -> tuple[str, ...]:
+    """Every registered name: the built-in configs, then the local real models."""
+    return (*builtin_names(), *LOCAL)
+
+
+def models() -> list[ModelEntry]:
+    """The registry: built-in configs (always there) and local real GGUF models (installed or not)."""
+    out = []
+    for name in sorted(builtin_names(), key=lambda n: (n not in QWEN35_FAMILY, QWEN35_FAMILY.index(n)
+                                                        if n in QWEN35_FAMILY else 0, n)):
+        raw = json.loads(_catalog_dir().joinpath(f"{name}.json").read_text()).get("_lowbit", {})
+        out.append(ModelEntry(name, "config", f"{raw.get('about', 'built-in config')}, config only",
+                              CONFIG_COMMANDS, True, hf_id=raw.get("hf_id", "")))
+    for m in LOCAL.values():
+        ok = installed(m.name)
+        path = where(m.name)
+        out.append(ModelEntry(m.name, "gguf", f"real GGUF, {m.title}", GGUF_COMMANDS, ok,
+                              "" if ok else m.install, str(path) if path else None))
+    return out

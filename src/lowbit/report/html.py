@@ -17,6 +17,7 @@ import html
 import io
 import json
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,7 @@ from lowbit.models.catalog import resolve
 from lowbit.planning.planner import plan
 from lowbit.planning.simulate import Simulation, simulate
 from lowbit.report.audit import audit
+from lowbit.progress import progress_bar
 from lowbit.report.render import UNITS, fmt_bytes
 
 PARTS = [("weights_bytes", "weights", "#3b6ea8"), ("kv_bytes", "KV cache", "#e08a2c"),
@@ -103,6 +105,10 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+# Called after each figure: build() advances its progress bar with it (2-3 s a figure on a laptop).
+_FIGURE_DRAWN: ContextVar[Callable[[], None]] = ContextVar("lowbit_report_figure", default=lambda: None)
+
+
 def _figure(draw: Callable[[bool], object], alt: str) -> str:
     """`draw(narrow)` returns a matplotlib figure; both layouts go into one <picture>, the phone's by media query."""
     import matplotlib
@@ -110,6 +116,7 @@ def _figure(draw: Callable[[bool], object], alt: str) -> str:
     matplotlib.use("Agg")
     with matplotlib.rc_context(FONT):
         wide, narrow = _png(draw(False)), _png(draw(True))
+    _FIGURE_DRAWN.get()()
     # density 2x: the browser shows the PNG at half its pixels, i.e. at the size it was drawn in inches
     return (f'<figure><picture><source media="{NARROW_MEDIA}" srcset="{narrow} 2x">'
             f'<img alt="{html.escape(alt)}" srcset="{wide} 2x"></picture></figure>')
@@ -586,7 +593,20 @@ figure{margin:1em 0}img{max-width:100%;height:auto;display:block}
 details{font-size:13px;color:#555;margin:.3em 0}"""
 
 
-def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
+def build(out: Path, units: str = "GB", context: int = 262_144, progress: bool = True) -> Path:
+    """Write the report to `out`; a bar over its plots on a terminal."""
+    kv_blocks, kernel_blocks = _read("kv_quality.json"), _read("kernels.json")
+    plots = 2 + bool(_rows(kv_blocks)) + bool(_rows(kernel_blocks))
+    bar, task = progress_bar(progress, "drawing the report", plots, unit="plots")
+    with bar:
+        token = _FIGURE_DRAWN.set(lambda: bar.advance(task))
+        try:
+            return _build(out, units, context)
+        finally:
+            _FIGURE_DRAWN.reset(token)
+
+
+def _build(out: Path, units: str, context: int) -> Path:
     sim = simulate(context=context)
     result = audit()
     kv_blocks, weight_blocks, kernel_blocks = (_read(n) for n in ("kv_quality.json", "weights_quality.json",
