@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 from lowbit.errors import LowbitError
+from lowbit.safe_write import write_text
 from lowbit.eval import lm, metrics, text
 from lowbit.eval.artifacts import MODELS
 from lowbit.eval.calibration import calibration_hessians
@@ -174,8 +174,5 @@ def merge_rows(path: str | os.PathLike, rows: list[dict]) -> None:
     kinds = {r.get("kv") is not None for r in rows}  # ladder rows (no KV) and combined rows are kept apart
     data["rows"] = [r for r in data.get("rows", [])
                     if r["model"] not in models or (r.get("kv") is not None) not in kinds] + rows
-    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, p)
+    # an update in place by design (--write names the results file to merge into): replacing is the point
+    write_text(p, json.dumps(data, indent=2) + "\n", force=True)

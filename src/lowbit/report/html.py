@@ -27,6 +27,7 @@ from lowbit.planning.planner import plan
 from lowbit.planning.simulate import Simulation, simulate
 from lowbit.report.audit import audit
 from lowbit.report.render import UNITS, fmt_bytes
+from lowbit.safe_write import check_target, write_text
 
 PARTS = [("weights_bytes", "weights", "#3b6ea8"), ("kv_bytes", "KV cache", "#e08a2c"),
          ("state_bytes", "recurrent state", "#5b9a53"), ("runtime_bytes", "runtime (estimated)", "#b9b9b9")]
@@ -585,7 +586,13 @@ figure{margin:1em 0}img{max-width:100%;height:auto;display:block}
 details{font-size:13px;color:#555;margin:.3em 0}"""
 
 
-def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
+REPORT_ROOM = 8 << 20  # bytes to have free before drawing: the page is about 0.4 MB
+
+
+def build(out: Path, units: str = "GB", context: int = 262_144, force: bool = False) -> Path:
+    """Write the report to `out` (an existing file only with `force`); the plots take seconds, so the
+    target is checked before they are drawn."""
+    out = check_target(out, force, need_bytes=REPORT_ROOM)
     sim = simulate(context=context)
     result = audit()
     kv_blocks, weight_blocks, kernel_blocks = (_read(n) for n in ("kv_quality.json", "weights_quality.json",
@@ -627,7 +634,4 @@ nearest.</p>
 {_audit_table(result, units)}
 {measured}
 </body></html>"""
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page)
-    tmp.replace(out)  # never leave a half-written report behind
-    return out
+    return write_text(out, page, force)
