@@ -11,16 +11,24 @@ import math
 from dataclasses import dataclass, field, replace
 
 from lowbit.errors import LowbitError
-from lowbit.formats.weights import Mix, WeightType, aligned, mix, weight_type
+from lowbit.formats.weights import GGUF_ALIGNMENT, STORED, Mix, WeightType, aligned, mix, weight_type
 from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.models.config import ModelConfig
 from lowbit.models.tensors import KINDS, VISION, Tensor, gguf_order, inventory
 from lowbit.planning.engines import Engine, LlamaCpp, engine_model
 from lowbit.planning.mix import assign_types
 from lowbit.planning.scenario import Scenario
+from lowbit.planning.stored import stored_weights
+from lowbit.planning.tensorplan import TensorPlan
+
+__all__ = ["Plan", "TensorPlan", "plan", "context_for", "weight_types", "header_estimate"]
 
 MAX_CONTEXT = 1 << 27  # 134M tokens: beyond any model; guards absurd input
 MAX_SEQUENCES = 1 << 16
+MIX_PROVENANCE = "exact: llama.cpp mix rules x gguf block sizes, each tensor padded to 32 bytes"
+DEFAULT_CONTEXT = 262_144  # without a context: this, or the model's trained maximum if smaller
+FORCE_HINT = ("give --force-context to plan it anyway (lowbit follows vLLM, which refuses such a max_model_len "
+              "unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1; llama.cpp only warns)")
 HEADER_ASSUMPTION = (
     "estimated: GGUF metadata and tokenizer: per vocabulary entry 36 bytes for BPE tokenizers (token string, type, "
     "one merge) or 24 for SentencePiece (Gemma: string, score, type), plus 64 KiB of other metadata"
@@ -30,15 +38,6 @@ HEADER_ASSUMPTION = (
 def header_estimate(cfg: ModelConfig) -> int:
     per_token = 24 if cfg.arch.startswith("gemma") else 36
     return aligned(per_token * cfg.vocab_size + (64 << 10))
-
-
-@dataclass(frozen=True)
-class TensorPlan:
-    name: str
-    shape: tuple[int, ...]
-    kind: str
-    type: str
-    bytes: int  # unpadded (ggml_nbytes); the file pads each to 32
 
 
 @dataclass(repr=False)
@@ -61,6 +60,8 @@ class Plan:
     header_exact: bool
     kv_cells: dict[str, int] = field(default_factory=dict)
     engine: Engine = field(default_factory=LlamaCpp)
+    padding: int = GGUF_ALIGNMENT  # each tensor's bytes padded to this (1: a safetensors checkpoint as stored)
+    weights_provenance: str = MIX_PROVENANCE
 
     @property
     def total_bytes(self) -> int:
@@ -75,12 +76,16 @@ class Plan:
         """Where each figure comes from: exact (format definitions) or estimated (assumption named)."""
         notes = self.engine.assumptions()
         return {
-            "weights_bytes": "exact: llama.cpp mix rules x gguf block sizes, each tensor padded to 32 bytes",
+            "weights_bytes": self.weights_provenance,
             "kv_bytes": notes["kv"],
             "state_bytes": notes["state"],
             "runtime_bytes": notes["runtime"],
             "gguf_header_bytes": "exact: read from the file" if self.header_exact else HEADER_ASSUMPTION,
         }
+
+    def padded(self, nbytes: int) -> int:
+        """One tensor's bytes as its file stores it."""
+        return -(-nbytes // self.padding) * self.padding
 
     def by_kind(self) -> dict[str, dict[str, int | list[str]]]:
         out: dict[str, dict] = {}
@@ -88,7 +93,7 @@ class Plan:
             row = out.setdefault(t.kind, {"tensors": 0, "params": 0, "bytes": 0, "types": []})
             row["tensors"] += 1
             row["params"] += math.prod(t.shape)
-            row["bytes"] += aligned(t.bytes)
+            row["bytes"] += self.padded(t.bytes)
             if t.type not in row["types"]:
                 row["types"].append(t.type)
         return {k: out[k] for k in KINDS if k in out}
@@ -115,6 +120,17 @@ class Plan:
             "tensors": [{"name": t.name, "shape": list(t.shape), "kind": t.kind, "type": t.type, "bytes": t.bytes}
                         for t in self.tensors],
         }
+
+
+def context_for(cfg: ModelConfig, context: int | None, force: bool = False) -> int:
+    """The context to plan `cfg` at: `context`, refused beyond the model's trained maximum unless `force`;
+    without one, DEFAULT_CONTEXT or the trained maximum if that is smaller."""
+    if context is None:
+        return min(DEFAULT_CONTEXT, cfg.max_context) if cfg.max_context else DEFAULT_CONTEXT
+    if cfg.max_context and not force and isinstance(context, int) and context > cfg.max_context:
+        raise LowbitError(f"context {context:,} is beyond {cfg.name}'s trained maximum of {cfg.max_context:,} tokens "
+                          f"({cfg.max_context_from}); {FORCE_HINT}")
+    return context
 
 
 def _check_counts(context: int, sequences: int) -> None:
@@ -145,11 +161,11 @@ def _scenario(weights: str | Scenario, kv: str | None, kv_k: str | None, kv_v: s
 
 def plan(
     model: str | ResolvedModel,
-    weights: str | Scenario = "Q4_K_M",
+    weights: str | Scenario | None = None,
     kv: str | None = None,
     kv_k: str | None = None,
     kv_v: str | None = None,
-    context: int = 262_144,
+    context: int | None = None,
     sequences: int = 1,
     pure: bool = False,
     mtp: bool = False,
@@ -157,29 +173,46 @@ def plan(
     scenario_name: str = "",
     imatrix: bool | None = None,
     engine: str | Engine = "llama.cpp",
+    force_context: bool = False,
 ) -> Plan:
     """Plan one model under one scenario. `model`: built-in name, config.json path or .gguf path.
 
     The formats come as a `Scenario`, or as a mix name (`weights`) and KV formats (`kv` for K and V, f16 by
-    default; `kv_k`, `kv_v` for one of them). `pure` gives every tensor the mix's default type.
+    default; `kv_k`, `kv_v` for one of them). `weights="stored"` takes the model's own tensors from its file
+    (a .gguf, or a checkpoint folder's safetensors); that is the default for a .gguf, Q4_K_M for the rest.
+    `pure` gives every tensor the mix's default type.
     `imatrix=None` assumes an importance matrix exactly for the mixes llama-quantize requires one for.
     `engine` (a name or a lowbit.planning.engines object) allocates the KV cache, state and runtime buffers.
+    `context` defaults to 262,144 tokens or the model's trained maximum if smaller; a larger one than that
+    maximum is refused unless `force_context` (as vLLM refuses it).
     """
-    _check_counts(context, sequences)
     resolved = resolve(model) if isinstance(model, str) else model
     cfg = resolved.config
+    _check_counts(DEFAULT_CONTEXT if context is None else context, sequences)
+    context = context_for(cfg, context, force_context)
+    if weights is None:
+        weights = "stored" if resolved.gguf is not None else "Q4_K_M"
     scenario = _scenario(weights, kv, kv_k, kv_v, pure, scenario_name)
     eng = engine_model(engine)
-    tensors = gguf_order(inventory(cfg, mtp=mtp, vision=vision))
-    types = weight_types(cfg, tensors, scenario.mix, scenario.pure, imatrix)
-    planned = [TensorPlan(t.name, t.shape, t.kind, types[t.name].name, types[t.name].tensor_bytes(t.shape))
-               for t in tensors]
+    if scenario.mix is STORED:
+        if scenario.pure or vision:
+            raise LowbitError("--weights stored plans the file's own tensors: --pure and --vision do not apply")
+        stored = stored_weights(resolved, mtp)
+        planned, padding, provenance = stored.tensors, stored.padding, stored.provenance
+        params_total, active = stored.params_total, stored.params_active
+    else:
+        tensors = gguf_order(inventory(cfg, mtp=mtp, vision=vision))
+        types = weight_types(cfg, tensors, scenario.mix, scenario.pure, imatrix)
+        planned = [TensorPlan(t.name, t.shape, t.kind, types[t.name].name, types[t.name].tensor_bytes(t.shape))
+                   for t in tensors]
+        padding, provenance = GGUF_ALIGNMENT, MIX_PROVENANCE
+        params_total = sum(t.n_params for t in tensors)
+        active = sum(round(t.n_params * t.per_token_active) for t in tensors)
     alloc = eng.allocate(cfg, scenario.k, scenario.v, context, sequences, mtp)
     if resolved.gguf is not None:
         header, header_exact = resolved.gguf.data_offset, True
     else:
         header, header_exact = header_estimate(cfg), False
-    active = sum(round(t.n_params * t.per_token_active) for t in tensors)
     return Plan(
         model=cfg.name,  # built-ins are named canonically; files by their file or folder name
         config=cfg,
@@ -187,9 +220,9 @@ def plan(
         context=context,
         sequences=sequences,
         tensors=planned,
-        params_total=sum(t.n_params for t in tensors),
+        params_total=params_total,
         params_active=active,
-        weights_bytes=sum(aligned(t.bytes) for t in planned),
+        weights_bytes=sum(-(-t.bytes // padding) * padding for t in planned),
         kv_bytes=alloc.kv_bytes,
         kv_k_bytes=alloc.kv_k_bytes,
         kv_v_bytes=alloc.kv_v_bytes,
@@ -199,4 +232,6 @@ def plan(
         header_exact=header_exact,
         kv_cells=alloc.cells,
         engine=eng,
+        padding=padding,
+        weights_provenance=provenance,
     )
