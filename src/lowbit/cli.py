@@ -15,6 +15,7 @@ import threading
 
 from lowbit import __version__
 from lowbit.errors import LowbitError
+from lowbit.printable import printable
 
 # Heavy dependencies that only some commands need, and the extra that installs each.
 EXTRAS = {"torch": "eval", "transformers": "eval", "matplotlib": "eval", "safetensors": "eval", "triton": "test"}
@@ -37,7 +38,16 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors: one line, status 2
-        self.exit(2, f"lowbit: error: {message}\n")
+        self.exit(2, f"lowbit: error: {printable(message)}\n")
+
+    def _get_values(self, action, arg_strings):
+        # argparse before Python 3.12.7 drops "--" given as a value (--output=--), leaving a list where a string
+        # belongs, unchecked by the option's type; the value "--" is taken as written instead
+        if action.nargs is None and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(module).run(args) or 0)
     except LowbitError as e:
-        print(f"lowbit: error: {e}", file=sys.stderr)
+        print(f"lowbit: error: {printable(e)}", file=sys.stderr)  # one line, whatever a file name holds
         return 2
     except ModuleNotFoundError as e:
         missing = (e.name or "").partition(".")[0]

@@ -5,6 +5,8 @@ rich is imported when a bar is made, so modules that only may show one stay chea
 
 from __future__ import annotations
 
+from lowbit.printable import markup_safe
+
 
 def progress_bar(enabled: bool, description: str, total: int, unit: str = "tokens"):
     """(rich Progress on stderr, task id); use as `with bar: ... bar.advance(task, n)`. Disabled: prints nothing."""
@@ -22,5 +24,5 @@ def progress_bar(enabled: bool, description: str, total: int, unit: str = "token
         transient=True,
         disable=not enabled,
     )
-    task = progress.add_task(description, total=total)
+    task = progress.add_task(markup_safe(description), total=total)  # descriptions name files: data, not markup
     return progress, task

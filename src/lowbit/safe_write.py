@@ -100,7 +100,8 @@ def _check_folder(p: Path) -> Path:
 
 
 def clean_stale(folder: str | os.PathLike, older_than: float = STALE_SECONDS) -> int:
-    """Remove our temporary files older than `older_than` seconds (left by a killed writer); how many."""
+    """Remove our temporary files (and folders: a tokenizer copy is saved as one) older than `older_than`
+    seconds, left by a killed writer; how many."""
     removed, now = 0, time.time()
     try:
         entries = list(os.scandir(folder))
@@ -112,8 +113,13 @@ def clean_stale(folder: str | os.PathLike, older_than: float = STALE_SECONDS) ->
             continue
         try:
             st = e.stat(follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and (uid is None or st.st_uid == uid) and now - st.st_mtime > older_than:
+            if (uid is not None and st.st_uid != uid) or now - st.st_mtime <= older_than:
+                continue
+            if stat.S_ISREG(st.st_mode):
                 os.unlink(e.path)
+                removed += 1
+            elif stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(e.path)  # rmtree never follows a link inside
                 removed += 1
         except OSError:
             pass  # another run cleaned it first, or it is not ours to remove

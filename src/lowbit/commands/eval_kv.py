@@ -11,6 +11,7 @@ import sys
 
 from lowbit.errors import LowbitError
 from lowbit.eval.artifacts import MODELS
+from lowbit.printable import markup_safe
 from lowbit.report.render import print_json
 
 
@@ -64,8 +65,8 @@ def run(args) -> int:
     from rich.table import Table
 
     boundary = f", first/last {res['boundary']} layers f16" if res["boundary"] else ""
-    t = Table(title=f"{res['model']}: KV cache K={res['kv_k']} V={res['kv_v']}{boundary} (measured)",
-              caption="measured by: lowbit " + " ".join(sys.argv[1:]), caption_justify="left")
+    t = Table(title=markup_safe(f"{res['model']}: KV cache K={res['kv_k']} V={res['kv_v']}{boundary} (measured)"),
+              caption=markup_safe("measured by: lowbit " + " ".join(sys.argv[1:])), caption_justify="left")
     for col in ("bits/value (exact)", "tokens", "context", "ppl", "ppl f16", "KLD", "top-1", "NIAH"):
         t.add_column(col, justify="right")
     t.add_row(f"{res['bits_per_value']:.3f}", str(res["tokens"]), str(res["context"]), f"{res['ppl']:.4f}",

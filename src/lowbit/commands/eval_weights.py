@@ -13,7 +13,9 @@ import sys
 
 from lowbit.commands._common import add_format
 from lowbit.errors import LowbitError
+from lowbit.printable import markup_safe, printable
 from lowbit.report.render import print_json
+from lowbit.safe_write import check_target
 
 REPORT_JSON = "src/lowbit/report/weights_quality.json"
 
@@ -42,32 +44,38 @@ def _table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{rows[0]['model']}: weights vs the model as stored "
+    t = Table(title=f"{markup_safe(rows[0]['model'])}: weights vs the model as stored "
                     f"({rows[0]['tokens']} scored tokens, context {rows[0]['context']}, pydoc text)")
     for c in ("weights", "method", "KV", "bpw (model)", "bpw (body)", "PPL", "KLD", "top-1"):
         t.add_column(c, justify="left" if c in ("weights", "method") else "right")
     for r in rows:
-        t.add_row(r["weights"], str(r["method"] or ""), str(r.get("kv") or "none"), f"{r['bits_per_weight']:.3f}", f"{r['body_bits_per_weight']:.3f}",
-                  f"{r['ppl']:.2f}", f"{r['kld']:.3f}", f"{r['top1']:.3f}")
+        t.add_row(markup_safe(r["weights"]), markup_safe(r["method"] or ""), markup_safe(r.get("kv") or "none"),
+                  f"{r['bits_per_weight']:.3f}", f"{r['body_bits_per_weight']:.3f}", f"{r['ppl']:.2f}", f"{r['kld']:.3f}",
+                  f"{r['top1']:.3f}")
     Console().print(t)
 
 
 def run(args: argparse.Namespace) -> int:
     # imported here: torch and transformers, and the CLI builds every command's parser
-    from lowbit.eval.weights import COMBINED, LADDER, evaluate_weights, merge_rows
+    from lowbit.eval.weights import COMBINED, LADDER, check_settings, evaluate_weights, merge_rows
 
     if args.ladder or args.combined:
+        check_settings(args.model, args.tokens, args.context, args.calib_tokens, args.kv)  # once, not per row
+        if args.write:
+            check_target(args.write, force=True)  # before hours of evaluation, not after
         rows = []
         for row in LADDER if args.ladder else COMBINED:
             try:
                 rows.append(evaluate_weights(args.model, row.weights, row.method, args.tokens, args.context, args.pure,
                                              args.pad or row.pad, args.calib_tokens, kv=row.kv or args.kv))
                 r = rows[-1]
-                print(f"{r['model']} {row.weights} {row.method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
+                print(f"{printable(r['model'])} {row.weights} {row.method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
                       f"(body {r['body_bits_per_weight']:.3f}) ppl {r['ppl']:.2f} kld {r['kld']:.3f} "
                       f"top1 {r['top1']:.3f} [{r['seconds']:.0f} s]", file=sys.stderr, flush=True)
             except LowbitError as e:
-                print(f"lowbit: {row.weights} {row.method}: {e}", file=sys.stderr)
+                print(f"lowbit: {row.weights} {row.method}: {printable(e)}", file=sys.stderr)
+        if not rows:
+            raise LowbitError("no row could be measured (each one's reason is above)")
         if args.write:
             merge_rows(args.write, rows)
         if args.format == "json":

@@ -38,6 +38,7 @@ from lowbit.errors import LowbitError
 from lowbit.eval.artifacts import cache_dir, model_path
 from lowbit.models.config import from_gguf_metadata
 from lowbit.models.gguf_header import read_header
+from lowbit.safe_write import TMP_PREFIX, clean_stale
 
 SUPPORTED_ARCHS = ("llama", "gemma3")
 
@@ -324,7 +325,8 @@ def _save_quietly(tok, target: Path) -> None:
     """Save a tokenizer copy atomically (temp dir, then rename); a read-only cache only costs speed."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tok-"))
+        clean_stale(target.parent)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=TMP_PREFIX + "tok-"))
         try:
             tok.save_pretrained(str(tmp))
             os.replace(tmp, target)

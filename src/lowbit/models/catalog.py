@@ -11,6 +11,7 @@ from pathlib import Path
 from lowbit.errors import LowbitError
 from lowbit.models.config import ModelConfig, from_gguf_metadata, from_hf_config, load_config_file
 from lowbit.models.gguf_header import GGUFHeader, read_header
+from lowbit.safe_read import input_path, is_dir, probe, require_file, short
 
 QWEN35_FAMILY = [
     "qwen3.5-0.8b", "qwen3.5-2b", "qwen3.5-4b", "qwen3.5-9b",
@@ -53,19 +54,17 @@ def resolve(model: str) -> ResolvedModel:
     key = canonical(model)
     if key in builtin_names():
         return _builtin(key)
-    path = Path(model).expanduser()
+    path = input_path(model)
     if path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise LowbitError(f"no such GGUF file: {model}")
-        header = read_header(path)
+        header = read_header(require_file(path, "GGUF file"))
         meta = dict(header.metadata)
         # llama.cpp decides tied embeddings by the absence of output.weight; so do we.
         meta["lowbit.has_output_tensor"] = any(t.name == "output.weight" for t in header.tensors)
         return ResolvedModel(from_gguf_metadata(meta, name=path.name), gguf=header)
-    if path.name == "config.json" or path.suffix.lower() == ".json" or path.is_dir():
-        if not path.exists():
-            raise LowbitError(f"no such file or folder: {model}")
-        return ResolvedModel(load_config_file(path), path=path if path.is_dir() else path.parent)
+    if path.name == "config.json" or path.suffix.lower() == ".json" or is_dir(path):
+        if probe(path) is None:
+            raise LowbitError(f"no such file or folder: {short(model)}")
+        return ResolvedModel(load_config_file(path), path=path if is_dir(path) else path.parent)
     raise LowbitError(
-        f"unknown model {model!r}: not a built-in ({', '.join(builtin_names())}), a config.json, or a .gguf file"
+        f"unknown model {short(model)}: not a built-in ({', '.join(builtin_names())}), a config.json, or a .gguf file"
     )

@@ -18,6 +18,7 @@ from typing import Any
 from lowbit.formats.ggml import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from lowbit.errors import LowbitError
+from lowbit.safe_read import input_path, open_regular, require_file
 
 MAX_KV = 1 << 16
 MAX_TENSORS = 1 << 20
@@ -134,20 +135,18 @@ _SCALAR_IDS = {int(t) for t in _SCALARS}
 
 
 def read_header(path: str | Path) -> GGUFHeader:
-    path = Path(path)
+    path = require_file(input_path(path), "GGUF file")
     try:
         stat = path.stat()
-    except OSError as e:
-        raise LowbitError(f"cannot read {path}: {e.strerror or e}") from None
-    return _read_header(path.resolve(), stat.st_size, stat.st_mtime_ns)
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise LowbitError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    return _read_header(resolved, stat.st_size, stat.st_mtime_ns)
 
 
 @lru_cache(maxsize=16)  # planning one file under many scenarios reads its header once
 def _read_header(path: Path, size: int, mtime_ns: int) -> GGUFHeader:
-    try:
-        f = path.open("rb")
-    except OSError as e:
-        raise LowbitError(f"cannot read {path}: {e.strerror or e}") from None
+    f = open_regular(path, "GGUF file")  # never blocks on a FIFO swapped in since the stat
     if size < 24:
         f.close()
         raise LowbitError(f"{path.name} is truncated: {size} bytes cannot hold a GGUF header")
