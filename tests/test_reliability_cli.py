@@ -22,7 +22,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -44,39 +43,8 @@ class Reached(Exception):
     """Validation passed: the command got as far as the heavy work (loading a model, drawing plots)."""
 
 
-def tiny_gguf(path: Path, name: str = "tiny") -> Path:
-    """A valid one-layer llama GGUF of 230 KB: plans, inspects and quantizes in milliseconds."""
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    d, ff, vocab = 64, 128, 256
-    w.add_name(name)
-    w.add_block_count(1)
-    w.add_context_length(256)
-    w.add_embedding_length(d)
-    w.add_feed_forward_length(ff)
-    w.add_head_count(4)
-    w.add_head_count_kv(4)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(vocab)
-    w.add_tokenizer_model("llama")
-    w.add_token_list([f"t{i}".encode() for i in range(vocab)])
-    rng = np.random.default_rng(0)
-    w.add_tensor("token_embd.weight", rng.standard_normal((vocab, d)).astype(np.float32))
-    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
-    for n, shape in [("attn_norm", (d,)), ("ffn_norm", (d,)), ("attn_q", (d, d)), ("attn_k", (d, d)),
-                     ("attn_v", (d, d)), ("attn_output", (d, d)), ("ffn_gate", (ff, d)), ("ffn_up", (ff, d)),
-                     ("ffn_down", (d, ff))]:
-        w.add_tensor(f"blk.0.{n}.weight", rng.standard_normal(shape).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 @pytest.fixture(scope="module")
-def land(tmp_path_factory):
+def land(tmp_path_factory, write_tiny_gguf):
     """A folder of hostile things to point commands at."""
     d = tmp_path_factory.mktemp("land")
     (d / "home").mkdir()
@@ -92,8 +60,8 @@ def land(tmp_path_factory):
     (d / "fifocfg").mkdir()
     os.mkfifo(d / "fifocfg" / "config.json")
     (d / "bad.gguf").write_bytes(b"GGUF" + b"\xff" * 60)
-    tiny_gguf(d / "tiny.gguf")
-    tiny_gguf(d / "[red]markup[bold].gguf", name="[/x] \x1b[2J\x1b]0;pwned\x07")
+    write_tiny_gguf(d / "tiny.gguf")
+    write_tiny_gguf(d / "[red]markup[bold].gguf", name="[/x] \x1b[2J\x1b]0;pwned\x07")
     (d / "victim.txt").write_text("precious")
     (d / "link.html").symlink_to(d / "victim.txt")
     (d / "existing.html").write_text("mine")

@@ -13,6 +13,7 @@ def progress_bar(enabled: bool, description: str, total: int, unit: str = "token
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -20,9 +21,9 @@ def progress_bar(enabled: bool, description: str, total: int, unit: str = "token
         TextColumn(unit),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
-        disable=not enabled,
+        disable=not enabled or not console.is_terminal,  # a pipe or a log gets no bar, not even its blank line
     )
     task = progress.add_task(markup_safe(description), total=total)  # descriptions name files: data, not markup
     return progress, task
