@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+import lowbit.eval.distortion  # noqa: F401  imported before any measurement: torch's import is not the check's cost
+import lowbit.eval.kv  # noqa: F401
+import lowbit.eval.weights  # noqa: F401
 from lowbit import safe_write
 from lowbit.cli import main
 from lowbit.models import hub
@@ -277,3 +280,41 @@ def test_nothing_but_hf_touches_the_network(capsys, monkeypatch, tmp_path, tiny)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(AssertionError, match="network used"):  # --hf is the one that asks
         hub.fetch_config("Qwen/Qwen3.5-27B")
+
+
+# --- metadata is data -----------------------------------------------------------------------------------------
+
+
+def test_metadata_prints_as_written_never_as_markup_or_terminal_codes(capsys, tmp_path, write_tiny_gguf):
+    name = "[/x] [bold]b[/bold] \x1b[2J\x1b]0;pwned\x07 \u202eevil \r\n"
+    path = write_tiny_gguf(tmp_path / "[red]m[bold].gguf", name=name)
+    for argv in (["inspect", str(path)], ["inspect", str(path), "--tensors"], ["plan", str(path), "--tensors"],
+                 ["plan", str(path), "--format", "markdown"], ["plan", str(path), "--format", "csv"]):
+        assert main(argv) == 0, argv
+        out, err = capsys.readouterr()
+        assert "\x1b" not in out + err and "\x07" not in out and "\r" not in out and "\u202e" not in out, argv
+        if argv[0] == "inspect":
+            assert "[/x] [bold]b[/bold] \\x1b[2J\\x1b]0;pwned\\x07 \\u202eevil \\r" in out  # a newline stays one
+        if "csv" not in argv:  # a CSV has no title
+            assert "[red]m[bold].gguf" in out
+    assert main(["inspect", str(path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["metadata"]["general.name"] == name  # JSON carries the bytes exactly, escaped by JSON itself
+
+
+def test_json_has_no_nan_or_infinity(capsys, tmp_path):
+    import gguf
+
+    path = tmp_path / "nan.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_key_value("general.size_label", float("nan"), gguf.GGUFValueType.FLOAT32)
+    w.add_key_value("general.quantization_version", float("inf"), gguf.GGUFValueType.FLOAT64)
+    w.add_tensor("t.weight", __import__("numpy").zeros(32, "float32"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert main(["inspect", str(path), "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert doc["metadata"]["general.size_label"] is None and doc["metadata"]["general.quantization_version"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lowbit.commands._common import count
+from lowbit.printable import printable
 from lowbit.report.html import build
 from lowbit.report.render import unit
 
@@ -19,5 +20,5 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     units = unit(args.units)
-    print(build(args.output, units, args.context, args.force))
+    print(printable(build(args.output, units, args.context, args.force)))
     return 0

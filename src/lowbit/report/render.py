@@ -124,8 +124,10 @@ class Table:
         # cells can hold names read from files: a control character prints as its escape, never acts on a terminal
         self.rows.append([printable(c, keep_newlines=True) for c in cells])
 
-    def __post_init__(self):
-        self.title = printable(self.title, keep_newlines=True)
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in ("title", "caption") and isinstance(value, str):  # set at creation or later: both cleaned
+            value = printable(value, keep_newlines=True)
+        super().__setattr__(name, value)
 
     def render(self, fmt: str, out=None) -> None:
         out = out or sys.stdout
@@ -228,7 +230,7 @@ def strict_json(obj: object) -> object:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
+        return {(str(k) if isinstance(k, float) and not math.isfinite(k) else k): strict_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [strict_json(v) for v in obj]
     if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):  # numpy scalars and arrays: as Python numbers
