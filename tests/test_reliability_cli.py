@@ -220,7 +220,7 @@ def test_every_option_of_every_command_takes_hostile_values(land, stubs, offline
     before = _git_status()
     started = time.perf_counter()
 
-    @settings(max_examples=int(os.environ.get("LOWBIT_RELIABILITY_EXAMPLES", 1500)), deadline=None, database=None,
+    @settings(max_examples=int(os.environ.get("LOWBIT_RELIABILITY_EXAMPLES", 1000)), deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.data())
     def one_case(data):

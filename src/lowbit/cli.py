@@ -76,6 +76,13 @@ def _terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the command is being set up, not only while it runs
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = (sys.argv[1:] if argv is None else argv) or ["simulate"]
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminated)
