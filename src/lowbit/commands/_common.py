@@ -112,6 +112,8 @@ def context_arg(args: argparse.Namespace, parallel: int) -> int | None:
     if args.ctx_size == 0:  # llama.cpp: the trained context, shared by the sequences
         raise LowbitError("-c 0 (llama.cpp: the model's trained context) is not taken here: leave the context out "
                           "to plan each sequence at the model's maximum (at most 262,144 tokens)")
+    if parallel < 1:  # checked here too: the division below comes before the planner's own check
+        raise LowbitError(f"-np/--parallel must be at least 1, got {parallel}")
     if args.ctx_size < parallel:
         raise LowbitError(f"-c {args.ctx_size} leaves no context for each of {parallel} parallel sequences")
     return args.ctx_size // parallel  # llama.cpp: n_ctx_seq = n_ctx / n_seq_max
