@@ -310,3 +310,17 @@ def test_every_unit_the_tables_accept_reaches_every_part(u):
 def test_report_into_a_missing_folder_is_one_error_line(tmp_path, capsys):
     assert main(["report", "-o", str(tmp_path / "nope" / "r.html")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_report_never_replaces_without_force_nor_writes_through_a_link(tmp_path, capsys):
+    existing, victim, link = tmp_path / "r.html", tmp_path / "victim", tmp_path / "l.html"
+    existing.write_text("mine")
+    victim.write_text("precious")
+    link.symlink_to(victim)
+    assert main(["report", "-o", str(existing)]) == 2
+    assert main(["report", "-o", str(link), "--force"]) == 2
+    assert main(["report", "-o", "/dev/null", "--force"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "pass --force" in err[0] and "symbolic link" in err[1] and "character device" in err[2]
+    assert existing.read_text() == "mine" and victim.read_text() == "precious" and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.html", "r.html", "victim"]

@@ -11,6 +11,8 @@ import functools
 import inspect
 from contextlib import contextmanager
 from contextvars import ContextVar
+from lowbit.printable import markup_safe
+
 
 _ALLOWED: ContextVar[bool] = ContextVar("lowbit_progress", default=True)
 
@@ -62,7 +64,7 @@ def progress_bar(enabled: bool, description: str, total: int | None, unit: str =
     else:
         columns += [TimeElapsedColumn()]
     progress = Progress(*columns, console=console, transient=True, disable=not shown)
-    task = progress.add_task(description, total=total)
+    task = progress.add_task(markup_safe(description), total=total)  # descriptions name files: data, not markup
     return progress, task
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from fractions import Fraction
 
 from lowbit.errors import LowbitError
 from lowbit.planning.engines import Engine, LlamaCpp, engine_model
@@ -27,7 +28,9 @@ def count(text: str) -> int:
     m = _COUNT.match(text)
     if not m:
         raise argparse.ArgumentTypeError(f"not a positive count: {text!r}")
-    value, suffix = float(m.group(1)), (m.group(2) or "")
+    if len(m.group(1)) > 24:  # beyond every range below; a float of 400 digits would overflow
+        raise argparse.ArgumentTypeError(f"count {text.strip()[:30]}... is far too large")
+    value, suffix = Fraction(m.group(1)), (m.group(2) or "")  # exact: no float rounding, no overflow
     scale = {"": 1, "k": 1024, "ki": 1024, "m": 1024**2, "mi": 1024**2}[suffix.lower()]
     n = int(value * scale)
     if n != value * scale:
@@ -109,6 +112,8 @@ def context_arg(args: argparse.Namespace, parallel: int) -> int | None:
     if args.ctx_size == 0:  # llama.cpp: the trained context, shared by the sequences
         raise LowbitError("-c 0 (llama.cpp: the model's trained context) is not taken here: leave the context out "
                           "to plan each sequence at the model's maximum (at most 262,144 tokens)")
+    if parallel < 1:  # checked here too: the division below comes before the planner's own check
+        raise LowbitError(f"-np/--parallel must be at least 1, got {parallel}")
     if args.ctx_size < parallel:
         raise LowbitError(f"-c {args.ctx_size} leaves no context for each of {parallel} parallel sequences")
     return args.ctx_size // parallel  # llama.cpp: n_ctx_seq = n_ctx / n_seq_max

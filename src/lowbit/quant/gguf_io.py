@@ -1,14 +1,14 @@
 """Write a GGUF file with gguf's own writer: the source's metadata and tokenizer kept, tensors replaced.
 
-The file appears atomically: it is written to a temporary file beside the target and renamed into
-place only after the last byte, so a failure (bad input, a full disk, Ctrl-C) leaves nothing behind.
+The file appears atomically (lowbit.safe_write): it is written to a temporary file beside the target and
+takes its name only after the last byte is on disk, so a failure (bad input, a full disk, Ctrl-C) leaves
+nothing behind, and an existing file is replaced only with `overwrite` (--force).
 Tensor data is produced one tensor at a time (a callback), so memory stays near one tensor.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -20,6 +20,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats.weights import weight_type
 from lowbit.models.gguf_header import read_header
 from lowbit.progress import progress_bar
+from lowbit.safe_write import atomic_path, output_path
 
 FILE_TYPE_KEY = gguf.Keys.General.FILE_TYPE
 
@@ -94,17 +95,10 @@ def write(
 ) -> Path:
     """Write `out`: every metadata field of `source` (with `metadata` overrides), then `specs` in order,
     each tensor's bytes from `produce(spec)` (checked against the spec's size)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise LowbitError(f"{out} exists; choose another -o or pass --force")
-    if not out.parent.is_dir():
-        raise LowbitError(f"no such directory: {out.parent}")
     specs = list(specs)
     metadata = dict(metadata or {})
     arch = source.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out, force=overwrite, need_bytes=sum(s.nbytes for s in specs)) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
         for field in source.fields.values():
             # GGUF.* are the reader's virtual fields; the writer adds the architecture itself.
@@ -123,17 +117,15 @@ def write(
         for s in specs:
             dt = np.dtype(_numpy_dtype(s.type))
             w.add_tensor_info(s.name, s.byte_shape, dt, s.nbytes, gguf.GGMLQuantizationType[s.type])
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        for s in specs:
-            data = np.ascontiguousarray(produce(s))
-            if data.nbytes != s.nbytes:
-                raise LowbitError(f"{s.name}: produced {data.nbytes} bytes, {s.type} of {s.shape} needs {s.nbytes}")
-            w.write_tensor_data(data)
-        w.close()
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+        try:
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            for s in specs:
+                data = np.ascontiguousarray(produce(s))
+                if data.nbytes != s.nbytes:
+                    raise LowbitError(f"{s.name}: produced {data.nbytes} bytes, {s.type} of {s.shape} needs {s.nbytes}")
+                w.write_tensor_data(data)
+        finally:
+            w.close()
+    return output_path(out)

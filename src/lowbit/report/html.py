@@ -29,6 +29,7 @@ from lowbit.planning.simulate import Simulation, simulate
 from lowbit.report.audit import audit
 from lowbit.progress import progress_bar
 from lowbit.report.render import UNITS, fmt_bytes
+from lowbit.safe_write import check_target, write_text
 
 PARTS = [("weights_bytes", "weights", "#3b6ea8"), ("kv_bytes", "KV cache", "#e08a2c"),
          ("state_bytes", "recurrent state", "#5b9a53"), ("runtime_bytes", "runtime (estimated)", "#b9b9b9")]
@@ -593,20 +594,25 @@ figure{margin:1em 0}img{max-width:100%;height:auto;display:block}
 details{font-size:13px;color:#555;margin:.3em 0}"""
 
 
-def build(out: Path, units: str = "GB", context: int = 262_144, progress: bool = True) -> Path:
-    """Write the report to `out`; a bar over its plots on a terminal."""
+REPORT_ROOM = 8 << 20  # bytes to have free before drawing: the page is about 0.4 MB
+
+
+def build(out: Path, units: str = "GB", context: int = 262_144, force: bool = False, progress: bool = True) -> Path:
+    """Write the report to `out` (an existing file only with `force`); the plots take seconds, so the
+    target is checked before they are drawn, and a bar runs over them on a terminal."""
+    out = check_target(out, force, need_bytes=REPORT_ROOM)
     kv_blocks, kernel_blocks = _read("kv_quality.json"), _read("kernels.json")
     plots = 2 + bool(_rows(kv_blocks)) + bool(_rows(kernel_blocks))
     bar, task = progress_bar(progress, "drawing the report", plots, unit="plots")
     with bar:
         token = _FIGURE_DRAWN.set(lambda: bar.advance(task))
         try:
-            return _build(out, units, context)
+            return _build(out, units, context, force)
         finally:
             _FIGURE_DRAWN.reset(token)
 
 
-def _build(out: Path, units: str, context: int) -> Path:
+def _build(out: Path, units: str, context: int, force: bool) -> Path:
     sim = simulate(context=context)
     result = audit()
     kv_blocks, weight_blocks, kernel_blocks = (_read(n) for n in ("kv_quality.json", "weights_quality.json",
@@ -648,7 +654,4 @@ nearest.</p>
 {_audit_table(result, units)}
 {measured}
 </body></html>"""
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page)
-    tmp.replace(out)  # never leave a half-written report behind
-    return out
+    return write_text(out, page, force)
