@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.commands._common import add_format, add_model_options, kv_pair
+from lowbit.commands._common import add_format, add_model_options, add_recipe_options, kv_pair, recipe_options
 from lowbit.models.config import params_label
 from lowbit.planning.planner import plan
 from lowbit.report.render import Table, fmt_bytes, print_json, unit
@@ -13,6 +13,7 @@ from lowbit.report.render import Table, fmt_bytes, print_json, unit
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="built-in name (e.g. qwen3.5-122b-a10b), a config.json (or its folder), or a .gguf")
     add_model_options(p)
+    add_recipe_options(p)
     p.add_argument("--tensors", action="store_true", help="list every tensor (table formats)")
     add_format(p)
 
@@ -21,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     units = unit(args.units)
     k, v = kv_pair(args, "f16")
     p = plan(args.model, args.weights, kv_k=k, kv_v=v, context=args.context, sequences=args.sequences,
-             pure=args.pure, mtp=args.mtp, vision=args.vision, engine=args.engine)
+             pure=args.pure, mtp=args.mtp, vision=args.vision, engine=args.engine, **recipe_options(args))
     if args.format == "json":
         print_json(p.to_json())
         return 0
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{row['bytes'] * 8 / row['params']:.3f}")
     kinds.add("weights (all)", len(p.tensors), f"{p.params_total:,}", "", fmt_bytes(p.weights_bytes, units, 3),
               f"{p.weights_bytes * 8 / p.params_total:.4f}")
+    kinds.caption = _recipe_line(p)
     kinds.render(args.format)
     memory = Table(
         f"Memory ({cfg.count('full_attention')} full-attention, {cfg.count('sliding_attention')} sliding-window, "
@@ -57,3 +59,12 @@ def run(args: argparse.Namespace) -> int:
             t.add(x.name, "x".join(map(str, x.shape)), x.kind, x.type, f"{x.bytes:,}")
         t.render(args.format)
     return 0
+
+
+def _recipe_line(p) -> str:
+    r = p.recipe
+    given = "given" if r.imatrix else "not given"
+    why = " (assumed: the recipe cannot be made without one)" if r.imatrix and p.imatrix_assumed else \
+        " (assumed: not needed)" if p.imatrix_assumed else ""
+    opts = " ".join(a for a in r.args() if a not in ("--imatrix", "FILE"))
+    return f"llama-quantize {opts + ' ' if opts else ''}{p.scenario.mix.name}; importance matrix {given}{why}"

@@ -16,7 +16,8 @@ from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.models.config import ModelConfig
 from lowbit.models.tensors import KINDS, VISION, Tensor, gguf_order, inventory
 from lowbit.planning.engines import Engine, LlamaCpp, engine_model
-from lowbit.planning.mix import assign_types
+from lowbit.planning.mix import assign
+from lowbit.planning.recipe import Recipe
 from lowbit.planning.scenario import Scenario
 
 MAX_CONTEXT = 1 << 27  # 134M tokens: beyond any model; guards absurd input
@@ -61,6 +62,8 @@ class Plan:
     header_exact: bool
     kv_cells: dict[str, int] = field(default_factory=dict)
     engine: Engine = field(default_factory=LlamaCpp)
+    recipe: Recipe = field(default_factory=Recipe)  # llama-quantize's options; imatrix resolved
+    imatrix_assumed: bool = True  # the importance matrix was inferred (None given), not stated
 
     @property
     def total_bytes(self) -> int:
@@ -110,6 +113,9 @@ class Plan:
             "gguf_header_bytes": self.header_bytes,
             "kv_cells": self.kv_cells,
             "engine": self.engine.name,
+            "recipe": {**self.recipe.to_json(), "imatrix_assumed": self.imatrix_assumed,
+                       "llama_quantize": " ".join(["llama-quantize", *self.recipe.args(), "IN.gguf", "OUT.gguf",
+                                                   self.scenario.mix.name])},
             "provenance": self.provenance(),
             "by_kind": self.by_kind(),
             "tensors": [{"name": t.name, "shape": list(t.shape), "kind": t.kind, "type": t.type, "bytes": t.bytes}
@@ -125,13 +131,22 @@ def _check_counts(context: int, sequences: int) -> None:
 
 
 def weight_types(
-    cfg: ModelConfig, tensors: list[Tensor], weights: str | Mix, pure: bool = False, imatrix: bool | None = None
+    cfg: ModelConfig, tensors: list[Tensor], weights: str | Mix, pure: bool = False, imatrix: bool | None = None,
+    recipe: Recipe | None = None,
 ) -> dict[str, WeightType]:
+    """Each tensor's type under the mix and llama-quantize's options (`recipe`, or just `pure`/`imatrix`)."""
+    recipe = recipe or Recipe(pure=pure, imatrix=imatrix)
+    return _typed(cfg, tensors, weights, recipe)[0]
+
+
+def _typed(cfg: ModelConfig, tensors: list[Tensor], weights: str | Mix,
+           recipe: Recipe) -> tuple[dict[str, WeightType], bool, bool]:
     text = [t for t in tensors if t.kind != VISION]
-    types = assign_types(text, weights if isinstance(weights, Mix) else mix(weights), cfg, pure=pure, imatrix=imatrix)
+    a = assign(text, weights if isinstance(weights, Mix) else mix(weights), cfg, recipe)
+    types = dict(a.types)
     # The vision tower is llama.cpp's separate mmproj file, which ships at F16 (1-D tensors F32).
     types.update({t.name: weight_type("F32" if len(t.shape) == 1 else "F16") for t in tensors if t.kind == VISION})
-    return types
+    return types, a.imatrix, a.imatrix_assumed
 
 
 def _scenario(weights: str | Scenario, kv: str | None, kv_k: str | None, kv_v: str | None, pure: bool,
@@ -157,12 +172,22 @@ def plan(
     scenario_name: str = "",
     imatrix: bool | None = None,
     engine: str | Engine = "llama.cpp",
+    *,
+    tensor_types=(),
+    output_tensor_type: str | None = None,
+    token_embedding_type: str | None = None,
+    leave_output_tensor: bool = False,
+    recipe: Recipe | None = None,
 ) -> Plan:
     """Plan one model under one scenario. `model`: built-in name, config.json path or .gguf path.
 
     The formats come as a `Scenario`, or as a mix name (`weights`) and KV formats (`kv` for K and V, f16 by
     default; `kv_k`, `kv_v` for one of them). `pure` gives every tensor the mix's default type.
-    `imatrix=None` assumes an importance matrix exactly for the mixes llama-quantize requires one for.
+    `imatrix=None` assumes an importance matrix exactly when llama-quantize would refuse the recipe
+    without one; `imatrix=False` refuses such a recipe, as llama-quantize does.
+    llama-quantize's per-tensor options: `tensor_types` ('PATTERN=TYPE' strings, pairs or an ordered
+    mapping, first match wins), `output_tensor_type`, `token_embedding_type`, `leave_output_tensor`; or
+    all of them (with `pure` and `imatrix`) as one `recipe` (lowbit.planning.recipe.Recipe).
     `engine` (a name or a lowbit.planning.engines object) allocates the KV cache, state and runtime buffers.
     """
     _check_counts(context, sequences)
@@ -171,7 +196,16 @@ def plan(
     scenario = _scenario(weights, kv, kv_k, kv_v, pure, scenario_name)
     eng = engine_model(engine)
     tensors = gguf_order(inventory(cfg, mtp=mtp, vision=vision))
-    types = weight_types(cfg, tensors, scenario.mix, scenario.pure, imatrix)
+    if recipe is None:
+        recipe = Recipe.of(tensor_types, output_tensor_type, token_embedding_type, leave_output_tensor,
+                           scenario.pure, imatrix)
+    elif tensor_types or output_tensor_type or token_embedding_type or leave_output_tensor or imatrix is not None:
+        raise LowbitError("give llama-quantize's options either as a Recipe or one by one, not both")
+    elif scenario.pure and not recipe.pure:
+        recipe = replace(recipe, pure=True)
+    if recipe.pure and not scenario.pure:
+        scenario = replace(scenario, pure=True)
+    types, imatrix_used, imatrix_assumed = _typed(cfg, tensors, scenario.mix, recipe)
     planned = [TensorPlan(t.name, t.shape, t.kind, types[t.name].name, types[t.name].tensor_bytes(t.shape))
                for t in tensors]
     alloc = eng.allocate(cfg, scenario.k, scenario.v, context, sequences, mtp)
@@ -199,4 +233,6 @@ def plan(
         header_exact=header_exact,
         kv_cells=alloc.cells,
         engine=eng,
+        recipe=replace(recipe, imatrix=imatrix_used),
+        imatrix_assumed=imatrix_assumed,
     )
