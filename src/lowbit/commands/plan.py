@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     memory.add("total", fmt_bytes(p.total_bytes, units, 3), f"{p.total_bytes:,}", "")
     memory.add("GGUF header (not in total)", fmt_bytes(p.header_bytes, units, 3), f"{p.header_bytes:,}",
                prov["gguf_header_bytes"])
+    memory.add("GGUF file (not in total)", fmt_bytes(p.file_bytes, units, 3), f"{p.file_bytes:,}", prov["file_bytes"])
     memory.width = 160
     memory.render(args.format)
     if args.tensors:

@@ -23,6 +23,7 @@ class ResolvedModel:
     config: ModelConfig
     gguf: GGUFHeader | None = None  # set when the model came from a .gguf file
     hf_id: str = ""
+    folder: Path | None = None  # the folder of a config.json (its tokenizer files size the GGUF header)
 
 
 def _catalog_dir():
@@ -64,7 +65,7 @@ def resolve(model: str) -> ResolvedModel:
     if path.name == "config.json" or path.suffix.lower() == ".json" or path.is_dir():
         if not path.exists():
             raise LowbitError(f"no such file or folder: {model}")
-        return ResolvedModel(load_config_file(path))
+        return ResolvedModel(load_config_file(path), folder=path if path.is_dir() else path.parent)
     raise LowbitError(
         f"unknown model {model!r}: not a built-in ({', '.join(builtin_names())}), a config.json, or a .gguf file"
     )

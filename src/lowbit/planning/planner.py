@@ -14,6 +14,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats.weights import Mix, WeightType, aligned, mix, weight_type
 from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.models.config import ModelConfig
+from lowbit.models.gguf_size import header_size
 from lowbit.models.tensors import KINDS, VISION, Tensor, gguf_order, inventory
 from lowbit.planning.engines import Engine, LlamaCpp, engine_model
 from lowbit.planning.mix import assign
@@ -22,15 +23,12 @@ from lowbit.planning.scenario import Scenario
 
 MAX_CONTEXT = 1 << 27  # 134M tokens: beyond any model; guards absurd input
 MAX_SEQUENCES = 1 << 16
-HEADER_ASSUMPTION = (
-    "estimated: GGUF metadata and tokenizer: per vocabulary entry 36 bytes for BPE tokenizers (token string, type, "
-    "one merge) or 24 for SentencePiece (Gemma: string, score, type), plus 64 KiB of other metadata"
-)
 
 
-def header_estimate(cfg: ModelConfig) -> int:
-    per_token = 24 if cfg.arch.startswith("gemma") else 36
-    return aligned(per_token * cfg.vocab_size + (64 << 10))
+def header_estimate(cfg: ModelConfig, mtp: bool = False) -> int:
+    """The GGUF header of a model known only by its config (no tokenizer files): estimated."""
+    tensors = [t for t in inventory(cfg, mtp=mtp) if t.kind != VISION]
+    return header_size(cfg, tensors).bytes
 
 
 @dataclass(frozen=True)
@@ -58,12 +56,19 @@ class Plan:
     kv_v_bytes: int
     state_bytes: int
     runtime_bytes: int
-    header_bytes: int
+    header_bytes: int  # the text GGUF's header: metadata, tokenizer, tensor infos, padded
     header_exact: bool
     kv_cells: dict[str, int] = field(default_factory=dict)
     engine: Engine = field(default_factory=LlamaCpp)
     recipe: Recipe = field(default_factory=Recipe)  # llama-quantize's options; imatrix resolved
     imatrix_assumed: bool = True  # the importance matrix was inferred (None given), not stated
+    header_provenance: str = ""
+
+    @property
+    def file_bytes(self) -> int:
+        """The text GGUF file: header plus every tensor's data padded to 32 bytes (the vision tower's
+        mmproj is a file of its own)."""
+        return self.header_bytes + sum(aligned(t.bytes) for t in self.tensors if t.kind != VISION)
 
     @property
     def total_bytes(self) -> int:
@@ -82,7 +87,10 @@ class Plan:
             "kv_bytes": notes["kv"],
             "state_bytes": notes["state"],
             "runtime_bytes": notes["runtime"],
-            "gguf_header_bytes": "exact: read from the file" if self.header_exact else HEADER_ASSUMPTION,
+            "gguf_header_bytes": self.header_provenance,
+            "file_bytes": f"GGUF header ({self.header_provenance.partition(':')[0]}) + tensor data padded to 32 bytes"
+                          + (" (text model; the vision tower is its own mmproj file)" if
+                             any(t.kind == VISION for t in self.tensors) else ""),
         }
 
     def by_kind(self) -> dict[str, dict[str, int | list[str]]]:
@@ -111,6 +119,7 @@ class Plan:
             "runtime_bytes": self.runtime_bytes,
             "total_bytes": self.total_bytes,
             "gguf_header_bytes": self.header_bytes,
+            "file_bytes": self.file_bytes,
             "kv_cells": self.kv_cells,
             "engine": self.engine.name,
             "recipe": {**self.recipe.to_json(), "imatrix_assumed": self.imatrix_assumed,
@@ -210,9 +219,10 @@ def plan(
                for t in tensors]
     alloc = eng.allocate(cfg, scenario.k, scenario.v, context, sequences, mtp)
     if resolved.gguf is not None:
-        header, header_exact = resolved.gguf.data_offset, True
+        header, header_exact, header_note = resolved.gguf.data_offset, True, "exact: read from the file"
     else:
-        header, header_exact = header_estimate(cfg), False
+        size = header_size(cfg, [t for t in tensors if t.kind != VISION], resolved.folder)
+        header, header_exact, header_note = size.bytes, False, size.provenance
     active = sum(round(t.n_params * t.per_token_active) for t in tensors)
     return Plan(
         model=cfg.name,  # built-ins are named canonically; files by their file or folder name
@@ -231,6 +241,7 @@ def plan(
         runtime_bytes=alloc.runtime_bytes,
         header_bytes=header,
         header_exact=header_exact,
+        header_provenance=header_note,
         kv_cells=alloc.cells,
         engine=eng,
         recipe=replace(recipe, imatrix=imatrix_used),
