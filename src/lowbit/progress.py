@@ -24,3 +24,10 @@ def progress_bar(enabled: bool, description: str, total: int, unit: str = "token
     )
     task = progress.add_task(description, total=total)
     return progress, task
+
+
+def notice(text: str) -> None:
+    """One line on stderr about something the library did on the user's behalf (a network read)."""
+    import sys
+
+    print(f"lowbit: {text}", file=sys.stderr)

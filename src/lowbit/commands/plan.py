@@ -11,7 +11,8 @@ from lowbit.report.render import Table, fmt_bytes, print_json, unit
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="built-in name (e.g. qwen3.5-122b-a10b), a config.json (or its folder), or a .gguf")
+    p.add_argument("model", help="built-in name (e.g. qwen3.5-122b-a10b), a config.json (or its folder), a .gguf (split files found), "
+                                       "or a remote GGUF: https://.../FILE.gguf or hf://OWNER/REPO/FILE.gguf (header only)")
     add_model_options(p)
     add_recipe_options(p)
     p.add_argument("--tensors", action="store_true", help="list every tensor (table formats)")
@@ -68,4 +69,11 @@ def _recipe_line(p) -> str:
     why = " (assumed: the recipe cannot be made without one)" if r.imatrix and p.imatrix_assumed else \
         " (assumed: not needed)" if p.imatrix_assumed else ""
     opts = " ".join(a for a in r.args() if a not in ("--imatrix", "FILE"))
-    return f"llama-quantize {opts + ' ' if opts else ''}{p.scenario.mix.name}; importance matrix {given}{why}"
+    line = f"llama-quantize {opts + ' ' if opts else ''}{p.scenario.mix.name}; importance matrix {given}{why}"
+    files = p.origin.get("files", [])
+    if "fetched_bytes" in p.origin:
+        line += (f"\nheader{'s' if len(files) > 1 else ''} read over HTTP from {len(files)} file(s) of "
+                 f"{sum(f['bytes'] for f in files):,} bytes: fetched {p.origin['fetched_bytes']:,} bytes")
+    elif len(files) > 1:
+        line += f"\nsplit model: {len(files)} files"
+    return line

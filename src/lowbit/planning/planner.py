@@ -63,6 +63,7 @@ class Plan:
     recipe: Recipe = field(default_factory=Recipe)  # llama-quantize's options; imatrix resolved
     imatrix_assumed: bool = True  # the importance matrix was inferred (None given), not stated
     header_provenance: str = ""
+    origin: dict = field(default_factory=dict)  # a GGUF's files, and the bytes fetched to read a remote one
 
     @property
     def file_bytes(self) -> int:
@@ -120,6 +121,7 @@ class Plan:
             "total_bytes": self.total_bytes,
             "gguf_header_bytes": self.header_bytes,
             "file_bytes": self.file_bytes,
+            **({"source": self.origin} if self.origin else {}),
             "kv_cells": self.kv_cells,
             "engine": self.engine.name,
             "recipe": {**self.recipe.to_json(), "imatrix_assumed": self.imatrix_assumed,
@@ -219,7 +221,10 @@ def plan(
                for t in tensors]
     alloc = eng.allocate(cfg, scenario.k, scenario.v, context, sequences, mtp)
     if resolved.gguf is not None:
-        header, header_exact, header_note = resolved.gguf.data_offset, True, "exact: read from the file"
+        files = resolved.origin.get("files", [])
+        where = f"its {len(files)} files" if len(files) > 1 else "the file"
+        how = " (headers fetched over HTTP)" if "url" in resolved.origin else ""
+        header, header_exact, header_note = resolved.gguf.data_offset, True, f"exact: read from {where}{how}"
     else:
         size = header_size(cfg, [t for t in tensors if t.kind != VISION], resolved.folder)
         header, header_exact, header_note = size.bytes, False, size.provenance
@@ -242,6 +247,7 @@ def plan(
         header_bytes=header,
         header_exact=header_exact,
         header_provenance=header_note,
+        origin=resolved.origin,
         kv_cells=alloc.cells,
         engine=eng,
         recipe=replace(recipe, imatrix=imatrix_used),
