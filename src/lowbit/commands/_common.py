@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import re
 
+from lowbit.errors import LowbitError
+from lowbit.planning.engines import engine_model
+
 
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]i?)?\s*$")
 
@@ -68,3 +71,19 @@ def recipe_options(args: argparse.Namespace) -> dict:
     return {"tensor_types": list(args.tensor_type), "output_tensor_type": args.output_tensor_type,
             "token_embedding_type": args.token_embedding_type, "leave_output_tensor": args.leave_output_tensor,
             "imatrix": args.imatrix}
+
+
+def add_batch_options(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's -b/-ub: they size its compute buffer (and a sliding-window cache)."""
+    p.add_argument("-b", "--batch-size", type=count, default=None, metavar="N",
+                   help="llama.cpp logical batch (default 2048)")
+    p.add_argument("-ub", "--ubatch-size", type=count, default=None, metavar="N",
+                   help="llama.cpp micro-batch (default 512)")
+
+
+def engine_arg(args: argparse.Namespace):
+    """--engine, with -b/-ub given to llama.cpp's engine."""
+    options = {k: v for k, v in (("n_batch", args.batch_size), ("n_ubatch", args.ubatch_size)) if v is not None}
+    if options and str(args.engine).lower().replace("-", "").replace("_", "") not in ("llama.cpp", "llamacpp", "llama"):
+        raise LowbitError("-b/-ub are llama.cpp's options; vLLM's batch is --engine vllm's max_num_batched_tokens")
+    return engine_model(args.engine, **options)

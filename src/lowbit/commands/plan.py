@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.commands._common import add_format, add_model_options, add_recipe_options, kv_pair, recipe_options
+from lowbit.commands._common import (add_batch_options, add_format, add_model_options, add_recipe_options, engine_arg,
+                                    kv_pair, recipe_options)
 from lowbit.models.config import params_label
 from lowbit.planning.planner import plan
 from lowbit.report.render import Table, fmt_bytes, print_json, unit
@@ -15,6 +16,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                                        "or a remote GGUF: https://.../FILE.gguf or hf://OWNER/REPO/FILE.gguf (header only)")
     add_model_options(p)
     add_recipe_options(p)
+    add_batch_options(p)
     p.add_argument("--tensors", action="store_true", help="list every tensor (table formats)")
     add_format(p)
 
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     units = unit(args.units)
     k, v = kv_pair(args, "f16")
     p = plan(args.model, args.weights, kv_k=k, kv_v=v, context=args.context, sequences=args.sequences,
-             pure=args.pure, mtp=args.mtp, vision=args.vision, engine=args.engine, **recipe_options(args))
+             pure=args.pure, mtp=args.mtp, vision=args.vision, engine=engine_arg(args), **recipe_options(args))
     if args.format == "json":
         print_json(p.to_json())
         return 0
