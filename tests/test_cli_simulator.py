@@ -169,18 +169,30 @@ def test_one_model_many_scenarios_prints_a_row_per_scenario(capsys):
     assert code == 0 and lines[0].startswith("scenario,") and [l.split(",")[0] for l in lines[1:]] == ["a", "b", "c"]
 
 
-def test_quality_column_shows_measured_kld_per_model(capsys):
+def test_quality_figures_name_the_model_they_were_measured_on(capsys):
+    import csv
+
     from lowbit.report.quality import kv_quality
 
     q = kv_quality()
     if q is None:
         pytest.skip("no measured KV quality shipped")
-    code, out, _ = run(capsys, "simulate", "--quality", "--no-fits", "--models", "qwen3.5-4b", "--format", "csv")
-    assert code == 0 and "KV quality" in out.splitlines()[0]
-    measured = {(r["kv_k"], r["kv_v"]): r["kld"] for r in q["models"][0]["rows"] if not r.get("boundary")}
-    header, row = (line.split(",") for line in out.splitlines()[:2])
-    cell = row[len(header) - 1 - header[::-1].index("KV quality*")]  # the last scenario's (1bit-turbo) column
-    assert cell.split("/")[0] == f"{max(0.0, measured[('turbo3', 'turbo3')]):.3f}"
+    code, out, _ = run(capsys, "simulate", "--quality", "--no-fits", "--models", "qwen3.5-4b,qwen3.5-9b",
+                       "--format", "csv")
+    assert code == 0
+    header, *rows = list(csv.reader(out.splitlines()))
+    names = [m["model"] for m in q["models"]]
+    kld = [{(r["kv_k"], r["kv_v"]): max(0.0, r["kld"]) for r in m["rows"] if not r.get("boundary")} for m in q["models"]]
+    cell = rows[0][len(header) - 1 - header[::-1].index("KV quality*")]  # the last scenario's (1bit-turbo) column
+    # every figure beside a Qwen row carries the name of the small model it was measured on
+    assert cell == ", ".join(f"{n} {k[('turbo3', 'turbo3')]:.3f}" for n, k in zip(names, kld))
+    # the default table keeps the figures off the Qwen rows: one table of formats x measured models
+    code, out, _ = run(capsys, "simulate", "--quality", "--no-fits", "--models", "qwen3.5-4b,qwen3.5-9b")
+    memory, quality = out.split("KV-cache quality", 1)
+    assert f"{kld[0][('turbo3', 'turbo3')]:.3f}" not in memory
+    assert all(n in quality for n in names)
+    turbo = next(line for line in quality.splitlines() if line.startswith("1bit-turbo"))
+    assert turbo.split()[2:] == [f"{k[('turbo3', 'turbo3')]:.3f}" for k in kld]
 
 
 def test_the_readme_command_runs_as_a_fresh_process():

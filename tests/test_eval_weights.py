@@ -29,6 +29,17 @@ def test_json_has_its_keys_and_q8_0_is_near_lossless(capsys):
     assert abs(r["ppl"] / r["ppl_reference"] - 1) < 0.1
 
 
+def test_stored_is_the_file_as_it_is_and_shipped_still_works(capsys):
+    argv = ["eval", "weights", "--model", "smollm2-135m", "--tokens", "64", "--context", "32", "--format", "json"]
+    assert main(argv + ["--weights", "stored"]) == 0
+    stored = json.loads(capsys.readouterr().out)
+    assert stored["weights"] == "stored" and stored["method"] is None and abs(stored["kld"]) < 1e-4
+    assert stored["ppl"] == pytest.approx(stored["ppl_reference"])
+    assert main(argv + ["--weights", "shipped"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["weights"] == "stored" and "now called stored" in out.err
+
+
 def test_one_bit_is_far_worse_than_q8_0():
     q8 = evaluate_weights("smollm2-135m", "Q8_0", **FEW)
     q1 = evaluate_weights("smollm2-135m", "Q1_0", pad=True, **FEW)

@@ -55,11 +55,12 @@ def test_max_users_is_exactly_the_simulators_edge(case, context):
     model, mix, kv, _, memory = case
     costs = Costs(model, budget(memory=f"{memory}B"), mix, kv)
     u = costs.max_users(context)
+    at = dict(kv=kv, context=context, force_context=True)  # any context: the edge, not the policy, is under test
     if u is None:
-        assert plan(model, mix, kv=kv, context=context, sequences=1).total_bytes > memory
+        assert plan(model, mix, sequences=1, **at).total_bytes > memory
         return
-    assert plan(model, mix, kv=kv, context=context, sequences=u).total_bytes <= memory
-    assert plan(model, mix, kv=kv, context=context, sequences=u + 1).total_bytes > memory
+    assert plan(model, mix, sequences=u, **at).total_bytes <= memory
+    assert plan(model, mix, sequences=u + 1, **at).total_bytes > memory
 
 
 @SETTINGS
@@ -93,7 +94,7 @@ def test_best_weights_fits_and_every_bigger_mix_does_not(model, gib, context):
 @settings(max_examples=20, deadline=None)
 @given(st.sampled_from(MODELS), st.sampled_from(KVS), st.integers(1, 300_000), st.integers(1, 8), st.booleans())
 def test_per_layer_cache_adds_up_to_the_planners_kv_and_state(model, kv, context, users, mtp):
-    p = plan(model, kv=kv, context=context, sequences=users, mtp=mtp)
+    p = plan(model, kv=kv, context=context, sequences=users, mtp=mtp, force_context=True)  # any context adds up
     f = kv_format(kv)
     layers = LlamaCpp().layer_cache_bytes(p.config, f, f, context, users, mtp)
     assert sum(layers) == p.kv_bytes + p.state_bytes

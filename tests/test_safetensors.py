@@ -83,6 +83,14 @@ def test_fit_stored_charges_the_checkpoint_bytes(ckpt_dir, capsys):
     assert tp["breakdown"]["weights_bytes"] == vectors + (matrices - kv) // 2 + kv
 
 
+def test_plan_stored_charges_the_checkpoint_bytes(ckpt_dir):
+    d, tensors = ckpt_dir
+    p = plan(str(d), "stored", context=1024)
+    assert p.weights_bytes == sum(a.nbytes for a in tensors.values())  # safetensors are not padded
+    assert p.params_total == sum(a.size for a in tensors.values()) and p.scenario.mix.name == "stored"
+    assert plan(str(d), context=1024).scenario.mix.name == "Q4_K_M"  # a folder is planned as a GGUF would be
+
+
 def _write(path, header_bytes, body=b""):
     path.write_bytes(struct.pack("<Q", len(header_bytes)) + header_bytes + body)
 

@@ -1,4 +1,11 @@
-"""Arguments several commands share, and their parsing into validated values."""
+"""Arguments several commands share, and their parsing into validated values.
+
+llama.cpp's flag names are accepted where they mean the same thing: -ctk/--cache-type-k and
+-ctv/--cache-type-v (KV-cache types), -np/--parallel (parallel sequences), -ub/--ubatch-size and
+-b/--batch-size (the micro-batch the compute buffer and sliding-window cache are sized for), -ngl
+(layers on the GPU, `fit`). -c/--ctx-size is llama.cpp's *total* context, which its parallel
+sequences share (each gets c / np tokens); --context is per sequence, so the two agree for one.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,13 @@ import argparse
 import re
 
 from lowbit.errors import LowbitError
-from lowbit.planning.engines import engine_model
-
+from lowbit.planning.engines import Engine, LlamaCpp, engine_model
 
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]i?)?\s*$")
+LLAMA_BATCH, LLAMA_UBATCH = LlamaCpp.n_batch, LlamaCpp.n_ubatch  # llama.cpp's defaults for -b and -ub
+CONTEXT_POLICY = ("A context beyond the model's trained maximum (max_position_embeddings, or the GGUF's "
+                  "context_length) is refused unless --force-context: lowbit follows vLLM here, which refuses such "
+                  "a max_model_len unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (llama.cpp only warns).")
 
 
 def count(text: str) -> int:
@@ -25,29 +35,98 @@ def count(text: str) -> int:
     return n
 
 
-def add_model_options(p: argparse.ArgumentParser, weights_default: str | None = "Q4_K_M") -> None:
-    p.add_argument("--context", type=count, default=262_144,
-                   help="tokens per sequence (default 262144; suffix k = 1024, so 256k = 262144)")
-    p.add_argument("--sequences", type=count, default=1, help="parallel sequences, each with the full context")
-    p.add_argument("--weights", default=weights_default, help="weight format: a llama.cpp mix (Q4_K_M, Q1_0, ...)")
-    p.add_argument("--kv", default=None, help="KV-cache format for K and V (f16, q8_0, turbo3, ...)")
-    p.add_argument("--kv-k", default=None, help="KV-cache format for K only")
-    p.add_argument("--kv-v", default=None, help="KV-cache format for V only")
+def add_context(p: argparse.ArgumentParser, default_help: str) -> None:
+    """--context (per sequence), llama.cpp's -c/--ctx-size (shared by the parallel sequences), --force-context."""
+    p.add_argument("--context", type=count, default=None,
+                   help=f"tokens per sequence ({default_help}; suffix k = 1024, so 256k = 262144)")
+    p.add_argument("-c", "--ctx-size", dest="ctx_size", type=count, default=None, metavar="N",
+                   help="llama.cpp's context: N tokens shared by the parallel sequences (each gets N / np)")
+    p.add_argument("--force-context", action="store_true",
+                   help="plan a context beyond the model's trained maximum (as vLLM's VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)")
+
+
+def add_sequences(p: argparse.ArgumentParser, name: str = "--sequences", help_text: str = "parallel sequences") -> None:
+    p.add_argument(name, "-np", "--parallel", dest=name.lstrip("-"), type=count, default=1, metavar="N",
+                   help=f"{help_text}, each with its own context (llama.cpp -np)")
+
+
+def add_kv(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--kv", default=default, help="KV-cache format for K and V (f16, q8_0, turbo3, ...)"
+                   + (f"; default {default}" if default else ""))
+    p.add_argument("--kv-k", "-ctk", "--cache-type-k", dest="kv_k", default=None, metavar="TYPE",
+                   help="KV-cache format for K only (llama.cpp -ctk)")
+    p.add_argument("--kv-v", "-ctv", "--cache-type-v", dest="kv_v", default=None, metavar="TYPE",
+                   help="KV-cache format for V only (llama.cpp -ctv)")
+
+
+def add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="llama.cpp", help="allocation model: llama.cpp (default) or vllm (estimated)")
+    p.add_argument("-b", "--batch-size", dest="batch_size", type=count, default=None, metavar="N",
+                   help=f"llama.cpp logical batch (default {LLAMA_BATCH}); the micro-batch is at most this")
+    p.add_argument("-ub", "--ubatch-size", dest="ubatch_size", type=count, default=None, metavar="N",
+                   help=f"llama.cpp micro-batch (default {LLAMA_UBATCH}): sizes the compute buffer and the "
+                        "sliding-window cache")
+
+
+def add_weights(p: argparse.ArgumentParser, default: str | None, default_help: str) -> None:
+    p.add_argument("--weights", default=default,
+                   help=f"weight format: a llama.cpp mix (Q4_K_M, Q1_0, ...) or `stored`, the file's own tensor types "
+                        f"(a .gguf, or a checkpoint folder's safetensors); {default_help}")
+
+
+def add_model_options(p: argparse.ArgumentParser, weights_help: str = "default Q4_K_M; a .gguf: stored") -> None:
+    add_context(p, "default 262144, or the model's trained maximum if smaller")
+    add_sequences(p)
+    add_weights(p, None, weights_help)
+    add_kv(p, None)
     p.add_argument("--pure", action="store_true", help="no per-tensor overrides (llama-quantize --pure)")
     p.add_argument("--mtp", action="store_true", help="add the MTP layer and its KV cache")
     p.add_argument("--vision", action="store_true", help="add the vision tower (llama.cpp's mmproj, F16)")
-    p.add_argument("--engine", default="llama.cpp", help="allocation model: llama.cpp (default) or vllm (estimated)")
+    add_engine(p)
     p.add_argument("--units", default="GB", help="GB (10^9, default) or GiB (2^30)")
+    p.epilog = CONTEXT_POLICY
 
 
 def add_format(p: argparse.ArgumentParser, choices=("table", "json", "csv", "markdown")) -> None:
     p.add_argument("--format", default="table", choices=choices, help="output format (default table)")
 
 
+def add_wide(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--wide", action="store_true", help=f"every column ({what}); the default table fits 80 columns")
+
+
 def kv_pair(args: argparse.Namespace, default: str) -> tuple[str, str]:
     base = args.kv or default
     return (args.kv_k or base).lower(), (args.kv_v or base).lower()
 
+
+def context_arg(args: argparse.Namespace, parallel: int) -> int | None:
+    """Tokens per sequence from --context, or from llama.cpp's -c N shared by `parallel` sequences."""
+    if args.ctx_size is None:
+        return args.context
+    if args.context is not None:
+        raise LowbitError("give either --context (per sequence) or -c/--ctx-size (shared, llama.cpp), not both")
+    if args.ctx_size == 0:  # llama.cpp: the trained context, shared by the sequences
+        raise LowbitError("-c 0 (llama.cpp: the model's trained context) is not taken here: leave the context out "
+                          "to plan each sequence at the model's maximum (at most 262,144 tokens)")
+    if args.ctx_size < parallel:
+        raise LowbitError(f"-c {args.ctx_size} leaves no context for each of {parallel} parallel sequences")
+    return args.ctx_size // parallel  # llama.cpp: n_ctx_seq = n_ctx / n_seq_max
+
+
+def engine_from(args: argparse.Namespace) -> str | Engine:
+    """The --engine, with llama.cpp's micro-batch from -b/-ub (llama.cpp runs min(b, ub))."""
+    if args.batch_size is None and args.ubatch_size is None:
+        return args.engine
+    engine = engine_model(args.engine)
+    if not isinstance(engine, LlamaCpp):
+        raise LowbitError("-b/--batch-size and -ub/--ubatch-size are llama.cpp's; the vLLM model sizes its "
+                          "activations from max_num_batched_tokens")
+    batch = LLAMA_BATCH if args.batch_size is None else args.batch_size
+    ubatch = LLAMA_UBATCH if args.ubatch_size is None else args.ubatch_size
+    if min(batch, ubatch) < 1:
+        raise LowbitError("-b and -ub must be at least 1")
+    return engine_model(engine, n_batch=batch, n_ubatch=ubatch)  # it runs min(context, b, ub)
 
 
 def add_recipe_options(p: argparse.ArgumentParser) -> None:
@@ -71,19 +150,3 @@ def recipe_options(args: argparse.Namespace) -> dict:
     return {"tensor_types": list(args.tensor_type), "output_tensor_type": args.output_tensor_type,
             "token_embedding_type": args.token_embedding_type, "leave_output_tensor": args.leave_output_tensor,
             "imatrix": args.imatrix}
-
-
-def add_batch_options(p: argparse.ArgumentParser) -> None:
-    """llama.cpp's -b/-ub: they size its compute buffer (and a sliding-window cache)."""
-    p.add_argument("-b", "--batch-size", type=count, default=None, metavar="N",
-                   help="llama.cpp logical batch (default 2048)")
-    p.add_argument("-ub", "--ubatch-size", type=count, default=None, metavar="N",
-                   help="llama.cpp micro-batch (default 512)")
-
-
-def engine_arg(args: argparse.Namespace):
-    """--engine, with -b/-ub given to llama.cpp's engine."""
-    options = {k: v for k, v in (("n_batch", args.batch_size), ("n_ubatch", args.ubatch_size)) if v is not None}
-    if options and str(args.engine).lower().replace("-", "").replace("_", "") not in ("llama.cpp", "llamacpp", "llama"):
-        raise LowbitError("-b/-ub are llama.cpp's options; vLLM's batch is --engine vllm's max_num_batched_tokens")
-    return engine_model(args.engine, **options)

@@ -31,11 +31,14 @@ def _floats(text: str) -> tuple[float, ...]:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m", help=f"{' or '.join(MODELS)} (or a .gguf path)")
     parser.add_argument("--kv", default="turbo3", help="format for K and V (e.g. turbo3, q8_0, kivi2, q4_0:rot)")
-    parser.add_argument("--kv-k", default=None, help="format for K (overrides --kv)")
-    parser.add_argument("--kv-v", default=None, help="format for V (overrides --kv)")
+    parser.add_argument("--kv-k", "-ctk", "--cache-type-k", dest="kv_k", default=None,
+                        help="format for K (overrides --kv; llama.cpp -ctk)")
+    parser.add_argument("--kv-v", "-ctv", "--cache-type-v", dest="kv_v", default=None,
+                        help="format for V (overrides --kv; llama.cpp -ctv)")
     parser.add_argument("--boundary", type=int, default=0, help="keep the first and last N layers in f16")
     parser.add_argument("--tokens", type=int, default=2048, help="evaluation tokens (cut into --context windows)")
-    parser.add_argument("--context", type=int, default=512, help="tokens per window")
+    parser.add_argument("--context", "-c", "--ctx-size", dest="context", type=int, default=512,
+                        help="tokens per window (llama-perplexity's -c)")
     parser.add_argument("--chunk", type=int, default=128, help="tokens per forward after the prefill")
     parser.add_argument("--niah-lengths", type=_ints, default=(1024,), help="NIAH prompt lengths (comma list)")
     parser.add_argument("--niah-depths", type=_floats, default=(0.1, 0.5, 0.9), help="NIAH needle depths")

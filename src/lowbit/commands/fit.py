@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.commands._common import count
+from lowbit.commands._common import CONTEXT_POLICY, add_context, add_engine, add_kv, add_sequences, add_weights, \
+    add_wide, context_arg, count, engine_from
 from lowbit.devices import budget
 from lowbit.errors import LowbitError
 from lowbit.models.catalog import QWEN35_FAMILY
 from lowbit.models.hub import resolve_hf
+from lowbit.planning.engines import engine_model
 from lowbit.planning.fit import FitResult, fit
-from lowbit.planning.stored import stored_fit
 from lowbit.report.render import Table, fmt_bytes, print_json
 
 
@@ -23,18 +24,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", help="a memory budget instead of a device: 24GB (10^9 bytes) or 24GiB (2^30 bytes)")
     p.add_argument("--gpus", type=int, default=1, help="identical GPUs to split over (llama.cpp: layers; vLLM: "
                                                        "tensor parallel)")
-    p.add_argument("--engine", default="llama.cpp", help="llama.cpp (default) or vllm")
-    p.add_argument("--weights", default="Q4_K_M", help="weight format: a llama.cpp mix (default Q4_K_M), or `stored` "
-                                                       "for a safetensors checkpoint as it is")
-    p.add_argument("--kv", default="f16", help="KV-cache format for K and V (default f16; q8_0, turbo3, ...)")
-    p.add_argument("--kv-k", default=None, help="KV-cache format for K only")
-    p.add_argument("--kv-v", default=None, help="KV-cache format for V only")
-    p.add_argument("--context", type=count, default=None,
-                   help="tokens per user (default 32768, or the model's maximum if smaller; 128k = 131072)")
-    p.add_argument("--users", type=count, default=1, help="concurrent sequences, each with the full context")
+    add_engine(p)
+    p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=count, default=None, metavar="N",
+                   help="llama.cpp: keep only the last N layers on the GPU (more than the layers: the output too); "
+                        "default: all, or the offload lowbit finds")
+    add_weights(p, "Q4_K_M", "default Q4_K_M")
+    add_kv(p, "f16")
+    add_context(p, "default 32768, or the model's maximum if smaller; 128k = 131072")
+    add_sequences(p, "--users", "concurrent sequences")
     p.add_argument("--mtp", action="store_true", help="add the MTP layer and its KV cache")
     p.add_argument("--vision", action="store_true", help="add the vision tower (llama.cpp's mmproj, F16)")
+    add_wide(p, "the llama.cpp offload arguments as a column")
     p.add_argument("--format", default="table", choices=("table", "json", "markdown"), help="output (default table)")
+    p.epilog = CONTEXT_POLICY
 
 
 def _model_arg(args: argparse.Namespace):
@@ -45,62 +47,89 @@ def _model_arg(args: argparse.Namespace):
     return args.model
 
 
+def _engine(args: argparse.Namespace):
+    engine = engine_from(args)
+    if args.n_gpu_layers is None:
+        return engine
+    try:
+        return engine_model(engine, n_gpu_layers=args.n_gpu_layers)
+    except TypeError:  # an engine without layer offload
+        raise LowbitError("-ngl/--n-gpu-layers is llama.cpp's; the vLLM model has no layer offload") from None
+
+
 def run(args: argparse.Namespace) -> int:
     b = budget(args.device, args.memory, args.gpus)
     kv_k, kv_v = (args.kv_k or args.kv), (args.kv_v or args.kv)
+    engine = _engine(args)
+    context = context_arg(args, args.users)
     if args.family:
         if args.model or args.hf:
             raise LowbitError("give either MODEL or --family, not both")
         if args.family.lower() not in ("qwen3.5", "qwen35"):
             raise LowbitError(f"unknown family {args.family!r}; known: qwen3.5")
-        results = [_fit(m, b, args, kv_k, kv_v) for m in QWEN35_FAMILY]
+        models = QWEN35_FAMILY
     else:
         model = _model_arg(args)
         if not model:
             raise LowbitError("name a MODEL (e.g. qwen3.5-27b), --hf ORG/NAME, or --family qwen3.5")
-        results = [_fit(model, b, args, kv_k, kv_v)]
+        models = [model]
+    results = [fit(m, b, args.weights, kv_k, kv_v, context, args.users, engine, args.mtp, args.vision,
+                   force_context=args.force_context) for m in models]
     if args.format == "json":
         docs = [r.to_json() for r in results]
         print_json(docs[0] if len(docs) == 1 and not args.family else {"family": args.family, "results": docs})
         return 0
-    _table(results, args.format)
+    fit_table(results, wide=args.wide or args.format != "table").render(args.format)
     return 0
-
-
-def _fit(model, b, args, kv_k, kv_v) -> FitResult:
-    if str(args.weights).lower() == "stored":
-        return stored_fit(model, b, kv_k, kv_v, args.context, args.users, args.engine)
-    return fit(model, b, args.weights, kv_k, kv_v, args.context, args.users, args.engine, args.mtp, args.vision)
 
 
 def _gib(n: int | None) -> str:
     return "-" if n is None else fmt_bytes(n, "GiB")
 
 
-def _table(results: list[FitResult], fmt: str) -> None:
+def _offload(r: FitResult) -> str:
+    off = r.offload
+    if off.get("layers_on_cpu") is None:
+        return "-"
+    if off.get("layers_on_cpu") or off.get("expert_layers_on_cpu") or off.get("note", "").startswith("as asked"):
+        return off.get("llama_args", "")
+    return "none"
+
+
+def fit_table(results: list[FitResult], wide: bool) -> Table:
+    """One row per model. The narrow table (80 columns) puts the offload arguments in notes under it."""
     r0 = results[0]
     b = r0.budget
     where = f"{b.name}" + (f" x {b.gpus}" if b.gpus > 1 else "")
-    t = Table(
-        f"Fit on {where} ({r0.engine}): usable {_gib(r0.limit)} GiB of {_gib(b.memory_bytes)} GiB per device; "
-        f"{r0.weights} weights, KV {r0.kv_k}/{r0.kv_v}, {r0.users} user(s)",
-        ["model", "context", "fits", "need GiB", "headroom GiB", "max context", "max users", "best weights",
-         "offload (llama.cpp)"],
-        right_align_from=1,
-    )
+    title = (f"Fit on {where} ({r0.engine}): usable {_gib(r0.limit)} GiB of {_gib(b.memory_bytes)} GiB per device; "
+             f"{r0.weights} weights, KV {r0.kv_k}/{r0.kv_v}, {r0.users} user(s)")
+    assumptions = [f"{k}: {v}" for k, v in r0.assumptions.items()]
+    if wide:
+        t = Table(title, ["model", "context", "fits", "need GiB", "headroom GiB", "max context", "max users",
+                          "best weights", "offload (llama.cpp)"], right_align_from=1)
+        t.caption = "Assumptions: " + "; ".join(assumptions)
+    else:
+        t = Table(title, ["model", "context", "fits", "need\nGiB", "headroom\nGiB", "max\ncontext", "max\nusers",
+                          "best\nweights"], right_align_from=1)
+    notes = []
     for r in results:
-        off = r.offload
-        if off.get("layers_on_cpu") is None:
-            how = "-"
-        elif off.get("layers_on_cpu") or off.get("expert_layers_on_cpu"):
-            how = off.get("llama_args", "")
+        if r.max_context is None:
+            mc = "none fits"
+        elif r.limited_by == "model":
+            mc = f"{r.max_context:,}" + (" (model max)" if wide else "*")
         else:
-            how = "none"
-        mc = "none fits" if r.max_context is None else f"{r.max_context:,}" + (" (model max)" if r.limited_by ==
-                                                                               "model" else "")
-        t.add(r.model, f"{r.context:,}", "yes" if r.fits else "NO", _gib(r.need.device_bytes),
-              _gib(r.limit - r.need.device_bytes), mc, "-" if r.max_users is None else f"{r.max_users:,}",
-              r.best_weights or "none", how)
-    t.caption = "Assumptions: " + "; ".join(f"{k}: {v}" for k, v in r0.assumptions.items())
-    t.width = 170
-    t.render(fmt)
+            mc = f"{r.max_context:,}"
+        row = [r.model, f"{r.context:,}", "yes" if r.fits else "NO", _gib(r.need.device_bytes),
+               _gib(r.limit - r.need.device_bytes), mc, "-" if r.max_users is None else f"{r.max_users:,}",
+               r.best_weights or "none"]
+        how = _offload(r)
+        if wide:
+            row.append(how)
+        elif how not in ("-", "none"):
+            notes.append(f"offload {r.model}: {how} ({r.offload.get('note', '')})")
+        t.add(*row)
+    if not wide:
+        marks = ["* the model's trained maximum, not memory, stops the largest context."] \
+            if any(r.limited_by == "model" for r in results) else []
+        t.caption = "\n".join(notes + marks + ["Assumptions:"] + [f"- {a}" for a in assumptions])
+    return t

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.commands._common import add_format
+from lowbit.commands._common import add_format, add_wide
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import KV_FORMATS
 from lowbit.formats.weights import MIXES, WEIGHT_TYPES
@@ -13,6 +13,7 @@ from lowbit.report.render import Table, print_json
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-dim", type=int, default=128, help="head_dim for KV bits per value (default 128)")
+    add_wide(p, "the source of each row as a column")
     add_format(p)
 
 
@@ -33,20 +34,33 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print_json(data)
         return 0
-    t = Table("Weight types (ggml)", ["type", "id", "block", "bytes/block", "bits/weight", "source"], right_align_from=1)
-    for w in data["weight_types"]:
-        t.add(w["name"], w["ggml_type"], w["block"], w["block_bytes"], f"{w['bits_per_weight']:.4g}", w["source"])
-    t.render(args.format)
-    t = Table("Mixes (llama-quantize targets; per-tensor rules in lowbit/planning/mix.py)",
-              ["mix", "ftype", "default type", "source"], right_align_from=4)
-    for m in data["mixes"]:
-        t.add(m["name"], m["ftype"], m["default_type"], m["source"])
-    t.render(args.format)
-    t = Table(f"KV-cache formats (head_dim {hd})", ["format", "family", "bits/value", "bytes/vector", "description", "source"],
-              right_align_from=2, width=170)
-    for f in data["kv_formats"]:
-        t.add(f["name"], f["family"], f"{f['bits_per_value']:.4g}", f["bytes_per_vector"], f["description"], f["source"])
-    t.render(args.format)
+    wide = args.wide or args.format != "table"
+    sections = [
+        ("Weight types (ggml)", ["type", "id", "block", "bytes/block", "bits/weight"], 1,
+         [[w["name"], w["ggml_type"], w["block"], w["block_bytes"], f"{w['bits_per_weight']:.4g}", w["source"]]
+          for w in data["weight_types"]]),
+        ("Mixes (llama-quantize targets; per-tensor rules in lowbit/planning/mix.py)", ["mix", "ftype", "default type"],
+         4, [[m["name"], m["ftype"], m["default_type"], m["source"]] for m in data["mixes"]]),
+        (f"KV-cache formats (head_dim {hd})", ["format", "family", "bits/value", "bytes/vector", "description"], 2,
+         [[f["name"], f["family"], f"{f['bits_per_value']:.4g}", f["bytes_per_vector"], f["description"], f["source"]]
+          for f in data["kv_formats"]]),
+    ]
+    for title, cols, right, rows in sections:
+        t = Table(title, cols + (["source"] if wide else []), right_align_from=right)
+        if title.startswith("KV"):
+            t.left_from = 4  # the description is text
+        for r in rows:
+            t.add(*(r if wide else r[:-1]))
+        if not wide:  # each source once, with what it defines
+            by_source: dict[str, list[str]] = {}
+            for r in rows:
+                by_source.setdefault(r[-1], []).append(str(r[0]))
+            t.caption = "\n".join(f"Source: {src}" + ("" if len(by_source) == 1 else f" ({', '.join(names)})")
+                                  for src, names in by_source.items())
+        if title.startswith("Mixes"):
+            t.caption += ("\n" if t.caption else "") + "Also accepted wherever a weight format is: stored, a .gguf's " \
+                         "or a checkpoint's own tensor types."
+        t.render(args.format)
     return 0
 
 

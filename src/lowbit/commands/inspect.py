@@ -13,7 +13,7 @@ from lowbit.commands._common import add_format
 from lowbit.eval.artifacts import model_path
 from lowbit.formats.weights import mix_for_ftype
 from lowbit.models.gguf_header import read_header
-from lowbit.report.render import print_json
+from lowbit.report.render import Table, print_json
 
 _SUMMARY_KEYS = ("general.architecture", "general.name", "general.size_label", "general.quantization_version")
 
@@ -70,30 +70,20 @@ def run(args: argparse.Namespace) -> int:
             info = {k: v for k, v in info.items() if k != "tensors"}
         print_json(info)
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    meta = Table(title=info["file"], show_header=False)
-    meta.add_column("key")
-    meta.add_column("value")
+    meta = Table(info["file"], ["key", "value"], header=False, right_align_from=2)
     for k, v in info["metadata"].items():
-        meta.add_row(k, str(v))
-    meta.add_row("file bytes", f"{info['file_bytes']:,}")
-    meta.add_row("header bytes", f"{info['header_bytes']:,}")
-    meta.add_row("tensor bytes", f"{info['tensor_bytes']:,} ({info['bits_per_weight']:.4f} bits/weight)")
-    console.print(meta)
-    t = Table(title="tensor types (exact, from the file)")
-    for col in ("type", "tensors", "params", "bytes", "bits/weight"):
-        t.add_column(col, justify="left" if col == "type" else "right")
+        meta.add(k, v)
+    meta.add("file bytes", f"{info['file_bytes']:,}")
+    meta.add("header bytes", f"{info['header_bytes']:,}")
+    meta.add("tensor bytes", f"{info['tensor_bytes']:,} ({info['bits_per_weight']:.4f} bits/weight)")
+    meta.render("table")
+    t = Table("tensor types (exact, from the file)", ["type", "tensors", "params", "bytes", "bits/weight"])
     for name, r in sorted(info["types"].items(), key=lambda kv: -kv[1]["bytes"]):
-        t.add_row(name, str(r["tensors"]), f"{r['params']:,}", f"{r['bytes']:,}", f"{r['bytes'] * 8 / r['params']:.4f}")
-    console.print(t)
+        t.add(name, r["tensors"], f"{r['params']:,}", f"{r['bytes']:,}", f"{r['bytes'] * 8 / r['params']:.4f}")
+    t.render("table")
     if args.tensors:
-        tt = Table(title="tensors")
-        for col in ("name", "shape", "type", "bytes"):
-            tt.add_column(col)
+        tt = Table("tensors", ["name", "shape", "type", "bytes"], right_align_from=3)
         for x in info["tensors"]:
-            tt.add_row(x["name"], "x".join(map(str, x["shape"])), x["type"], f"{x['bytes']:,}")
-        console.print(tt)
+            tt.add(x["name"], "x".join(map(str, x["shape"])), x["type"], f"{x['bytes']:,}")
+        tt.render("table")
     return 0

@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.commands._common import add_format, add_model_options, kv_pair
+from lowbit.commands._common import CONTEXT_POLICY, add_format, add_model_options, add_wide, context_arg, \
+    engine_from, kv_pair
 from lowbit.errors import LowbitError
 from lowbit.planning.scenario import ONEBIT_TURBO, TODAY, Scenario
 from lowbit.planning.simulate import simulate
 from lowbit.report.audit import audit, audit_table
 from lowbit.report.quality import kv_quality
 from lowbit.report.render import print_json, unit
-from lowbit.report.simulate_table import simulate_json, simulate_table
+from lowbit.report.simulate_table import simulate_json, simulate_tables
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default=None, help="comma-separated subset (built-in names, config.json or .gguf paths, "
                                                         "https:// or hf://OWNER/REPO/FILE.gguf)")
     p.add_argument("--scenario", action="append", default=[], metavar="NAME=WEIGHTS+KV",
-                   help="define a column, repeatable; KV may be K/V, e.g. k8v4=Q4_K_M+q8_0/turbo4")
-    add_model_options(p, weights_default=None)
+                   help="define a column, repeatable; KV may be K/V, e.g. k8v4=Q4_K_M+q8_0/turbo4; WEIGHTS may be "
+                        "`stored` for .gguf models")
+    add_model_options(p, weights_help="redefines the second scenario's weights")
     p.add_argument("--audit", action="store_true", help="put the seed article's claims beside the exact figures")
-    p.add_argument("--quality", action="store_true", help="add measured KV-cache quality (where lowbit has measured it)")
+    p.add_argument("--quality", action="store_true",
+                   help="add measured KV-cache quality (KL divergence, named with the small model it was measured on)")
     p.add_argument("--no-fits", action="store_true", help="leave out the devices each scenario fits")
+    add_wide(p, "weights, KV, state and runtime per scenario, every fitting device")
     add_format(p)
-    p.epilog = "Without --scenario: today (Q4_K_M + f16) vs 1bit-turbo (Q1_0 + turbo3); --weights/--kv redefine the second."
+    p.epilog = ("Without --scenario: today (Q4_K_M + f16) vs 1bit-turbo (Q1_0 + turbo3); --weights/--kv redefine "
+                "the second. Without --context each model is planned at 262,144 tokens or its trained maximum if "
+                "smaller. " + CONTEXT_POLICY)
 
 
 def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
@@ -52,11 +58,13 @@ def run(args: argparse.Namespace) -> int:
             audit_table(result, units).render(args.format)
         return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    sim = simulate(models, scenarios, args.context, args.sequences, args.pure, args.mtp, args.vision, args.engine)
+    sim = simulate(models, scenarios, context_arg(args, args.sequences), args.sequences, args.pure, args.mtp,
+                   args.vision, engine_from(args), force_context=args.force_context)
     quality = kv_quality() if args.quality else None
     fits = None if args.no_fits else sim.fitting_devices()
     if args.format == "json":
         print_json(simulate_json(sim, quality, fits))
-    else:
-        simulate_table(sim, units, quality, fits).render(args.format)
+        return 0
+    for t in simulate_tables(sim, units, quality, fits, wide=args.wide or args.format != "table"):
+        t.render(args.format)
     return 0

@@ -1,16 +1,17 @@
 """What a weight format costs on a real model (`lowbit eval weights`).
 
-The reference is the model *as shipped*: the GGUF's own (already 4/5/8-bit) weights, dequantized
+The reference is the model *as stored*: the GGUF's own (already 4/5/8-bit) weights, dequantized
 (SmolLM2 ships as Q4_1, Gemma 3 270M as Q4_K_M). Each format is applied to those weights with
 llama.cpp's mix rules (the planner's, as `lowbit quantize` writes them: e.g. the tied embedding stays
 Q8_0), the model is rebuilt with the dequantized tensors, and compared on the pydoc text:
-perplexity (context stated), KL divergence and top-1 agreement against the shipped model.
+perplexity (context stated), KL divergence and top-1 agreement against the stored model.
 
 Bits per weight are *exact* from what is stored: every scale, offset and rotation seed counted.
 `bits_per_weight` is the whole model (all tensors, embeddings and norms included); `body_bits_per_weight`
 counts only the transformer blocks' matrices.
 
-Formats: shipped, any quantizable llama.cpp mix (Q8_0, Q4_0, Q4_1, Q5_0, MXFP4_MOE, TQ2_0, TQ1_0, Q1_0)
+Formats: stored (the file's own weights; `shipped`, the former word, still works), any quantizable
+llama.cpp mix (Q8_0, Q4_0, Q4_1, Q5_0, MXFP4_MOE, TQ2_0, TQ1_0, Q1_0)
 and lowbit's own formats (ARB1), which take the place of the ggml type they replace in the mix (Q1_0).
 `pad` lets Q1_0/ARB1 take rows that are not whole 128-blocks (SmolLM2's 576): bytes counted, and
 such a Q1_0 tensor is not a file llama.cpp can load.
@@ -47,12 +48,12 @@ class Row(NamedTuple):
 
 
 LADDER = [  # the results table (docs/weights.md)
-    Row("shipped"), Row("Q8_0"), Row("Q4_0"), Row("TQ2_0", "ref"), Row("TQ1_0", "ref"),
+    Row("stored"), Row("Q8_0"), Row("Q4_0"), Row("TQ2_0", "ref"), Row("TQ1_0", "ref"),
     Row("TQ1_0", "absmean"), Row("TQ1_0", "absmean-group"), Row("Q1_0", "ref", pad=True), Row("Q1_0", "gptq", pad=True),
     Row("ARB1", "rht-arb", pad=True), Row("ARB1", "rht-arb-gptq", pad=True),
 ]
 COMBINED = [  # weights x KV cache: "today" against "1-bit + TurboQuant", and the two mixed cells
-    Row("shipped", None, "f16"), Row("shipped", None, "turbo3"), Row("Q1_0", "ref", "f16", True),
+    Row("stored", None, "f16"), Row("stored", None, "turbo3"), Row("Q1_0", "ref", "f16", True),
     Row("Q1_0", "ref", "turbo3", True), Row("ARB1", "rht-arb", "f16", True), Row("ARB1", "rht-arb", "turbo3", True),
 ]
 
@@ -89,12 +90,12 @@ def quantized_weights(model, fmt: str, method: str | None, pure: bool = False, p
                       calib_tokens: int = 4096, progress: bool = True):
     """(replace dict for lm.load_model, bits dict, the format's own type) for one format."""
     path = lm.resolve(model)
-    shipped = lm.gguf_tensor_types(path)
+    own_types = lm.gguf_tensor_types(path)
     src = lm.gguf_weights(path)
     n = {k: int(v.size) for k, v in src.items()}
-    if fmt == "shipped":
+    if fmt == "stored":
         nbytes = {t.name: t.nbytes for t in read_header(path).tensors}
-        return {}, _bits(nbytes, n), "as shipped"
+        return {}, _bits(nbytes, n), "as stored"
     types = tensor_types(path, fmt, pure, pad)
     own = own_type(fmt)
     chosen = weights.method_for(own, method) if method is not None else None
@@ -104,7 +105,7 @@ def quantized_weights(model, fmt: str, method: str | None, pure: bool = False, p
         hessians = calibration_hessians(path, targets, n_tokens=calib_tokens, progress=progress)
     replace, nbytes = {}, {}
     for name, t in types.items():
-        if t == shipped[name]:  # already stored that way: kept byte for byte
+        if t == own_types[name]:  # already stored that way: kept byte for byte
             nbytes[name] = weight_type(t).tensor_bytes(tuple(reversed(src[name].shape)))
             continue
         q = weights.quantize(src[name], t, method if t == own else None, hessian=hessians.get(name), pad=pad, name=name)
@@ -139,10 +140,10 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4
                      pure: bool = False, pad: bool = False, calib_tokens: int = 4096, progress: bool = True,
                      kv: str | None = None) -> dict:
     t0 = time.perf_counter()
-    fmt = "shipped" if fmt.lower() == "shipped" else fmt.upper()
+    fmt = "stored" if fmt.lower() in ("stored", "shipped") else fmt.upper()
     if tokens < context:
         raise LowbitError(f"--tokens ({tokens}) must be at least --context ({context})")
-    if fmt != "shipped":  # refuse bad names before minutes of model loading
+    if fmt != "stored":  # refuse bad names before minutes of model loading
         weights.method_for(own_type(fmt), method)
     if kv is not None:
         kv_format(kv)
@@ -157,7 +158,7 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4
                          description=f"{fmt} {method or ''} {kv or ''}".strip())
     name = next((m for m in MODELS if lm.resolve(m) == path), str(path)) if str(model) in MODELS else str(model)
     return {
-        "model": name, "weights": fmt, "method": method or ("ref" if fmt != "shipped" else None),
+        "model": name, "weights": fmt, "method": method or ("ref" if fmt != "stored" else None),
         "bits_per_weight": round(bits["bits_per_weight"], 4),
         "body_bits_per_weight": round(bits["body_bits_per_weight"], 4),
         "tensor_bytes": bits["tensor_bytes"], "tokens": q.tokens, "context": q.context,

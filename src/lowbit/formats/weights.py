@@ -98,11 +98,19 @@ def _ftype(name: str) -> LlamaFileType:
 MIXES: dict[str, Mix] = {n: Mix(n, _ftype(n), WEIGHT_TYPES[d]) for n, d in _DEFAULTS.items()}
 
 
+# Not a mix: a model's weights exactly as its file holds them (a GGUF's tensor types, a checkpoint's dtypes).
+STORED = Mix("stored", LlamaFileType.GUESSED, WEIGHT_TYPES["F16"],
+             source="the file itself: a GGUF's tensor types or a safetensors checkpoint's dtypes")
+
+
 def mix(name: str) -> Mix:
+    """The mix of that llama-quantize name, or STORED for `stored`."""
     key = str(name).upper()
     if key in MIXES:
         return MIXES[key]
-    raise LowbitError(f"unknown weight format {name!r}; known mixes: {', '.join(MIXES)}")
+    if key == "STORED":
+        return STORED
+    raise LowbitError(f"unknown weight format {name!r}; known: stored (the file as it is), {', '.join(MIXES)}")
 
 
 def mix_for_ftype(ftype: int) -> Mix | None:

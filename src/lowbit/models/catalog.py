@@ -29,7 +29,7 @@ class ResolvedModel:
     config: ModelConfig
     gguf: GGUFHeader | None = None  # set when the model came from a .gguf file
     hf_id: str = ""
-    folder: Path | None = None  # the folder of a config.json (its tokenizer files size the GGUF header)
+    path: Path | None = None  # the folder a config.json came from (its checkpoint and tokenizer files, if any)
     origin: dict = field(default_factory=dict)  # a GGUF's files (and for a remote one, the bytes fetched)
 
 
@@ -115,7 +115,7 @@ def resolve(model: str) -> ResolvedModel:
     if path.name == "config.json" or path.suffix.lower() == ".json" or path.is_dir():
         if not path.exists():
             raise LowbitError(f"no such file or folder: {model}")
-        return ResolvedModel(load_config_file(path), folder=path if path.is_dir() else path.parent)
+        return ResolvedModel(load_config_file(path), path=path if path.is_dir() else path.parent)
     raise LowbitError(
         f"unknown model {model!r}: not a built-in ({', '.join(builtin_names())}), a config.json, a .gguf file, "
         f"or a https:// or hf://OWNER/REPO/FILE.gguf address"

@@ -58,7 +58,7 @@ class ModelConfig:
     intermediate_size: int  # dense MLP width (0 when every layer is MoE)
     layer_types: tuple[str, ...]
     tie_word_embeddings: bool
-    max_context: int = 0
+    max_context: int = 0  # the trained maximum (0: not stated); see max_context_from
     sliding_window: int = 0
     # Mixture of experts
     num_experts: int = 0
@@ -78,6 +78,7 @@ class ModelConfig:
     mtp_layers: int = 0
     vision: VisionConfig | None = None
     source: str = ""
+    max_context_from: str = ""  # where max_context was read, as an error message names it
     extras: dict[str, Any] = field(default_factory=dict, compare=False)
 
     # --- derived facts -------------------------------------------------------------
@@ -168,6 +169,7 @@ def from_hf_config(cfg: Any, name: str = "model") -> ModelConfig:
             num_position_embeddings=_int(v, "num_position_embeddings", 2304, lo=1),
         )
     is_qwen35 = arch.startswith("qwen35")
+    max_context, max_context_from = derived_max_context(text, model_type)
     cfg = ModelConfig(
         name=name,
         arch=arch,
@@ -180,7 +182,8 @@ def from_hf_config(cfg: Any, name: str = "model") -> ModelConfig:
         intermediate_size=_int(text, "intermediate_size", None if needs_dense else 0),
         layer_types=layer_types,
         tie_word_embeddings=bool(tie),
-        max_context=_int(text, "max_position_embeddings", 0),
+        max_context=max_context,
+        max_context_from=max_context_from,
         sliding_window=_int(text, "sliding_window", 0) if SLIDING in layer_types else 0,
         num_experts=n_experts,
         num_experts_used=_int(text, "num_experts_per_tok", 0) if n_experts > 1 else 0,
@@ -203,6 +206,31 @@ def from_hf_config(cfg: Any, name: str = "model") -> ModelConfig:
     return cfg
 
 
+def derived_max_context(text: dict, model_type: str = "") -> tuple[int, str]:
+    """The longest context a config.json allows, derived as vLLM derives max_model_len, and where it comes from.
+
+    max_position_embeddings, scaled by a rope_scaling `factor` that extends it (yarn scales
+    original_max_position_embeddings); llama3, longrope and su already count their scaling in
+    max_position_embeddings, and Gemma 3's is already scaled (vllm/config.py, _get_and_verify_max_len).
+    """
+    base = _int(text, "max_position_embeddings", 0)
+    where = "max_position_embeddings in config.json"
+    scaling = text.get("rope_scaling")
+    if not base or not isinstance(scaling, dict) or "gemma3" in model_type:
+        return base, where
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    factor = scaling.get("factor", 1.0)
+    if kind in ("su", "longrope", "llama3") or isinstance(factor, bool) or not isinstance(factor, (int, float)) \
+            or not math.isfinite(factor) or factor <= 1:
+        return base, where
+    if kind == "yarn":
+        base = _int(scaling, "original_max_position_embeddings", base, lo=1)
+        where = "rope_scaling (yarn): original_max_position_embeddings x factor in config.json"
+    else:
+        where = f"max_position_embeddings x rope_scaling factor ({kind}) in config.json"
+    return min(int(base * factor), MAX_DIM * 64), where
+
+
 def _mamba2_from_hf(cfg: dict, name: str) -> ModelConfig:
     """Mamba-2: every layer is a recurrent SSM block (no attention, no MLP); the SSM state maps onto the
     same fields as Gated DeltaNet: groups x state as keys, heads x head_dim (= d_inner) as values."""
@@ -218,7 +246,7 @@ def _mamba2_from_hf(cfg: dict, name: str) -> ModelConfig:
         num_layers=n_layers, num_heads=heads, num_kv_heads=(0,) * n_layers, head_dim=head_dim,
         intermediate_size=0, layer_types=(LINEAR,) * n_layers,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-        max_context=_int(cfg, "max_position_embeddings", 0),
+        max_context=_int(cfg, "max_position_embeddings", 0), max_context_from="max_position_embeddings in config.json",
         linear_num_key_heads=_int(cfg, "n_groups", 1, lo=1), linear_key_head_dim=_int(cfg, "state_size", lo=1),
         linear_num_value_heads=heads, linear_value_head_dim=head_dim,
         linear_conv_kernel_dim=_int(cfg, "conv_kernel", 4, lo=1), source="config.json",
@@ -366,6 +394,7 @@ def from_gguf_metadata(meta: dict[str, Any], name: str) -> ModelConfig:
         layer_types=layer_types,
         tie_word_embeddings=not has_output,
         max_context=as_int("context_length", 0),
+        max_context_from=f"{arch}.context_length in the GGUF",
         sliding_window=window if SLIDING in layer_types else 0,
         num_experts=n_experts,
         num_experts_used=as_int("expert_used_count", 0),

@@ -141,6 +141,7 @@ class LlamaCpp(Engine):
     name: str = "llama.cpp"
     n_ubatch: int = 512  # micro-batch (-ub, --ubatch-size default)
     n_batch: int = 2048  # logical batch (-b, --batch-size default)
+    n_gpu_layers: int | None = None  # -ngl: the last N layers on the GPU (N > layers: the output too); None: all
     kv_pad: int = 256  # KV cells are padded to 256 with flash attention (src/llama-kv-cache.cpp)
     # Architectures llama.cpp runs with a sliding-window cache; for any other (Mistral's GGUF is `llama`) it
     # allocates the full context even where the model was trained with a window.
@@ -337,10 +338,12 @@ class LayerSplit:
     def need(self, context: int, users: int = 1) -> Need:
         a = self.engine.allocate(self.cfg, self.k, self.v, context, users, self.mtp)
         w_all = self.weights_total
-        if self.budget.unified:
+        if self.budget.unified:  # one pool: -ngl moves compute, not bytes
             return Need(w_all + a.kv_bytes + a.state_bytes + a.runtime_bytes, 0, w_all, a.kv_bytes, a.state_bytes,
                         a.runtime_bytes)
         cache = self.engine.layer_cache_bytes(self.cfg, self.k, self.v, context, users, self.mtp)
+        if self.engine.n_gpu_layers is not None:
+            return self._need_ngl(self.engine.n_gpu_layers, a, cache)
         n = self.budget.gpus
         per_gpu = [a.runtime_bytes] * n  # estimated: each GPU holds its own compute buffer
         weights = [0] * n
@@ -353,9 +356,34 @@ class LayerSplit:
         worst = max(range(n), key=per_gpu.__getitem__)
         return Need(per_gpu[worst], self.host_only, weights[worst], a.kv_bytes, a.state_bytes, a.runtime_bytes)
 
+    def _gpu_blocks(self, ngl: int) -> tuple[range, bool]:
+        """llama.cpp -ngl N: the last min(N, layers) blocks on the GPU, and the output layer too when N > layers
+        (src/llama-model.cpp: i_gpu_start = n_layer - ngl; the output is layer n_layer)."""
+        n = len(self.layer_dense)
+        if self.budget.gpus != 1:
+            raise LowbitError("-ngl/--n-gpu-layers is modelled on one GPU; with several, llama.cpp splits the GPU "
+                              "layers by --tensor-split, which lowbit does not model")
+        return range(n - min(ngl, n), n), ngl > n
+
+    def _need_ngl(self, ngl: int, a: Allocation, cache: list[int]) -> Need:
+        blocks, output = self._gpu_blocks(ngl)
+        weights = sum(self.layer_dense[i] + self.layer_experts[i] for i in blocks) + (self.outside if output else 0)
+        device = a.runtime_bytes + weights + sum(cache[i] for i in blocks)
+        host = self.weights_total - weights + sum(cache) - sum(cache[i] for i in blocks)  # token_embd included
+        return Need(device, host, weights, a.kv_bytes, a.state_bytes, a.runtime_bytes)
+
     def offload(self, context: int, users: int = 1) -> dict | None:
         """On one discrete GPU: experts of the first layers to CPU first (--n-cpu-moe), then whole layers
-        (-ngl), as llama.cpp --fit does. None on unified memory or several GPUs."""
+        (-ngl), as llama.cpp --fit does; with -ngl given, that placement. None on unified memory or several GPUs."""
+        if self.engine.n_gpu_layers is not None and not self.budget.unified:
+            ngl = self.engine.n_gpu_layers
+            blocks, output = self._gpu_blocks(ngl)
+            need = self.need(context, users)
+            n = len(self.layer_dense)
+            return {"layers_on_cpu": n - len(blocks), "expert_layers_on_cpu": 0, "gpu_layers": len(blocks),
+                    "bytes_on_gpu": need.device_bytes, "bytes_on_cpu": need.host_bytes, "llama_args": f"-ngl {ngl}",
+                    "override_tensor": "", "note": f"as asked: -ngl {ngl} ({len(blocks)} of {n} layers on the GPU, "
+                                                   f"output layer {'on the GPU' if output else 'in CPU RAM'})"}
         if self.budget.unified or self.budget.gpus != 1:
             return None
         n = len(self.layer_dense)

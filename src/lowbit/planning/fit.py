@@ -19,10 +19,10 @@ from functools import lru_cache
 from lowbit.devices import Budget, budget as make_budget, catalog, usable
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import kv_format
-from lowbit.formats.weights import aligned
+from lowbit.formats.weights import STORED
 from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.planning.engines import Engine, Need, engine_model
-from lowbit.planning.planner import MAX_CONTEXT, MAX_SEQUENCES, Plan, plan
+from lowbit.planning.planner import MAX_CONTEXT, MAX_SEQUENCES, Plan, context_for, plan
 from lowbit.planning.search import largest
 
 # Weight mixes tried by best_weights, any order: they are ranked by their real size for the model.
@@ -38,21 +38,19 @@ class Costs:
 
     def __init__(self, model: str | ResolvedModel, budget: Budget, weights: str = "Q4_K_M", kv_k: str = "f16",
                  kv_v: str | None = None, engine: str | Engine = "llama.cpp", mtp: bool = False,
-                 vision: bool = False, stored: list | None = None):
+                 vision: bool = False):
         self.resolved = resolve(model) if isinstance(model, str) else model
         self.cfg = self.resolved.config
         self.budget = budget
-        self.weights, self.mtp = weights.upper(), mtp
+        self.mtp = mtp
         self.k, self.v = kv_format(kv_k), kv_format(kv_v or kv_k)
         eng = engine_model(engine)
+        # `stored`: the file's own tensors (lowbit.planning.stored) instead of a mix's
         self.plan1: Plan = plan(self.resolved, weights, kv_k=self.k.name, kv_v=self.v.name, context=1, sequences=1,
                                 mtp=mtp, vision=vision)
-        # `stored`: a checkpoint's own tensors (lowbit.planning.stored) instead of the mix's, unpadded
-        self.tensors = stored if stored is not None else self.plan1.tensors
-        if stored is not None:
-            self.weights = "stored"
-        self.placement = eng.place(self.cfg, self.k, self.v, self.tensors, budget, mtp,
-                                   pad=(lambda n: n) if stored is not None else aligned)
+        self.weights = "stored" if self.plan1.scenario.mix is STORED else self.plan1.scenario.mix.name
+        self.tensors = self.plan1.tensors
+        self.placement = eng.place(self.cfg, self.k, self.v, self.tensors, budget, mtp, pad=self.plan1.padded)
         self.engine: Engine = self.placement.engine  # configured for the budget (vLLM: tp = the GPU count)
         self.limit = self.placement.limit
 
@@ -165,15 +163,20 @@ def best_weights(model: str | ResolvedModel, budget: Budget, context: int, users
 
 def fit(model: str | ResolvedModel, budget: Budget | str, weights: str = "Q4_K_M", kv_k: str = "f16",
         kv_v: str | None = None, context: int | None = None, users: int = 1, engine: str | Engine = "llama.cpp",
-        mtp: bool = False, vision: bool = False, stored: list | None = None) -> FitResult:
-    """Everything `lowbit fit` answers for one model on one budget (a lowbit.devices.Budget or a device name)."""
+        mtp: bool = False, vision: bool = False, force_context: bool = False) -> FitResult:
+    """Everything `lowbit fit` answers for one model on one budget (a lowbit.devices.Budget or a device name).
+
+    `context` defaults to 32,768 tokens or the model's trained maximum if smaller; a larger one than that
+    maximum is refused unless `force_context` (as vLLM refuses it).
+    """
     if isinstance(budget, str):
         budget = make_budget(budget)
     if isinstance(users, bool) or not isinstance(users, int) or not 1 <= users <= MAX_SEQUENCES:
         raise LowbitError(f"--users must be an integer from 1 to {MAX_SEQUENCES:,}, got {users!r}")
-    costs = Costs(model, budget, weights, kv_k, kv_v, engine, mtp, vision, stored=stored)
+    costs = Costs(model, budget, weights, kv_k, kv_v, engine, mtp, vision)
     if context is None:
         context = min(DEFAULT_CONTEXT, costs.context_cap())
+    context = context_for(costs.cfg, context, force_context)
     if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= MAX_CONTEXT:
         raise LowbitError(f"--context must be an integer from 1 to {MAX_CONTEXT:,} tokens, got {context!r}")
     need = costs.need(context, users)
@@ -183,8 +186,8 @@ def fit(model: str | ResolvedModel, budget: Budget | str, weights: str = "Q4_K_M
                {"layers_on_cpu": None, "bytes_on_cpu": None,
                 "note": "no offload plan for this engine or device: it does not fit"})
     assumptions = {"budget": budget.assumption, **costs.engine.assumptions(),
-                   "weights": "exact: llama.cpp mix rules x gguf block sizes (the simulator)" if stored is None else
-                   "exact: the checkpoint's safetensors headers (dtype x shape), as stored"}
+                   "weights": "exact: llama.cpp mix rules x gguf block sizes (the simulator)"
+                   if costs.weights != "stored" else costs.plan1.weights_provenance}
     if budget.gpus > 1:
         assumptions["split"] = costs.placement.split_assumption
     return FitResult(
@@ -220,7 +223,7 @@ def fitting_devices(plan_or_total_bytes: Plan | int, limit: int | None = None) -
         total = on_gpu = p.total_bytes
         if not p.config.tie_word_embeddings:  # a tied model's output copy of the table is on the GPU anyway
             host = p.engine.host_tensors([t.name for t in p.tensors])
-            on_gpu -= sum(aligned(t.bytes) for t in p.tensors if t.name in host)
+            on_gpu -= sum(p.padded(t.bytes) for t in p.tensors if t.name in host)
     else:
         total = on_gpu = int(plan_or_total_bytes)
     seen, out = set(), []

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from lowbit.errors import LowbitError
-from lowbit.formats.weights import Mix, WeightType, aligned, mix, weight_type
+from lowbit.formats.weights import GGUF_ALIGNMENT, STORED, Mix, WeightType, aligned, mix, weight_type
 from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.models.config import ModelConfig
 from lowbit.models.gguf_size import header_size
@@ -20,24 +20,23 @@ from lowbit.planning.engines import Engine, LlamaCpp, engine_model
 from lowbit.planning.mix import assign
 from lowbit.planning.recipe import Recipe
 from lowbit.planning.scenario import Scenario
+from lowbit.planning.stored import stored_weights
+from lowbit.planning.tensorplan import TensorPlan
+
+__all__ = ["Plan", "TensorPlan", "plan", "context_for", "weight_types", "header_estimate"]
 
 MAX_CONTEXT = 1 << 27  # 134M tokens: beyond any model; guards absurd input
 MAX_SEQUENCES = 1 << 16
+MIX_PROVENANCE = "exact: llama.cpp mix rules x gguf block sizes, each tensor padded to 32 bytes"
+DEFAULT_CONTEXT = 262_144  # without a context: this, or the model's trained maximum if smaller
+FORCE_HINT = ("give --force-context to plan it anyway (lowbit follows vLLM, which refuses such a max_model_len "
+              "unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1; llama.cpp only warns)")
 
 
 def header_estimate(cfg: ModelConfig, mtp: bool = False) -> int:
     """The GGUF header of a model known only by its config (no tokenizer files): estimated."""
     tensors = [t for t in inventory(cfg, mtp=mtp) if t.kind != VISION]
     return header_size(cfg, tensors).bytes
-
-
-@dataclass(frozen=True)
-class TensorPlan:
-    name: str
-    shape: tuple[int, ...]
-    kind: str
-    type: str
-    bytes: int  # unpadded (ggml_nbytes); the file pads each to 32
 
 
 @dataclass(repr=False)
@@ -60,6 +59,8 @@ class Plan:
     header_exact: bool
     kv_cells: dict[str, int] = field(default_factory=dict)
     engine: Engine = field(default_factory=LlamaCpp)
+    padding: int = GGUF_ALIGNMENT  # each tensor's bytes padded to this (1: a safetensors checkpoint as stored)
+    weights_provenance: str = MIX_PROVENANCE
     recipe: Recipe = field(default_factory=Recipe)  # llama-quantize's options; imatrix resolved
     imatrix_assumed: bool = True  # the importance matrix was inferred (None given), not stated
     header_provenance: str = ""
@@ -84,7 +85,7 @@ class Plan:
         """Where each figure comes from: exact (format definitions) or estimated (assumption named)."""
         notes = self.engine.assumptions()
         return {
-            "weights_bytes": "exact: llama.cpp mix rules x gguf block sizes, each tensor padded to 32 bytes",
+            "weights_bytes": self.weights_provenance,
             "kv_bytes": notes["kv"],
             "state_bytes": notes["state"],
             "runtime_bytes": notes["runtime"],
@@ -94,13 +95,17 @@ class Plan:
                              any(t.kind == VISION for t in self.tensors) else ""),
         }
 
+    def padded(self, nbytes: int) -> int:
+        """One tensor's bytes as its file stores it."""
+        return -(-nbytes // self.padding) * self.padding
+
     def by_kind(self) -> dict[str, dict[str, int | list[str]]]:
         out: dict[str, dict] = {}
         for t in self.tensors:
             row = out.setdefault(t.kind, {"tensors": 0, "params": 0, "bytes": 0, "types": []})
             row["tensors"] += 1
             row["params"] += math.prod(t.shape)
-            row["bytes"] += aligned(t.bytes)
+            row["bytes"] += self.padded(t.bytes)
             if t.type not in row["types"]:
                 row["types"].append(t.type)
         return {k: out[k] for k in KINDS if k in out}
@@ -132,6 +137,17 @@ class Plan:
             "tensors": [{"name": t.name, "shape": list(t.shape), "kind": t.kind, "type": t.type, "bytes": t.bytes}
                         for t in self.tensors],
         }
+
+
+def context_for(cfg: ModelConfig, context: int | None, force: bool = False) -> int:
+    """The context to plan `cfg` at: `context`, refused beyond the model's trained maximum unless `force`;
+    without one, DEFAULT_CONTEXT or the trained maximum if that is smaller."""
+    if context is None:
+        return min(DEFAULT_CONTEXT, cfg.max_context) if cfg.max_context else DEFAULT_CONTEXT
+    if cfg.max_context and not force and isinstance(context, int) and context > cfg.max_context:
+        raise LowbitError(f"context {context:,} is beyond {cfg.name}'s trained maximum of {cfg.max_context:,} tokens "
+                          f"({cfg.max_context_from}); {FORCE_HINT}")
+    return context
 
 
 def _check_counts(context: int, sequences: int) -> None:
@@ -171,11 +187,11 @@ def _scenario(weights: str | Scenario, kv: str | None, kv_k: str | None, kv_v: s
 
 def plan(
     model: str | ResolvedModel,
-    weights: str | Scenario = "Q4_K_M",
+    weights: str | Scenario | None = None,
     kv: str | None = None,
     kv_k: str | None = None,
     kv_v: str | None = None,
-    context: int = 262_144,
+    context: int | None = None,
     sequences: int = 1,
     pure: bool = False,
     mtp: bool = False,
@@ -183,6 +199,7 @@ def plan(
     scenario_name: str = "",
     imatrix: bool | None = None,
     engine: str | Engine = "llama.cpp",
+    force_context: bool = False,
     *,
     tensor_types=(),
     output_tensor_type: str | None = None,
@@ -193,20 +210,26 @@ def plan(
     """Plan one model under one scenario. `model`: built-in name, config.json path or .gguf path.
 
     The formats come as a `Scenario`, or as a mix name (`weights`) and KV formats (`kv` for K and V, f16 by
-    default; `kv_k`, `kv_v` for one of them). `pure` gives every tensor the mix's default type.
+    default; `kv_k`, `kv_v` for one of them). `weights="stored"` takes the model's own tensors from its file
+    (a .gguf, or a checkpoint folder's safetensors); that is the default for a .gguf, Q4_K_M for the rest.
+    `pure` gives every tensor the mix's default type.
     `imatrix=None` assumes an importance matrix exactly when llama-quantize would refuse the recipe
     without one; `imatrix=False` refuses such a recipe, as llama-quantize does.
     llama-quantize's per-tensor options: `tensor_types` ('PATTERN=TYPE' strings, pairs or an ordered
     mapping, first match wins), `output_tensor_type`, `token_embedding_type`, `leave_output_tensor`; or
     all of them (with `pure` and `imatrix`) as one `recipe` (lowbit.planning.recipe.Recipe).
     `engine` (a name or a lowbit.planning.engines object) allocates the KV cache, state and runtime buffers.
+    `context` defaults to 262,144 tokens or the model's trained maximum if smaller; a larger one than that
+    maximum is refused unless `force_context` (as vLLM refuses it).
     """
-    _check_counts(context, sequences)
     resolved = resolve(model) if isinstance(model, str) else model
     cfg = resolved.config
+    _check_counts(DEFAULT_CONTEXT if context is None else context, sequences)
+    context = context_for(cfg, context, force_context)
+    if weights is None:
+        weights = "stored" if resolved.gguf is not None else "Q4_K_M"
     scenario = _scenario(weights, kv, kv_k, kv_v, pure, scenario_name)
     eng = engine_model(engine)
-    tensors = gguf_order(inventory(cfg, mtp=mtp, vision=vision))
     if recipe is None:
         recipe = Recipe.of(tensor_types, output_tensor_type, token_embedding_type, leave_output_tensor,
                            scenario.pure, imatrix)
@@ -214,11 +237,27 @@ def plan(
         raise LowbitError("give llama-quantize's options either as a Recipe or one by one, not both")
     elif scenario.pure and not recipe.pure:
         recipe = replace(recipe, pure=True)
-    if recipe.pure and not scenario.pure:
-        scenario = replace(scenario, pure=True)
-    types, imatrix_used, imatrix_assumed = _typed(cfg, tensors, scenario.mix, recipe)
-    planned = [TensorPlan(t.name, t.shape, t.kind, types[t.name].name, types[t.name].tensor_bytes(t.shape))
-               for t in tensors]
+    imatrix_used, imatrix_assumed = False, True
+    if scenario.mix is STORED:
+        if scenario.pure or vision:
+            raise LowbitError("--weights stored plans the file's own tensors: --pure and --vision do not apply")
+        if recipe.tensor_types or recipe.output_tensor_type or recipe.token_embedding_type or \
+                recipe.leave_output_tensor or recipe.imatrix is not None:
+            raise LowbitError("--weights stored plans the file's own tensors: llama-quantize's options need a mix "
+                              "(--weights Q4_K_M, ...)")
+        stored = stored_weights(resolved, mtp)
+        planned, padding, provenance = stored.tensors, stored.padding, stored.provenance
+        params_total, active = stored.params_total, stored.params_active
+    else:
+        if recipe.pure and not scenario.pure:
+            scenario = replace(scenario, pure=True)
+        tensors = gguf_order(inventory(cfg, mtp=mtp, vision=vision))
+        types, imatrix_used, imatrix_assumed = _typed(cfg, tensors, scenario.mix, recipe)
+        planned = [TensorPlan(t.name, t.shape, t.kind, types[t.name].name, types[t.name].tensor_bytes(t.shape))
+                   for t in tensors]
+        padding, provenance = GGUF_ALIGNMENT, MIX_PROVENANCE
+        params_total = sum(t.n_params for t in tensors)
+        active = sum(round(t.n_params * t.per_token_active) for t in tensors)
     alloc = eng.allocate(cfg, scenario.k, scenario.v, context, sequences, mtp)
     if resolved.gguf is not None:
         files = resolved.origin.get("files", [])
@@ -226,9 +265,9 @@ def plan(
         how = " (headers fetched over HTTP)" if "url" in resolved.origin else ""
         header, header_exact, header_note = resolved.gguf.data_offset, True, f"exact: read from {where}{how}"
     else:
-        size = header_size(cfg, [t for t in tensors if t.kind != VISION], resolved.folder)
+        text = [t for t in gguf_order(inventory(cfg, mtp=mtp)) if t.kind != VISION]
+        size = header_size(cfg, text, resolved.path)
         header, header_exact, header_note = size.bytes, False, size.provenance
-    active = sum(round(t.n_params * t.per_token_active) for t in tensors)
     return Plan(
         model=cfg.name,  # built-ins are named canonically; files by their file or folder name
         config=cfg,
@@ -236,9 +275,9 @@ def plan(
         context=context,
         sequences=sequences,
         tensors=planned,
-        params_total=sum(t.n_params for t in tensors),
+        params_total=params_total,
         params_active=active,
-        weights_bytes=sum(aligned(t.bytes) for t in planned),
+        weights_bytes=sum(-(-t.bytes // padding) * padding for t in planned),
         kv_bytes=alloc.kv_bytes,
         kv_k_bytes=alloc.kv_k_bytes,
         kv_v_bytes=alloc.kv_v_bytes,
@@ -250,6 +289,8 @@ def plan(
         origin=resolved.origin,
         kv_cells=alloc.cells,
         engine=eng,
+        padding=padding,
+        weights_provenance=provenance,
         recipe=replace(recipe, imatrix=imatrix_used),
         imatrix_assumed=imatrix_assumed,
     )

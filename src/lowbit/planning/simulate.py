@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from lowbit.errors import LowbitError
 from lowbit.models.catalog import QWEN35_FAMILY, resolve
 from lowbit.planning.engines import Engine, engine_model
 from lowbit.planning.fit import fitting_devices
-from lowbit.planning.planner import Plan, plan
+from lowbit.planning.planner import DEFAULT_CONTEXT, FORCE_HINT, Plan, plan
 from lowbit.planning.scenario import ONEBIT_TURBO, TODAY, Scenario
 
 
 @dataclass(repr=False)
 class Simulation:
-    context: int
+    context: int  # asked for (or the default); a model whose trained maximum is smaller is planned at that
     sequences: int
     scenarios: list[Scenario]
     plans: list[Plan]  # model-major: for each model, one plan per scenario
@@ -28,6 +29,10 @@ class Simulation:
             if p.model not in seen:
                 seen.append(p.model)
         return seen
+
+    def shortened(self) -> dict[str, int]:
+        """Models planned at less than `context` (their trained maximum, as no context was given)."""
+        return {p.model: p.context for p in self.plans if p.context != self.context}
 
     def get(self, model: str, scenario: str) -> Plan:
         return next(p for p in self.plans if p.model == model and p.scenario.name == scenario)
@@ -50,6 +55,7 @@ class Simulation:
                 {
                     "model": p.model,
                     "scenario": p.scenario.name,
+                    "context": p.context,
                     "params": p.params_total,
                     "params_active": p.params_active,
                     "weights_bytes": p.weights_bytes,
@@ -70,23 +76,31 @@ class Simulation:
 def simulate(
     models: list[str] | None = None,
     scenarios: list[Scenario] | None = None,
-    context: int = 262_144,
+    context: int | None = None,
     sequences: int = 1,
     pure: bool = False,
     mtp: bool = False,
     vision: bool = False,
     engine: str | Engine = "llama.cpp",
+    force_context: bool = False,
 ) -> Simulation:
     """Every model (default: the Qwen3.5 family) under every scenario (default: today and 1-bit + TurboQuant).
 
-    `pure` plans every scenario as llama-quantize --pure would.
+    `pure` plans every scenario as llama-quantize --pure would. Without a `context`, each model is planned
+    at 262,144 tokens or its trained maximum if smaller; a `context` beyond a model's maximum is refused,
+    naming every such model, unless `force_context`.
     """
     scenarios = list(scenarios or [TODAY, ONEBIT_TURBO])
     eng = engine_model(engine)
+    resolved = [resolve(name) for name in models or QWEN35_FAMILY]
+    if context is not None and not force_context:
+        over = [r.config for r in resolved if r.config.max_context and context > r.config.max_context]
+        if over:
+            names = ", ".join(f"{c.name} ({c.max_context:,}: {c.max_context_from})" for c in over)
+            raise LowbitError(f"context {context:,} is beyond the trained maximum of {names}; {FORCE_HINT}")
     plans = []
-    for name in models or QWEN35_FAMILY:
-        resolved = resolve(name)
+    for r in resolved:
         for s in scenarios:
-            plans.append(plan(resolved, replace(s, pure=True) if pure else s, context=context, sequences=sequences,
-                              mtp=mtp, vision=vision, engine=eng))
-    return Simulation(context, sequences, scenarios, plans)
+            plans.append(plan(r, replace(s, pure=True) if pure else s, context=context, sequences=sequences,
+                              mtp=mtp, vision=vision, engine=eng, force_context=force_context))
+    return Simulation(DEFAULT_CONTEXT if context is None else context, sequences, scenarios, plans)

@@ -1,20 +1,31 @@
-"""A safetensors checkpoint fitted as stored (`lowbit fit DIR --weights stored`): its own dtypes and bytes
-take the place of a llama.cpp mix's, named the way the engines place GGUF tensors."""
+"""Weights as stored (`--weights stored`): a model's own tensors, read from its file, in place of a mix's.
+
+A GGUF gives its tensor types and sizes in its header; a safetensors checkpoint its dtypes and shapes,
+named here the way the engines place GGUF tensors. Nothing past the headers is read.
+"""
 
 from __future__ import annotations
 
+import math
 import re
-from pathlib import Path
+from dataclasses import dataclass
 
-from lowbit.devices import Budget
 from lowbit.errors import LowbitError
+from lowbit.models.catalog import ResolvedModel
 from lowbit.models.safetensors import Checkpoint, load_checkpoint
-from lowbit.models.tensors import ATTN, EMBED, EXPERTS, MLP, MTP, NORM, OUTPUT, ROUTER, VISION
-from lowbit.planning.engines import Engine
-from lowbit.planning.fit import FitResult, fit
-from lowbit.planning.planner import TensorPlan
+from lowbit.models.tensors import ATTN, EMBED, EXPERTS, MLP, MTP, NORM, OUTPUT, ROUTER, VISION, inventory
+from lowbit.planning.tensorplan import TensorPlan
 
 _HF_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.*)$")
+
+
+@dataclass(frozen=True)
+class StoredWeights:
+    tensors: list[TensorPlan]
+    params_total: int
+    params_active: int
+    padding: int  # each tensor's bytes are padded to this in the file (1: not padded)
+    provenance: str
 
 
 def as_planned(ckpt: Checkpoint, mtp: bool = False) -> list[TensorPlan]:
@@ -51,10 +62,28 @@ def as_planned(ckpt: Checkpoint, mtp: bool = False) -> list[TensorPlan]:
     return out
 
 
-def stored_fit(model: str, budget: Budget | str, kv_k: str = "f16", kv_v: str | None = None,
-               context: int | None = None, users: int = 1, engine: str | Engine = "llama.cpp") -> FitResult:
-    """`lowbit fit CHECKPOINT --weights stored`: weights exactly as the safetensors hold them."""
-    if not isinstance(model, str) or not Path(model).expanduser().is_dir():
-        raise LowbitError("--weights stored needs MODEL to be a local checkpoint folder (config.json + safetensors)")
-    ckpt = load_checkpoint(model)
-    return fit(model, budget, "Q8_0", kv_k, kv_v, context, users, engine, stored=as_planned(ckpt))
+def stored_weights(resolved: ResolvedModel, mtp: bool = False) -> StoredWeights:
+    """The model's weights exactly as its file holds them: a .gguf, or a checkpoint folder's safetensors."""
+    cfg = resolved.config
+    if resolved.gguf is not None:
+        known = {t.name: t for t in inventory(cfg, mtp=True)}
+        tensors, active = [], 0
+        for t in resolved.gguf.tensors:
+            ref = known.get(t.name)
+            kind = ref.kind if ref else (OUTPUT if t.name.startswith("output") else MLP)
+            if kind == MTP and not mtp:
+                continue  # the next-token block: loaded only for speculative decoding, as --mtp asks
+            tensors.append(TensorPlan(t.name, tuple(t.shape), kind, t.type_name, t.nbytes))
+            active += round(math.prod(t.shape) * (ref.per_token_active if ref else 1.0))
+        return StoredWeights(tensors, sum(math.prod(t.shape) for t in tensors), active, resolved.gguf.alignment,
+                             "exact: the GGUF's own tensor types and sizes, read from its header, each padded to "
+                             f"{resolved.gguf.alignment} bytes")
+    if resolved.path is None:
+        raise LowbitError(f"--weights stored needs a file to read: a .gguf or a local checkpoint folder (config.json + "
+                          f"safetensors); {cfg.name} is a built-in config with no weights")
+    tensors = as_planned(load_checkpoint(resolved.path), mtp)
+    share = cfg.num_experts_used / cfg.num_experts if cfg.is_moe else 1.0
+    params = sum(math.prod(t.shape) for t in tensors)
+    active = sum(round(math.prod(t.shape) * (share if t.kind == EXPERTS else 1.0)) for t in tensors)
+    return StoredWeights(tensors, params, active, 1,
+                         "exact: the checkpoint's safetensors headers (dtype x shape), as stored")

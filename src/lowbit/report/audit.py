@@ -15,7 +15,7 @@ from lowbit.formats.kv import KV_FORMATS
 from lowbit.planning.planner import Plan, plan
 from lowbit.planning.scenario import BONSAI, ONEBIT_TURBO, TODAY
 from lowbit.planning.search import largest
-from lowbit.report.render import Table, fmt_bytes
+from lowbit.report.render import NBSP, Table, fmt_bytes
 
 CONTEXT = 262_144
 TOLERANCE = 0.01  # a figure "reproduces" within 1%
@@ -28,7 +28,9 @@ CONTEXTS = [32_768, 65_536, 100_000, 128_000, 131_072, 200_000, 256_000, 262_144
 def _plan(model: str, scenario: str, context: int = CONTEXT, pure: bool = False, vision: bool = False,
           mtp: bool = False) -> Plan:
     s = SCENARIOS[scenario]
-    return plan(model, replace(s, pure=True) if pure else s, context=context, vision=vision, mtp=mtp)
+    # hypotheses about the article may go past a model's trained maximum: they are readings, not runs
+    return plan(model, replace(s, pure=True) if pure else s, context=context, vision=vision, mtp=mtp,
+                force_context=True)
 
 
 def _quantity(p: Plan, quantity: str) -> int:
@@ -160,10 +162,10 @@ def audit_rows(result: dict, units: str = "GB") -> list[list[str]]:
         if "claimed_bytes" in r:
             article, exact = fmt_bytes(r["claimed_bytes"], units), fmt_bytes(r["exact_bytes"], units)
         elif "claimed_ratio" in r:
-            article, exact = f">= {r['claimed_ratio']}x", f"{r['exact_ratio']:.2f}x"
+            article, exact = f">={NBSP}{r['claimed_ratio']}x", f"{r['exact_ratio']:.2f}x"
         else:
             article = f"{r['claimed_range'][0]:g}-{r['claimed_range'][1]:g}x"
-            exact = ", ".join(f"{m.split('-', 1)[1]} {v:.2f}x" for m, v in r["exact_ratios"].items())
+            exact = ", ".join(f"{m.split('-', 1)[1]}{NBSP}{v:.2f}x" for m, v in r["exact_ratios"].items())
         note = ""
         if "nearest" in r:
             n = r["nearest"]
@@ -181,6 +183,7 @@ def audit_rows(result: dict, units: str = "GB") -> list[list[str]]:
 def audit_table(result: dict, units: str = "GB") -> Table:
     t = Table(f"The seed's claims at {result['context']:,} tokens (today = {result['scenarios']['today']}; "
               f"1bit-turbo = {result['scenarios']['1bit-turbo']})", AUDIT_COLUMNS,
-              caption=f"Source: {result['source']}\n{result['note']}", right_align_from=1, width=170)
+              caption=f"Source: {result['source']}\n{result['note']}", right_align_from=1)
+    t.left_from = 3  # the verdict and the nearest assumption are text
     t.rows = audit_rows(result, units)
     return t
