@@ -280,7 +280,7 @@ class LlamaCpp(Engine):
             "kv": f"exact for llama.cpp: cells padded to {self.kv_pad} (flash attention); sliding-window layers hold "
                   f"window + {self.n_ubatch} cells per sequence; KV stays with its layer's device",
             "state": "exact for llama.cpp: conv window + recurrent state of Gated DeltaNet or Mamba layers, f32, one per sequence",
-            "runtime": f"llama.cpp's CPU buffers for -b {self.n_batch} -ub {self.n_ubatch}, flash attention on: output "
+            "runtime": f"mostly exact: llama.cpp's CPU buffers for -b {self.n_batch} -ub {self.n_ubatch}, flash attention on: output "
                        "buffer (f32 logits, one token per sequence) exact; compute buffer = the larger of the output "
                        "head (f32 logits + 2 hidden rows per micro-batch token, exact) and a block (inputs and f16 "
                        "KQ masks exact, the widest block's activations x 4/3 for the allocator estimated); within 2% "

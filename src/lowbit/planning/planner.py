@@ -90,7 +90,7 @@ class Plan:
             "state_bytes": notes["state"],
             "runtime_bytes": notes["runtime"],
             "gguf_header_bytes": self.header_provenance,
-            "file_bytes": f"GGUF header ({self.header_provenance.partition(':')[0]}) + tensor data padded to 32 bytes"
+            "file_bytes": f"{self.header_provenance.partition(':')[0]}: the GGUF header + tensor data padded to 32 bytes"
                           + (" (text model; the vision tower is its own mmproj file)" if
                              any(t.kind == VISION for t in self.tensors) else ""),
         }
