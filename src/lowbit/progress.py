@@ -8,6 +8,7 @@ rich is imported when a bar is made, so modules that only may show one stay chea
 from __future__ import annotations
 
 import functools
+import sys
 import inspect
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -74,3 +75,8 @@ def step(enabled: bool, description: str):
     bar, _ = progress_bar(enabled, description, None)
     with bar:
         yield
+
+
+def notice(text: str) -> None:
+    """One line on stderr about something the library did on the user's behalf (a network read)."""
+    print(f"lowbit: {text}", file=sys.stderr)

@@ -17,7 +17,7 @@ from lowbit.errors import LowbitError
 from lowbit.planning.engines import Engine, LlamaCpp, engine_model
 
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]i?)?\s*$")
-LLAMA_BATCH, LLAMA_UBATCH = 2048, LlamaCpp.n_ubatch  # llama.cpp's defaults for -b and -ub
+LLAMA_BATCH, LLAMA_UBATCH = LlamaCpp.n_batch, LlamaCpp.n_ubatch  # llama.cpp's defaults for -b and -ub
 CONTEXT_POLICY = ("A context beyond the model's trained maximum (max_position_embeddings, or the GGUF's "
                   "context_length) is refused unless --force-context: lowbit follows vLLM here, which refuses such "
                   "a max_model_len unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (llama.cpp only warns).")
@@ -131,4 +131,27 @@ def engine_from(args: argparse.Namespace) -> str | Engine:
     ubatch = LLAMA_UBATCH if args.ubatch_size is None else args.ubatch_size
     if min(batch, ubatch) < 1:
         raise LowbitError("-b and -ub must be at least 1")
-    return engine_model(engine, n_ubatch=min(batch, ubatch))
+    return engine_model(engine, n_batch=batch, n_ubatch=ubatch)  # it runs min(context, b, ub)
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """llama-quantize's options beside the mix (--pure comes with add_model_options)."""
+    g = p.add_argument_group("llama-quantize options (the recipe the file was made with)")
+    g.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
+                   help="type for tensors whose name contains a match of PATTERN (a regex, as llama-quantize reads "
+                        "it; repeatable, the first match wins), e.g. attn_v=q8_0")
+    g.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight (and of a tied embedding)")
+    g.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight")
+    g.add_argument("--leave-output-tensor", action="store_true", help="output.weight stays in the source type")
+    im = g.add_mutually_exclusive_group()
+    im.add_argument("--imatrix", dest="imatrix", action="store_const", const=True, default=None,
+                    help="an importance matrix was given (default: only when the recipe cannot be made without one)")
+    im.add_argument("--no-imatrix", dest="imatrix", action="store_const", const=False,
+                    help="no importance matrix: llama.cpp's choices without one, and its refusals")
+
+
+def recipe_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of plan() that add_recipe_options defines."""
+    return {"tensor_types": list(args.tensor_type), "output_tensor_type": args.output_tensor_type,
+            "token_embedding_type": args.token_embedding_type, "leave_output_tensor": args.leave_output_tensor,
+            "imatrix": args.imatrix}

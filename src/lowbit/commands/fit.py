@@ -17,7 +17,7 @@ from lowbit.report.render import Table, fmt_bytes, print_json
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="built-in name (e.g. qwen3.5-27b), a config.json or checkpoint folder, "
-                                            "or a .gguf")
+                                            "a .gguf, or https://.../FILE.gguf or hf://OWNER/REPO/FILE.gguf (header only)")
     p.add_argument("--family", help="every model of a family instead of one MODEL (qwen3.5)")
     p.add_argument("--hf", metavar="ORG/NAME", help="fetch config.json from the Hugging Face Hub (online, on request)")
     p.add_argument("--device", help="a device from `lowbit devices` (e.g. rtx-4090, m4-max-64gb, phone-8gb)")

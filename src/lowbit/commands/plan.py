@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.commands._common import add_format, add_model_options, context_arg, engine_from, kv_pair
+from lowbit.commands._common import (add_format, add_model_options, add_recipe_options, context_arg, engine_from,
+                                    kv_pair, recipe_options)
 from lowbit.planning.planner import plan
 from lowbit.report.plan_table import plan_tables
 from lowbit.report.render import print_json, unit
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="built-in name (e.g. qwen3.5-122b-a10b), a config.json (or its folder), or a .gguf")
+    p.add_argument("model", help="built-in name (e.g. qwen3.5-122b-a10b), a config.json (or its folder), a .gguf "
+                                 "(split files found), or a remote GGUF: https://.../FILE.gguf or "
+                                 "hf://OWNER/REPO/FILE.gguf (header only)")
     add_model_options(p)
+    add_recipe_options(p)
     p.add_argument("--tensors", action="store_true", help="list every tensor (table formats)")
     add_format(p)
 
@@ -22,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     k, v = kv_pair(args, "f16")
     p = plan(args.model, args.weights, kv_k=k, kv_v=v, context=context_arg(args, args.sequences),
              sequences=args.sequences, pure=args.pure, mtp=args.mtp, vision=args.vision, engine=engine_from(args),
-             force_context=args.force_context)
+             force_context=args.force_context, **recipe_options(args))
     if args.format == "json":
         print_json(p.to_json())
         return 0
@@ -30,3 +34,4 @@ def run(args: argparse.Namespace) -> int:
     for t in plan_tables(p, units, tensors=args.tensors, context_given=asked):
         t.render(args.format)
     return 0
+

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from lowbit.errors import LowbitError
+from lowbit.models import remote
 from lowbit.models.config import ModelConfig, from_gguf_metadata, from_hf_config, load_config_file
 from lowbit.models.gguf_header import GGUFHeader, read_header
 from lowbit.models.local import LOCAL, installed, local_model, model_path, where
 from lowbit.safe_read import input_path, is_dir, probe, require_file, short
+from lowbit.models.split import read_split
+from lowbit.progress import notice
 
 QWEN35_FAMILY = [
     "qwen3.5-0.8b", "qwen3.5-2b", "qwen3.5-4b", "qwen3.5-9b",
@@ -33,7 +38,8 @@ class ResolvedModel:
     config: ModelConfig
     gguf: GGUFHeader | None = None  # set when the model came from a .gguf file
     hf_id: str = ""
-    path: Path | None = None  # the folder a config.json came from (its checkpoint, if any, is there)
+    path: Path | None = None  # the folder a config.json came from (its checkpoint and tokenizer files, if any)
+    origin: dict = field(default_factory=dict)  # a GGUF's files (and for a remote one, the bytes fetched)
 
 
 def _catalog_dir():
@@ -59,31 +65,75 @@ def canonical(name: str) -> str:
     return name.strip().split("/")[-1].lower()
 
 
-def _from_gguf(path: Path, name: str) -> ResolvedModel:
-    header = read_header(path)
+def _from_header(header: GGUFHeader, name: str, origin: dict) -> ResolvedModel:
     meta = dict(header.metadata)
     # llama.cpp decides tied embeddings by the absence of output.weight; so do we.
     meta["lowbit.has_output_tensor"] = any(t.name == "output.weight" for t in header.tensors)
-    return ResolvedModel(from_gguf_metadata(meta, name=name), gguf=header)
+    return ResolvedModel(from_gguf_metadata(meta, name=name), gguf=header, origin=origin)
+
+
+def _read_local(name: str) -> GGUFHeader:
+    path = input_path(name)
+    if probe(path) is None:  # a split model's part: its file name is what the user must find
+        raise LowbitError(f"no such GGUF file: {short(path.name)} (in {short(str(path.parent))})")
+    return read_header(require_file(path, "GGUF file"))
+
+
+@lru_cache(maxsize=32)  # simulate and fit plan one model many times: its header is fetched once
+def _remote(source: str, endpoint: str) -> ResolvedModel:
+    url = remote.url_of(source)
+    deadline = time.monotonic() + remote.TIME_LIMIT_S
+    fetched: dict[str, remote.Fetched] = {}
+
+    first: list[GGUFHeader] = []
+
+    def read(u: str) -> GGUFHeader:
+        # a split model's later files hold only split keys and their share of the tensor infos
+        guess = None
+        if first:
+            count, files = first[0].metadata.get("split.tensors.count"), first[0].metadata.get("split.count")
+            if isinstance(count, int) and isinstance(files, int) and files > 0:
+                guess = min(remote.FIRST_RANGE, 4096 + 256 * (-(-count // files)))
+        header, fetched[u] = remote.read_remote_header(u, deadline, first_range=guess)
+        first.append(header)
+        return header
+
+    header, names = read_split(url, read)
+    files = [{"name": u, "bytes": fetched[u].file_size, "header_bytes": fetched[u].header_bytes,
+              "fetched_bytes": fetched[u].fetched_bytes, "requests": fetched[u].requests} for u in names]
+    total = sum(f["fetched_bytes"] for f in files)
+    notice(f"read the header{'s of' if len(files) > 1 else ' of'} {source}"
+           f"{f' ({len(files)} files)' if len(files) > 1 else ''}: fetched {total:,} bytes in "
+           f"{sum(f['requests'] for f in files)} range requests, of {header.file_size:,}")
+    return _from_header(header, Path(unquote(urlparse(names[0]).path)).name,
+                        {"location": source, "url": url, "files": files, "fetched_bytes": total})
 
 
 def resolve(model: str) -> ResolvedModel:
     """A MODEL argument as a config (and its GGUF header, for a file): a built-in name, a local real model's
-    name, a .gguf path, or a config.json (or its folder)."""
+    name, a .gguf path (split files read together), a https:// or hf:// address of one (header only), or a
+    config.json (or its folder)."""
+    if remote.is_remote(model):
+        return _remote(model.strip(), os.environ.get("HF_ENDPOINT", ""))
     key = canonical(model)
     if key in builtin_names():
         return _builtin(key)
     if local_model(model) is not None:  # a real GGUF: planned as stored, like any .gguf
-        return _from_gguf(model_path(model), local_model(model).name)
+        path = model_path(model)
+        return _from_header(read_header(path), local_model(model).name, {"location": str(path), "files": [
+            {"name": str(path), "bytes": path.stat().st_size}]})
     path = input_path(model)
     if path.suffix.lower() == ".gguf":
-        return _from_gguf(require_file(path, "GGUF file"), path.name)
+        require_file(path, "GGUF file")
+        header, parts = read_split(str(path), _read_local)
+        files = [{"name": n, "bytes": Path(n).stat().st_size} for n in parts]
+        return _from_header(header, Path(parts[0]).name, {"location": str(path), "files": files})
     if path.name == "config.json" or path.suffix.lower() == ".json" or is_dir(path):
         if probe(path) is None:
             raise LowbitError(f"no such file or folder: {short(model)}")
         return ResolvedModel(load_config_file(path), path=path if is_dir(path) else path.parent)
     raise LowbitError(f"unknown model {short(model)}: not a name from `lowbit models` ({', '.join(names())}), "
-                      "a config.json, or a .gguf file")
+                      "a config.json, a .gguf file, or a https:// or hf://OWNER/REPO/FILE.gguf address")
 
 
 def gguf_path(model: str | os.PathLike) -> Path:

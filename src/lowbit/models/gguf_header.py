@@ -73,6 +73,14 @@ def _pad(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
+class Truncated(LowbitError):
+    """The bytes end before the header does; `wanted` is how many bytes from the start it needs at least."""
+
+    def __init__(self, message: str, wanted: int):
+        super().__init__(message)
+        self.wanted = wanted
+
+
 class _Cursor:
     """Reads the header from a memory map: nothing is copied that is only skipped; every budget is counted here."""
 
@@ -84,7 +92,8 @@ class _Cursor:
 
     def _need(self, n: int) -> None:
         if n < 0 or self.pos + n > self.size:
-            raise LowbitError(f"GGUF header is truncated or malformed (wants {n} bytes at offset {self.pos})")
+            raise Truncated(f"GGUF header is truncated or malformed (wants {n} bytes at offset {self.pos})",
+                            self.pos + max(n, 0))
 
     def read(self, n: int) -> bytes:
         self._need(n)
@@ -172,18 +181,20 @@ class _Summary(int):
 _SCALAR_IDS = {int(t) for t in _SCALARS}
 
 
-def read_header(path: str | Path) -> GGUFHeader:
+def read_header(path: str | Path, file_size: int | None = None) -> GGUFHeader:
+    """The header of the GGUF file at `path`. `file_size`: the size of the whole file when `path` holds only
+    its first bytes (a header fetched over the network); a header running past them raises `Truncated`."""
     path = require_file(input_path(path), "GGUF file")
     try:
         stat = path.stat()
         resolved = path.resolve()
     except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
         raise LowbitError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    return _read_header(resolved, stat.st_size, stat.st_mtime_ns)
+    return _read_header(resolved, stat.st_size, stat.st_mtime_ns, file_size)
 
 
 @lru_cache(maxsize=16)  # planning one file under many scenarios reads its header once
-def _read_header(path: Path, size: int, mtime_ns: int) -> GGUFHeader:
+def _read_header(path: Path, size: int, mtime_ns: int, file_size: int | None = None) -> GGUFHeader:
     f = open_regular(path, "GGUF file")  # never blocks on a FIFO swapped in since the stat
     size = os.fstat(f.fileno()).st_size  # the file as opened, should it have changed since the stat
     if size < 24:
@@ -235,6 +246,7 @@ def _read_header(path: Path, size: int, mtime_ns: int) -> GGUFHeader:
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 16:
             raise LowbitError(f"GGUF alignment {short(alignment)} is invalid")
         data_offset = _pad(cur.pos, alignment)
+    size = size if file_size is None else file_size
     header = GGUFHeader(path, version, meta, infos, alignment, data_offset, size)
     end = max((t.offset + t.nbytes for t in infos), default=0)
     if infos and data_offset + end > size:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowbit.errors import LowbitError
+from lowbit.safe_read import input_path, require_file, short
 from lowbit.safe_write import atomic_path
 from lowbit.progress import step
 
@@ -84,12 +85,10 @@ def model_path(name: str | os.PathLike) -> Path:
     m = local_model(str(name))
     if m is not None:
         return _gemma3() if m.assembled else _packaged(m)
-    path = Path(name).expanduser()
+    path = input_path(name)
     if path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise LowbitError(f"no such GGUF file: {path}")
-        return path
-    raise LowbitError(f"unknown model {str(name)!r}: use {' or '.join(MODELS)}, or a path to a .gguf file")
+        return require_file(path, "GGUF file")
+    raise LowbitError(f"unknown model {short(str(name))}: use {' or '.join(MODELS)}, or a path to a .gguf file")
 
 
 def _package_dir(module: str) -> Path | None:
