@@ -84,7 +84,7 @@ print(json.dumps({"result": result, "cpu": after.ru_utime + after.ru_stime - bef
 def walked_in_a_process(path) -> dict:
     """Read a header in a fresh process: its CPU seconds and peak resident memory (bytes; the header's mapped
     pages count too, so against a process that read a tiny header it bounds everything the walk costs)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH"))))}
     r = subprocess.run([sys.executable, "-c", _RSS, str(path)], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)

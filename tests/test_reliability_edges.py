@@ -203,7 +203,7 @@ def test_quantize_output_mode_follows_umask_and_force_keeps_the_old_mode(tmp_pat
 
 def test_two_quantize_runs_to_one_path_one_wins_whole(tmp_path, tiny):
     out = tmp_path / "q.gguf"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH"))))}
     procs = {to: subprocess.Popen([sys.executable, "-m", "lowbit.cli", "quantize", str(tiny), "--to", to, "-o", str(out),
                                    "--format", "json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for to in ("Q4_0", "Q8_0")}
@@ -252,7 +252,7 @@ def test_a_hub_that_never_answers_is_cut_at_the_deadline(tmp_path):
     code = ("import sys, lowbit.models.hub as h; h.HF_DEADLINE = 3.0; from lowbit.cli import main; "
             "sys.exit(main(['fit', '--hf', 'Qwen/Qwen3.5-27B', '--device', 'rtx-4090']))")
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(PYTHONPATH=str(ROOT / "src"), HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH")))), HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
     start = time.perf_counter()
     try:
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
