@@ -4,16 +4,27 @@ A device has a vendor memory size (exact, from the spec sheet) and a *usable* si
 after the operating system, driver or platform holds memory back. The usable size is always an
 estimate, and `Budget.assumption` names it. `--memory 24GB` (SI) or `24GiB` (binary) gives a budget
 with no device; it is taken as usable in full unless a device kind is named with it.
+
+Each device also carries its peak memory bandwidth and matrix FLOP rate (vendor figures, with their
+source) for the speed estimates. `this-cpu` is this machine as `lowbit devices --measure` measured it
+(a device profile in the user cache: streaming bandwidth and f32 matrix rate of one thread, with numpy).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 from lowbit.errors import LowbitError
 from lowbit.safe_read import short
@@ -36,6 +47,10 @@ class Device:
     memory_bytes: int
     aliases: tuple[str, ...] = ()
     source: str = ""  # where memory_bytes comes from (the vendor's specification)
+    bandwidth_bytes_s: float = 0.0  # peak memory bandwidth (0: unknown)
+    flops: float = 0.0  # peak FLOP/s of the matrix path llama.cpp uses there (devices.json's _about says which)
+    perf_source: str = ""  # where the two come from
+    threads: int = 0  # CPU threads the figures are for (0: the whole device)
 
     @property
     def unified(self) -> bool:
@@ -68,7 +83,8 @@ def _raw() -> dict:
 def catalog() -> tuple[Device, ...]:
     return tuple(
         Device(d["name"], d["kind"], d["class"], d["label"], int(d["memory_bytes"]),
-               tuple(d.get("aliases", ())), d["source"])
+               tuple(d.get("aliases", ())), d["source"], float(d.get("bandwidth_bytes_s", 0)),
+               float(d.get("flops", 0)), d.get("perf_source", ""))
         for d in _raw()["devices"]
     )
 
@@ -79,6 +95,8 @@ def reserve_rules() -> dict:
 
 def device(name: str) -> Device:
     key = str(name).strip().lower()
+    if key == THIS_CPU:
+        return this_cpu()
     for d in catalog():
         if key == d.name or key in d.aliases:
             return d
@@ -164,3 +182,144 @@ def listing() -> list[dict]:
                      "memory_bytes": d.memory_bytes, "usable_bytes": use, "usable_assumption": why,
                      "aliases": list(d.aliases), "source": d.source})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# This machine: a measured device profile
+# ---------------------------------------------------------------------------------------------
+
+THIS_CPU = "this-cpu"
+PROFILE_FILE = "device-profile.json"
+PROFILE_VERSION = 1
+
+
+def profile_path() -> Path:
+    """$LOWBIT_CACHE/device-profile.json, else ~/.cache/lowbit/ (the same cache as the eval models)."""
+    return Path(os.environ.get("LOWBIT_CACHE") or Path.home() / ".cache" / "lowbit") / PROFILE_FILE
+
+
+def _measure_here(quick: bool = False) -> dict:
+    """Measure in this process, which should run one BLAS thread (see `measure`).
+
+    CPU time, not wall time, is the clock: on a shared machine wall time measures the share the scheduler
+    gives, CPU time what one core does while it runs. The best of several passes is kept.
+    """
+    import numpy as np  # numpy is a dependency; imported here so the catalog loads without it
+
+    size = (16 if quick else 512) << 20  # bytes per array: well past the caches in the full run
+    n_mat = 256 if quick else 1024
+    passes = 3 if quick else 5
+    a = np.ones(size // 8)
+    b = np.empty_like(a)
+    np.copyto(b, a)  # touch both arrays once (page faults are not bandwidth)
+
+    def best(fn, work: float) -> float:
+        rates = []
+        for _ in range(passes):
+            t0 = time.process_time()
+            fn()
+            dt = time.process_time() - t0
+            if dt > 0:
+                rates.append(work / dt)
+        return max(rates) if rates else 0.0
+
+    read = best(lambda: a.sum(), a.nbytes)  # one streaming read
+    copy = best(lambda: np.copyto(b, a), 2 * a.nbytes)  # STREAM's copy convention: read + write
+    x = np.random.default_rng(0).standard_normal((n_mat, n_mat), dtype=np.float32)
+    y = np.random.default_rng(1).standard_normal((n_mat, n_mat), dtype=np.float32)
+    x @ y  # warm the BLAS
+    flops = best(lambda: x @ y, 2.0 * n_mat**3)
+    return {"read_bandwidth_bytes_s": read, "copy_bandwidth_bytes_s": copy, "flops": flops,
+            "array_bytes": int(a.nbytes), "matrix": n_mat, "passes": passes, "numpy": np.__version__}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def measure(quick: bool = False, timeout: float = 120.0) -> dict:
+    """Measure this machine: streaming read and copy bandwidth and the f32 matrix FLOP rate of one thread.
+
+    The measurement runs in a child Python with every BLAS pinned to one thread (a BLAS that spins its
+    own threads would make CPU time meaningless). Returns the profile `save_profile` stores.
+    """
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               VECLIB_MAXIMUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+                   [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    code = f"import json; from lowbit.devices import _measure_here; print(json.dumps(_measure_here({quick!r})))"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LowbitError(f"the device measurement took longer than {timeout:.0f} s") from None
+    if r.returncode:
+        raise LowbitError("the device measurement failed: " + (r.stderr.strip().splitlines() or ["?"])[-1])
+    figures = json.loads(r.stdout.strip().splitlines()[-1])
+    return {
+        "version": PROFILE_VERSION, "name": THIS_CPU, "cpu": _cpu_model(), "logical_cpus": os.cpu_count() or 1,
+        "memory_bytes": _memory_bytes(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg": list(load) if load else None, "threads": 1, "quick": quick, **figures,
+        "method": "numpy in a child process with one BLAS thread; CPU time (process_time), best of several passes: "
+                  "a.sum() over a float64 array (read), np.copyto (copy: read + write), float32 matmul (2n^3 FLOP)",
+    }
+
+
+def save_profile(profile: dict, path: Path | None = None) -> Path:
+    """Write the profile atomically (a temporary file in the same folder, then rename)."""
+    path = path or profile_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".device-profile-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(profile, fh, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_profile(path: Path | None = None) -> dict | None:
+    """The stored profile, or None when there is none; a damaged one is an error naming the file."""
+    path = path or profile_path()
+    if not path.is_file():
+        return None
+    try:
+        p = json.loads(path.read_text())
+        for key in ("read_bandwidth_bytes_s", "flops", "logical_cpus"):
+            if not float(p[key]) > 0:
+                raise ValueError(key)
+    except (ValueError, KeyError, TypeError) as e:
+        raise LowbitError(f"{path} is not a device profile lowbit can read ({e}); run `lowbit devices --measure` "
+                          "again") from None
+    return p
+
+
+def this_cpu(threads: int | None = None, profile: dict | None = None) -> Device:
+    """This machine from its measured profile; `threads` (default: every logical CPU) scales the one-thread
+    figures linearly, an estimate named in perf_source."""
+    p = profile or load_profile()
+    if p is None:
+        raise LowbitError(f"{THIS_CPU} has not been measured; run `lowbit devices --measure` first")
+    n = int(threads or p["logical_cpus"])
+    if not 1 <= n <= 4096:
+        raise LowbitError(f"threads must be from 1 to 4096, got {threads!r}")
+    src = (f"measured on this machine {p.get('measured_at', '?')} ({p.get('method', 'numpy')}): one thread "
+           f"{p['read_bandwidth_bytes_s'] / 1e9:.1f} GB/s read, {p['flops'] / 1e9:.1f} GFLOP/s f32 matmul"
+           + (f"; x {n} threads, scaled linearly (estimate)" if n > 1 else ""))
+    return Device(THIS_CPU, "cpu", "cpu", f"this machine: {p.get('cpu', '?')}", int(p.get("memory_bytes") or 0),
+                  (), "measured: this machine's physical memory", float(p["read_bandwidth_bytes_s"]) * n,
+                  float(p["flops"]) * n, src, n)

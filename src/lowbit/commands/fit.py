@@ -13,6 +13,7 @@ from lowbit.models.hub import resolve_hf
 from lowbit.planning.engines import engine_model
 from lowbit.planning.fit import FitResult, fit
 from lowbit.report.render import Table, fmt_bytes, print_json
+from lowbit.report.speed_table import ESTIMATE_NOTE, sources, tps
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -34,7 +35,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_sequences(p, "--users", "concurrent sequences")
     p.add_argument("--mtp", action="store_true", help="add the MTP layer and its KV cache")
     p.add_argument("--vision", action="store_true", help="add the vision tower (llama.cpp's mmproj, F16)")
-    add_wide(p, "the llama.cpp offload arguments as a column")
+    p.add_argument("--host", default=None, help="the CPU that runs offloaded layers in the speed estimate "
+                                                "(default cpu-64gb; this-cpu: this machine, measured)")
+    add_wide(p, "the llama.cpp offload arguments and the speed estimate as columns")
     p.add_argument("--format", default="table", choices=("table", "json", "markdown"), help="output (default table)")
     p.epilog = CONTEXT_POLICY
 
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             raise LowbitError("name a MODEL (e.g. qwen3.5-27b), --hf ORG/NAME, or --family qwen3.5")
         models = [model]
     results = [fit(m, b, args.weights, kv_k, kv_v, context, args.users, engine, args.mtp, args.vision,
-                   force_context=args.force_context) for m in models]
+                   force_context=args.force_context, host=args.host) for m in models]
     if args.format == "json":
         docs = [r.to_json() for r in results]
         print_json(docs[0] if len(docs) == 1 and not args.family else {"family": args.family, "results": docs})
@@ -104,10 +107,13 @@ def fit_table(results: list[FitResult], wide: bool) -> Table:
     title = (f"Fit on {where} ({r0.engine}): usable {_gib(r0.limit)} GiB of {_gib(b.memory_bytes)} GiB per device; "
              f"{r0.weights} weights, KV {r0.kv_k}/{r0.kv_v}, {r0.users} user(s)")
     assumptions = [f"{k}: {v}" for k, v in r0.assumptions.items()]
+    speeds = [r.speed for r in results if r.speed]
+    speed_notes = ([ESTIMATE_NOTE.format(prompt=speeds[0].prompt)] + sources(speeds)) if speeds else []
     if wide:
         t = Table(title, ["model", "context", "fits", "need GiB", "headroom GiB", "max context", "max users",
-                          "best weights", "offload (llama.cpp)"], right_align_from=1)
-        t.caption = "Assumptions: " + "; ".join(assumptions)
+                          "best weights", "offload (llama.cpp)", "decode tok/s", "prefill tok/s"], right_align_from=1)
+        t.left_from = 8
+        t.caption = "Assumptions: " + "; ".join(assumptions + speed_notes)
     else:
         t = Table(title, ["model", "context", "fits", "need\nGiB", "headroom\nGiB", "max\ncontext", "max\nusers",
                           "best\nweights"], right_align_from=1)
@@ -125,11 +131,16 @@ def fit_table(results: list[FitResult], wide: bool) -> Table:
         how = _offload(r)
         if wide:
             row.append(how)
+            row += [tps(r.speed.decode_tps), tps(r.speed.prefill_tps)] if r.speed else ["-", "-"]
         elif how not in ("-", "none"):
             notes.append(f"offload {r.model}: {how} ({r.offload.get('note', '')})")
+        if not wide and r.speed:
+            notes.append(f"speed {r.model} (estimate): decode ~{tps(r.speed.decode_tps)} tok/s "
+                         f"({r.speed.decode_bound}), prefill ~{tps(r.speed.prefill_tps)} tok/s "
+                         f"({r.speed.prefill_bound})")
         t.add(*row)
     if not wide:
         marks = ["* the model's trained maximum, not memory, stops the largest context."] \
             if any(r.limited_by == "model" for r in results) else []
-        t.caption = "\n".join(notes + marks + ["Assumptions:"] + [f"- {a}" for a in assumptions])
+        t.caption = "\n".join(notes + marks + ["Assumptions:"] + [f"- {a}" for a in assumptions + speed_notes])
     return t

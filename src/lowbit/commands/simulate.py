@@ -14,6 +14,8 @@ from lowbit.report.quality import kv_quality
 from lowbit.report.render import print_json, unit
 from lowbit.report.simulate_table import simulate_json, simulate_tables
 
+DEFAULT_SPEED_DEVICE = "rtx-4090"
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default=None, help="comma-separated subset (built-in names, config.json or .gguf paths, "
@@ -26,6 +28,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality", action="store_true",
                    help="add measured KV-cache quality (KL divergence, named with the small model it was measured on)")
     p.add_argument("--no-fits", action="store_true", help="leave out the devices each scenario fits")
+    p.add_argument("--speed", metavar="DEVICES", default=None,
+                   help="comma-separated devices for the decode/prefill speed estimate (default rtx-4090 in --wide, "
+                        "csv, markdown and JSON); given, a decode tokens/s table per device and scenario is added")
+    p.add_argument("--host", default=None, help="the CPU that runs llama.cpp's offloaded layers in the speed "
+                                                "estimate (default cpu-64gb; this-cpu: this machine, measured)")
     add_wide(p, "weights, KV, state and runtime per scenario, every fitting device")
     add_format(p)
     p.epilog = ("Without --scenario: today (Q4_K_M + f16) vs 1bit-turbo (Q1_0 + turbo3); --weights/--kv redefine "
@@ -62,9 +69,13 @@ def run(args: argparse.Namespace) -> int:
                    args.vision, engine_from(args), force_context=args.force_context)
     quality = kv_quality() if args.quality else None
     fits = None if args.no_fits else sim.fitting_devices()
+    wide = args.wide or args.format != "table"
+    devices = [d.strip() for d in (args.speed or DEFAULT_SPEED_DEVICE).split(",") if d.strip()]
+    speeds = sim.speeds(devices, args.host) if (wide or args.speed or args.format == "json") else None
     if args.format == "json":
-        print_json(simulate_json(sim, quality, fits))
+        print_json(simulate_json(sim, quality, fits, speeds))
         return 0
-    for t in simulate_tables(sim, units, quality, fits, wide=args.wide or args.format != "table"):
+    for t in simulate_tables(sim, units, quality, fits, wide=wide, speeds=speeds, speed_devices=devices,
+                             speed_table=bool(args.speed)):
         t.render(args.format)
     return 0

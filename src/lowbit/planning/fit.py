@@ -24,6 +24,7 @@ from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.planning.engines import Engine, Need, engine_model
 from lowbit.planning.planner import MAX_CONTEXT, MAX_SEQUENCES, Plan, context_for, plan
 from lowbit.planning.search import largest
+from lowbit.planning.speed import Speed, estimate
 
 # Weight mixes tried by best_weights, any order: they are ranked by their real size for the model.
 CANDIDATE_MIXES = (
@@ -96,6 +97,7 @@ class FitResult:
     offload: dict
     assumptions: dict = field(default_factory=dict)
     context_cap: int = MAX_CONTEXT
+    speed: Speed | None = None  # decode/prefill estimate at `context` x `users` (a device with speed figures)
 
     def __repr__(self) -> str:
         b = self.budget
@@ -140,6 +142,7 @@ class FitResult:
             "best_weights": self.best_weights,
             "offload": self.offload,
             "assumptions": self.assumptions,
+            "speed": self.speed.to_json() if self.speed else None,
         }
 
 
@@ -163,13 +166,14 @@ def best_weights(model: str | ResolvedModel, budget: Budget, context: int, users
 
 def fit(model: str | ResolvedModel, budget: Budget | str, weights: str | None = None, kv_k: str = "f16",
         kv_v: str | None = None, context: int | None = None, users: int = 1, engine: str | Engine = "llama.cpp",
-        mtp: bool = False, vision: bool = False, force_context: bool = False) -> FitResult:
+        mtp: bool = False, vision: bool = False, force_context: bool = False, host: str | None = None) -> FitResult:
     """Everything `lowbit fit` answers for one model on one budget (a lowbit.devices.Budget or a device name).
 
     `weights` defaults to the file's own types for a GGUF (a .gguf path or a local real model), else Q4_K_M.
 
     `context` defaults to 32,768 tokens or the model's trained maximum if smaller; a larger one than that
-    maximum is refused unless `force_context` (as vLLM refuses it).
+    maximum is refused unless `force_context` (as vLLM refuses it). On a catalog device the result carries a
+    speed estimate (lowbit.planning.speed) for that placement; `host` is the CPU that runs offloaded layers.
     """
     if isinstance(budget, str):
         budget = make_budget(budget)
@@ -192,13 +196,20 @@ def fit(model: str | ResolvedModel, budget: Budget | str, weights: str | None = 
                    if costs.weights != "stored" else costs.plan1.weights_provenance}
     if budget.gpus > 1:
         assumptions["split"] = costs.placement.split_assumption
+    spd = None
+    if budget.device is not None and budget.device.bandwidth_bytes_s and off.get("layers_on_cpu") is not None:
+        p = plan(costs.resolved, costs.weights, kv_k=costs.k.name, kv_v=costs.v.name, context=context,
+                 sequences=users, mtp=mtp, vision=vision, engine=costs.engine, force_context=force_context)
+        placed = off if (off.get("layers_on_cpu") or off.get("expert_layers_on_cpu")) else None
+        spd = estimate(p, budget.device, offload=placed, host=host, gpus=budget.gpus)
+        spd.placement = (off.get("llama_args") or "offloaded") if placed else "all on the device"
     return FitResult(
         model=costs.plan1.model, budget=budget, engine=costs.engine.name, weights=costs.weights, kv_k=costs.k.name,
         kv_v=costs.v.name, context=context, users=users, need=need, limit=costs.limit,
         max_context=costs.max_context(users), max_users=costs.max_users(context),
         best_weights=best_weights(costs.resolved, budget, context, users, costs.k.name, costs.v.name, engine, mtp,
                                   vision),
-        offload=off, assumptions=assumptions, context_cap=costs.context_cap(),
+        offload=off, assumptions=assumptions, context_cap=costs.context_cap(), speed=spd,
     )
 
 

@@ -10,6 +10,7 @@ from lowbit.planning.engines import Engine, engine_model
 from lowbit.planning.fit import fitting_devices
 from lowbit.planning.planner import DEFAULT_CONTEXT, FORCE_HINT, Plan, plan
 from lowbit.planning.scenario import ONEBIT_TURBO, TODAY, Scenario
+from lowbit.planning.speed import Speed, on_device
 
 
 @dataclass(repr=False)
@@ -45,6 +46,10 @@ class Simulation:
     def fitting_devices(self) -> dict[tuple[str, str], list[str]]:
         """(model, scenario name) -> the smallest device of each class that holds that plan."""
         return {(p.model, p.scenario.name): fitting_devices(p) for p in self.plans}
+
+    def speeds(self, devices: list[str], host: str | None = None) -> dict[tuple[str, str, str], Speed]:
+        """(model, scenario name, device) -> the decode/prefill estimate, placed as `fit` would place it."""
+        return {(p.model, p.scenario.name, d): on_device(p, d, host=host) for p in self.plans for d in devices}
 
     def to_json(self) -> dict:
         return {

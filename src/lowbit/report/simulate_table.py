@@ -13,6 +13,7 @@ from lowbit.models.config import params_label
 from lowbit.planning.simulate import Simulation
 from lowbit.report.quality import quality_cell, quality_table
 from lowbit.report.render import NBSP, Table, fmt_bytes
+from lowbit.report.speed_table import ESTIMATE_NOTE, NOFIT_NOTE, cell as speed_cell, simulate_speed_table
 
 RATIO_NOTE = "ratio: total of the first scenario over the last."
 FITS_NOTE = ("fits: the smallest device of each class (phone, Mac, CPU RAM, consumer GPU, datacenter GPU) whose "
@@ -37,22 +38,29 @@ def context_note(sim: Simulation) -> str:
             + ", ".join(f"{m} {c:,} tokens" for m, c in short.items()) + ".")
 
 
-def simulate_json(sim: Simulation, quality: dict | None = None, fits: dict | None = None) -> dict:
+def simulate_json(sim: Simulation, quality: dict | None = None, fits: dict | None = None,
+                  speeds: dict | None = None) -> dict:
     data = sim.to_json()
     if fits is not None:
         for row in data["rows"]:
             row["fits"] = fits[(row["model"], row["scenario"])]
         data["fits_note"] = FITS_NOTE
+    if speeds:
+        for row in data["rows"]:
+            row["speed"] = {d: s.to_json() for (m, sc, d), s in speeds.items()
+                            if m == row["model"] and sc == row["scenario"]}
     if quality is not None:
         data["kv_quality"] = quality
     return data
 
 
 def simulate_tables(sim: Simulation, units: str, quality: dict | None = None, fits: dict | None = None,
-                    wide: bool = True) -> list[Table]:
-    """The tables `lowbit simulate` prints: the memory table (narrow, or `wide`) and KV quality if asked."""
+                    wide: bool = True, speeds: dict | None = None, speed_devices: list[str] | None = None,
+                    speed_table: bool = False) -> list[Table]:
+    """The tables `lowbit simulate` prints: the memory table (narrow, or `wide`, which carries a decode
+    tokens/s column per scenario and speed device), KV quality if asked, and the speed table if asked."""
     if wide:
-        main = simulate_table(sim, units, quality, fits)
+        main = simulate_table(sim, units, quality, fits, speeds, speed_devices)
     elif len(sim.models()) == 1 and len(sim.scenarios) > 2:
         main = _scenario_rows_narrow(sim, units, fits)
     else:
@@ -60,6 +68,8 @@ def simulate_tables(sim: Simulation, units: str, quality: dict | None = None, fi
     tables = [main]
     if quality is not None and not wide:
         tables.append(quality_table(quality, sim.scenarios))
+    if speed_table and speeds:
+        tables.append(simulate_speed_table(sim, speeds, speed_devices or []))
     return tables
 
 
@@ -110,10 +120,13 @@ def _scenario_rows_narrow(sim: Simulation, units: str, fits: dict | None) -> Tab
     return t
 
 
-def simulate_table(sim: Simulation, units: str, quality: dict | None = None, fits: dict | None = None) -> Table:
-    """Every column: per scenario weights, KV, state, runtime, total (and quality, fitting devices)."""
+def simulate_table(sim: Simulation, units: str, quality: dict | None = None, fits: dict | None = None,
+                   speeds: dict | None = None, speed_devices: list[str] | None = None) -> Table:
+    """Every column: per scenario weights, KV, state, runtime, total (and quality, fitting devices, decode
+    tokens/s on each speed device)."""
+    devices = list(speed_devices or []) if speeds else []
     if len(sim.models()) == 1 and len(sim.scenarios) > 2:
-        return _scenario_rows(sim, units, quality, fits)
+        return _scenario_rows(sim, units, quality, fits, speeds, devices)
     cols = ["model", "params"]
     for s in sim.scenarios:
         cols += [f"{s.label()}\nweights", "KV", "state", "runtime", f"total {units}"]
@@ -121,9 +134,11 @@ def simulate_table(sim: Simulation, units: str, quality: dict | None = None, fit
             cols.append("KV quality*")
         if fits is not None:
             cols.append("fits on")
+        cols += [f"decode tok/s\n{d}" for d in devices]
     cols.append("ratio")
     notes = [caption(sim) + " " + RATIO_NOTE] + ([FITS_NOTE] if fits else []) + \
-        (["* " + quality["label"]] if quality else []) + [n for n in [context_note(sim)] if n]
+        (["* " + quality["label"]] if quality else []) + [n for n in [context_note(sim)] if n] + \
+        ([_speed_note(speeds)] if devices else [])
     t = Table(_title(sim, units), cols, caption="\n".join(notes), right_align_from=1)
     for m in sim.models():
         row: list[str] = [m]
@@ -138,21 +153,32 @@ def simulate_table(sim: Simulation, units: str, quality: dict | None = None, fit
                 row.append(quality_cell(quality, s.k.name, s.v.name))
             if fits is not None:
                 row.append(", ".join(fits[(m, s.name)]) or "none")
+            row += [speed_cell(speeds.get((m, s.name, d))) for d in devices]
         row.append(f"{sim.ratio(m):.2f}x")
         t.add(*row)
     return t
 
 
-def _scenario_rows(sim: Simulation, units: str, quality: dict | None, fits: dict | None) -> Table:
+def _speed_note(speeds: dict) -> str:
+    any_speed = next(iter(speeds.values()))
+    return ("decode tok/s: " + ESTIMATE_NOTE.format(prompt=any_speed.prompt) + " " + NOFIT_NOTE + " Efficiencies: "
+            + "; ".join(sorted({f"{e['kind']}: {e['source']}" for s in speeds.values()
+                                for e in s.efficiency.values()})))
+
+
+def _scenario_rows(sim: Simulation, units: str, quality: dict | None, fits: dict | None,
+                   speeds: dict | None = None, devices: list[str] | None = None) -> Table:
     """One model under many scenarios reads better with a row per scenario."""
+    devices = devices or []
     m = sim.models()[0]
     first = sim.get(m, sim.scenarios[0].name)
     cols = ["scenario", "weights", "KV K/V", "weights " + units, "KV", "state", "runtime", "total " + units,
             f"vs {sim.scenarios[0].name}"]
     cols += ["KV quality*"] if quality is not None else []
     cols += ["fits on"] if fits is not None else []
+    cols += [f"decode tok/s\n{d}" for d in devices]
     notes = [caption(sim)] + ([FITS_NOTE] if fits else []) + (["* " + quality["label"]] if quality else []) + \
-        [n for n in [context_note(sim)] if n]
+        [n for n in [context_note(sim)] if n] + ([_speed_note(speeds)] if devices else [])
     t = Table(f"{m} ({params_label(first.params_total)} params) at {first.context:,} tokens x {sim.sequences} "
               "sequence(s)", cols, caption="\n".join(notes), right_align_from=3)
     for s in sim.scenarios:
@@ -165,5 +191,6 @@ def _scenario_rows(sim: Simulation, units: str, quality: dict | None, fits: dict
             row.append(quality_cell(quality, s.k.name, s.v.name))
         if fits is not None:
             row.append(", ".join(fits[(m, s.name)]) or "none")
+        row += [speed_cell(speeds.get((m, s.name, d))) for d in devices]
         t.add(*row)
     return t
