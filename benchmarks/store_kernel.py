@@ -405,10 +405,9 @@ def main(argv=None) -> int:
 
 def _emit(args, result: dict) -> int:
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, args.out)
+        from lowbit.safe_write import write_text  # whole or not at all; a rerun replaces the file
+
+        write_text(args.out, json.dumps(result, indent=1), force=True)
     if args.format == "json":
         print(json.dumps(result, indent=1))
     elif not args.sass and not args.diagnose:

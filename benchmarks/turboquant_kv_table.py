@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +55,10 @@ ROWS = [
 
 
 def _save(path: Path, doc) -> None:
+    from lowbit.safe_write import write_text  # whole or not at all; a rerun replaces the file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kvq-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(doc, indent=1) + "\n", force=True)
 
 
 def markdown(rows: list[dict]) -> str:

@@ -21,7 +21,7 @@ if "TRITON_INTERPRET" not in os.environ:
 
 def _gguf(name: str):
     from lowbit.errors import LowbitError
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     try:
         return model_path(name)
@@ -68,3 +68,41 @@ def report_html(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "report.html"
     assert main(["report", "-o", str(out)]) == 0
     return out
+
+
+def _tiny_gguf(path, name: str = "tiny"):
+    """A valid one-layer llama GGUF of 230 KB: plans, inspects and quantizes in milliseconds."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    d, ff, vocab = 64, 128, 256
+    w.add_name(name)
+    w.add_block_count(1)
+    w.add_context_length(256)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(4)
+    w.add_head_count_kv(4)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(vocab)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}".encode() for i in range(vocab)])
+    rng = np.random.default_rng(0)
+    w.add_tensor("token_embd.weight", rng.standard_normal((vocab, d)).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
+    for n, shape in [("attn_norm", (d,)), ("ffn_norm", (d,)), ("attn_q", (d, d)), ("attn_k", (d, d)),
+                     ("attn_v", (d, d)), ("attn_output", (d, d)), ("ffn_gate", (ff, d)), ("ffn_up", (ff, d)),
+                     ("ffn_down", (d, ff))]:
+        w.add_tensor(f"blk.0.{n}.weight", rng.standard_normal(shape).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_tiny_gguf():
+    """write_tiny_gguf(path, name="tiny") -> path: a valid one-layer llama GGUF (no model package needed)."""
+    return _tiny_gguf

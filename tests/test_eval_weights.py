@@ -67,7 +67,7 @@ def test_refusals_are_one_line(capsys):
 
 def test_arb1_takes_the_place_of_q1_0_in_the_mix():
     # lowbit's own ARB1 goes where the (padded) Q1_0 mix puts Q1_0; every other tensor keeps the mix's type
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     path = model_path("smollm2-135m")
     padded_q1 = tensor_types(path, "Q1_0", pure=False, pad=True)

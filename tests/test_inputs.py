@@ -27,7 +27,7 @@ def js(capsys, *argv):
 
 
 def _smollm2() -> str:
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     try:
         return str(model_path("smollm2-135m"))

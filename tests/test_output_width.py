@@ -21,7 +21,7 @@ NUMBER = re.compile(r"\d[\d,.]*\d|\d")  # 4.30, 1,017,118,720, 262,144, 8
 
 def _smollm2() -> str:
     from lowbit.errors import LowbitError
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     try:
         return str(model_path("smollm2-135m"))
@@ -41,11 +41,15 @@ COMMANDS = [
     ["fit", "--family", "qwen3.5", "--device", "m4-max-64gb"],
     ["formats"],
     ["devices"],
+    ["models"],
+    ["plan", "smollm2-135m"],
     ["inspect", "smollm2"],
 ]
 
 
 def _argv(argv: list[str]) -> list[str]:
+    if "smollm2-135m" in argv:
+        _smollm2()  # skips when the model is not installed
     return [_smollm2() if a == "smollm2" else a for a in argv]
 
 

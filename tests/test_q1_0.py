@@ -117,7 +117,7 @@ def gemma3_tensor(gemma3_gguf) -> np.ndarray:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     reader = GGUFReader(model_path("gemma3-270m"))
     t = next(t for t in reader.tensors if t.name == "blk.0.ffn_gate.weight")

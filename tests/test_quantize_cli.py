@@ -8,7 +8,7 @@ import pytest
 
 from lowbit.cli import main
 from lowbit.errors import LowbitError
-from lowbit.eval.artifacts import model_path
+from lowbit.models.local import model_path
 from lowbit.models.gguf_header import read_header
 from lowbit.planning.planner import plan
 

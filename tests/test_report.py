@@ -310,3 +310,50 @@ def test_every_unit_the_tables_accept_reaches_every_part(u):
 def test_report_into_a_missing_folder_is_one_error_line(tmp_path, capsys):
     assert main(["report", "-o", str(tmp_path / "nope" / "r.html")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_report_never_replaces_without_force_nor_writes_through_a_link(tmp_path, capsys):
+    existing, victim, link = tmp_path / "r.html", tmp_path / "victim", tmp_path / "l.html"
+    existing.write_text("mine")
+    victim.write_text("precious")
+    link.symlink_to(victim)
+    assert main(["report", "-o", str(existing)]) == 2
+    assert main(["report", "-o", str(link), "--force"]) == 2
+    assert main(["report", "-o", "/dev/null", "--force"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "pass --force" in err[0] and "symbolic link" in err[1] and "character device" in err[2]
+    assert existing.read_text() == "mine" and victim.read_text() == "precious" and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.html", "r.html", "victim"]
+
+
+def test_bonsai_reference_file_beside_lowbits_prediction():
+    """PrismML's Bonsai-27B Q1_0 GGUF (3.53 GiB on its model page) beside qwen3.5-27b under the bonsai scenario."""
+    from lowbit.planning.planner import plan
+    from lowbit.planning.scenario import BONSAI, Scenario
+    from lowbit.report.audit import audit_rows, reference_files
+
+    (row,) = [r for r in reference_files() if r["id"] == "bonsai-27b-q1_0"]
+    assert "huggingface.co/prism-ml/Bonsai-27B-gguf" in row["source"] and "model page" in row["source"]
+    p = plan("qwen3.5-27b", BONSAI, context=1)
+    assert {t.type for t in p.tensors if t.kind != "norms" and "ssm_conv1d" not in t.name
+            and len(t.shape) > 1} == {"Q1_0"}  # every matrix 1 bit, embeddings and output head included
+    assert row["file_bytes"] == p.file_bytes and row["tensor_bytes"] == p.weights_bytes
+    assert row["published_bytes"] == round(3.53 * 2**30)
+    assert row["holds"] and abs(row["error"]) < 0.01
+    # the page's two decimals are the tensor data; the row says what the whole file adds
+    assert f"{p.weights_bytes / 2**30:.2f}" == "3.53" and "tensor data" in row["differs"]
+    assert Scenario.parse("bonsai") == BONSAI and BONSAI.pure and BONSAI.mix.name == "Q1_0"
+    assert any("Bonsai-27B" in r[0] and r[3] == "holds" for r in audit_rows({"claims": [],
+                                                                           "reference_files": [row]}, "GiB"))
+
+
+def test_simulate_takes_the_bonsai_preset(capsys):
+    import json as _json
+
+    from lowbit.cli import main
+
+    assert main(["simulate", "--models", "qwen3.5-27b", "--scenario", "today", "--scenario", "bonsai",
+                 "--context", "4096", "--no-fits", "--format", "json"]) == 0
+    doc = _json.loads(capsys.readouterr().out)
+    bonsai = next(r for r in doc["rows"] if r["scenario"] == "bonsai")
+    assert bonsai["weights_bytes"] < next(r for r in doc["rows"] if r["scenario"] == "today")["weights_bytes"] / 3

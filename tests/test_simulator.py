@@ -162,7 +162,7 @@ def _numel(shape):
 
 def _real(name):
     from lowbit.errors import LowbitError
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     try:
         return model_path(name)

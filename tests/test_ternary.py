@@ -18,7 +18,7 @@ def real(gemma3_gguf) -> dict[str, np.ndarray]:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     reader = GGUFReader(model_path("gemma3-270m"))
     want = {"blk.3.attn_output.weight", "blk.0.ffn_gate.weight"}

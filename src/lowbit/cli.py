@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from lowbit import __version__
 from lowbit.errors import LowbitError
+from lowbit.printable import printable
 
 # Heavy dependencies that only some commands need, and the extra that installs each.
 EXTRAS = {"torch": "eval", "transformers": "eval", "matplotlib": "eval", "safetensors": "eval", "triton": "test"}
@@ -24,6 +27,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("formats",), "lowbit.commands.formats", "every weight type, mix and KV-cache format"),
     (("fit",), "lowbit.commands.fit", "will it fit on a device; largest context; best format; offload"),
     (("devices",), "lowbit.commands.devices", "the device catalog"),
+    (("models",), "lowbit.commands.models", "every model name the commands take, and what each is for"),
     (("quantize",), "lowbit.commands.quantize", "quantize a GGUF file (Q1_0, ternary, ...) and write a new GGUF"),
     (("inspect",), "lowbit.commands.inspect", "read a GGUF file: metadata, tensor types and bytes"),
     (("eval", "distortion"), "lowbit.commands.eval_distortion", "TurboQuant distortion against the paper"),
@@ -35,7 +39,16 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors: one line, status 2
-        self.exit(2, f"lowbit: error: {message}\n")
+        self.exit(2, f"lowbit: error: {printable(message)}\n")
+
+    def _get_values(self, action, arg_strings):
+        # argparse before Python 3.12.7 drops "--" given as a value (--output=--), leaving a list where a string
+        # belongs, unchecked by the option's type; the value "--" is taken as written instead
+        if action.nargs is None and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -59,8 +72,21 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: an output being written is removed, not left half-done
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the command is being set up, not only while it runs
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = (sys.argv[1:] if argv is None else argv) or ["simulate"]
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
     parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
@@ -74,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(module).run(args) or 0)
     except LowbitError as e:
-        print(f"lowbit: error: {e}", file=sys.stderr)
+        print(f"lowbit: error: {printable(e)}", file=sys.stderr)  # one line, whatever a file name holds
         return 2
     except ModuleNotFoundError as e:
         missing = (e.name or "").partition(".")[0]

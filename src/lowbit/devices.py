@@ -21,11 +21,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 from lowbit.errors import LowbitError
+from lowbit.safe_read import short
 
 KINDS = ("phone", "apple", "gpu", "cpu")
 UNIFIED = ("phone", "apple", "cpu")  # one memory pool for weights, cache and the host
@@ -123,8 +125,8 @@ def parse_memory(text: str | int) -> int:
         m = re.fullmatch(r"([+-]?\d+(?:\.\d+)?)([a-zA-Z]+)", s)
         if not m:
             if re.fullmatch(r"[+-]?\d+(\.\d+)?", s):
-                raise LowbitError(f"memory {text!r} needs a unit, e.g. 24GB (10^9 bytes) or 24GiB (2^30 bytes)")
-            raise LowbitError(f"cannot read memory size {text!r}; write e.g. 24GB or 24GiB")
+                raise LowbitError(f"memory {short(text)} needs a unit, e.g. 24GB (10^9 bytes) or 24GiB (2^30 bytes)")
+            raise LowbitError(f"cannot read memory size {short(text)}; write e.g. 24GB or 24GiB")
         number, unit = m.groups()
         unit = unit.lower()
         if unit in ("k", "m", "g", "t"):
@@ -132,13 +134,15 @@ def parse_memory(text: str | int) -> int:
                               f"(10^n bytes) or {number}{m.group(2).upper()}iB (2^n bytes)")
         if unit not in _UNITS:
             raise LowbitError(f"unknown memory unit {m.group(2)!r}; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")
-        value = int(float(number) * _UNITS[unit])
-        if float(number) < 0:
+        if len(number) > 24:  # a float of that many digits would overflow; no machine is that large
+            raise LowbitError(f"memory {short(text)} is beyond any machine (limit 1 PiB)")
+        value = int(Fraction(number) * _UNITS[unit])  # exact
+        if Fraction(number) < 0:
             value = -1
     if value <= 0:
-        raise LowbitError(f"memory must be positive, got {text!r}")
+        raise LowbitError(f"memory must be positive, got {short(text)}")
     if value > MAX_MEMORY:
-        raise LowbitError(f"memory {text!r} is beyond any machine (limit 1 PiB)")
+        raise LowbitError(f"memory {short(text)} is beyond any machine (limit 1 PiB)")
     return value
 
 

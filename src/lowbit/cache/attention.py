@@ -21,7 +21,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lowbit import kernels
-from lowbit.cache.backends import backend_for
+from lowbit.cache.backends import backend_for, on_device
 from lowbit.cache.cache import ATTENTION, QuantizedKVCache, fused_cache
 
 NAME = ATTENTION
@@ -52,7 +52,8 @@ def lowbit_turbo_attention(module, query, key, value, attention_mask, dropout: f
         backend = backend_for(layer.device)  # what update() would have returned
         return sdpa_attention_forward(module, query, backend.load(ks, query.dtype), backend.load(vs, query.dtype),
                                       attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    out = kernels.decode_attention(query, ks.packed, vs.packed, ks.codec, vs.codec, scale=scaling, seq_len=t)
+    with on_device(query.device):
+        out = kernels.decode_attention(query, ks.packed, vs.packed, ks.codec, vs.codec, scale=scaling, seq_len=t)
     cache.fused_steps += 1
     return out.transpose(1, 2).contiguous(), None
 

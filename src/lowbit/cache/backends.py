@@ -12,12 +12,21 @@ path for everything else. Decode attention straight from the packed bytes is `lo
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import partial
 
 import torch
 
 from lowbit import kernels
 from lowbit.cache.stores import VectorStore
+
+
+def on_device(device):
+    """Make `device` the current CUDA device while a kernel runs on its tensors: Triton and the CUDA decode
+    kernel launch on the current device, which need not be the layer's when a model is split over GPUs
+    (accelerate's device_map moves tensors, not the current device)."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
 class TorchBackend:
@@ -35,14 +44,16 @@ class KernelBackend(TorchBackend):
 
     def store(self, store, x: torch.Tensor) -> None:
         if isinstance(store, VectorStore) and kernels.store_kernel(store.codec, x.device) != "reference":
-            store.append(x, pack=partial(kernels.store, store.codec))
+            with on_device(x.device):
+                store.append(x, pack=partial(kernels.store, store.codec))
         else:
             super().store(store, x)
 
     def load(self, store, dtype: torch.dtype) -> torch.Tensor:
         if isinstance(store, VectorStore) and store.packed is not None \
                 and kernels.store_kernel(store.codec, store.packed.device) != "reference":
-            return kernels.dequantize(store.codec, store.packed, dtype)
+            with on_device(store.packed.device):
+                return kernels.dequantize(store.codec, store.packed, dtype)
         return super().load(store, dtype)
 
 

@@ -6,7 +6,7 @@
                                                                       # `past_key_values=` before
 
 Each layer holds one store for K and one for V (formats may differ, per layer too: `boundary=n`
-keeps the first and last n layers in f16, as vLLM's boundary protection; `per_layer={i: (k, v)}`
+keeps the first and last n layers that hold K/V in f16, as vLLM's boundary protection; `per_layer={i: (k, v)}`
 overrides any layer). A store appends new tokens as real uint8 bytes in the format's layout
 (`nbytes()` is exactly `KVFormat.vector_bytes(head_dim)` per vector; KIVI keys also hold up to 31
 tokens in fp16 until their group of 32 is complete, as KIVI's residual does).
@@ -25,6 +25,12 @@ FUSED_MAX_NEW new tokens) is counted: `fused_steps` read the packed bytes, `dens
 (a sliding-window layer, a format no decode kernel reads, the model's attention not being "lowbit_turbo",
 a padding mask...), with the reasons in `fallback_reasons` and a warning the first time each reason occurs.
 
+Linear-attention layers (Gated DeltaNet in Qwen3.5, "linear_attention" in the config's layer_types) get
+transformers' own layer (`LinearAttentionLayer`), so their conv and recurrent states are kept exactly as
+DynamicCache keeps them (the model's dtype for the conv window, the kernel's dtype, float32, for the recurrent
+state); the KV formats apply to attention layers only, as llama.cpp quantizes only the attention cache of its
+hybrids. `state_nbytes()` counts those states, `nbytes()` the packed K/V.
+
 Sliding-window layers (Gemma 3) keep the last `sliding_window - 1` tokens like transformers'
 DynamicSlidingWindowLayer (KIVI keys drop whole groups only, so a few more may stay).
 The cache is not croppable (as transformers' own quantized caches): rolling back stored bytes
@@ -39,7 +45,8 @@ import warnings
 from collections import Counter
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
+from transformers.cache_utils import (DYNAMIC_LAYER_TYPE_MAPPING, Cache, DynamicLayer, LinearAttentionCacheLayerMixin,
+                                      get_layer_types_and_kwargs)
 
 from lowbit import kernels
 from lowbit.cache.backends import backend_for
@@ -47,6 +54,7 @@ from lowbit.cache.stores import make_store
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import KVSpec, parse_kv_spec
 
+LINEAR_TYPES = ("linear_attention", "conv")  # layer types that hold a conv/recurrent state, no K/V
 ATTENTION = "lowbit_turbo"  # the attention implementation that reads fused steps (lowbit.cache.attention)
 FUSED_MAX_NEW = 16  # new tokens per step that take the fused decode path (more is prefill: dense K/V)
 
@@ -175,13 +183,18 @@ class QuantizedKVLayer(DynamicLayer):
 
 
 def layer_plan(n_layers: int, kv_k: str, kv_v: str | None = None, boundary: int = 0,
-               per_layer: dict[int, tuple[str, str]] | None = None) -> list[tuple[KVSpec, KVSpec]]:
-    """(K spec, V spec) for every layer: the default, f16 in the first/last `boundary` layers, then overrides."""
-    if boundary < 0 or 2 * boundary > n_layers:
-        raise LowbitError(f"boundary must be between 0 and {n_layers // 2} for {n_layers} layers, got {boundary}")
+               per_layer: dict[int, tuple[str, str]] | None = None,
+               kv_layers: list[int] | None = None) -> list[tuple[KVSpec, KVSpec]]:
+    """(K spec, V spec) for every layer: the default, f16 in the first/last `boundary` layers that hold K/V
+    (`kv_layers`, all by default: a hybrid's linear-attention layers have none), then overrides."""
+    kv_layers = list(range(n_layers)) if kv_layers is None else list(kv_layers)
+    if boundary < 0 or 2 * boundary > len(kv_layers):
+        raise LowbitError(f"boundary must be between 0 and {len(kv_layers) // 2} for {len(kv_layers)} layers with "
+                          f"a KV cache, got {boundary}")
     k, v = parse_kv_spec(kv_k), parse_kv_spec(kv_v if kv_v is not None else kv_k)
     f16 = parse_kv_spec("f16")
-    plan = [(f16, f16) if i < boundary or i >= n_layers - boundary else (k, v) for i in range(n_layers)]
+    edges = set(kv_layers[:boundary]) | set(kv_layers[len(kv_layers) - boundary:])
+    plan = [(f16, f16) if i in edges else (k, v) for i in range(n_layers)]
     for i, (lk, lv) in (per_layer or {}).items():
         if not -n_layers <= i < n_layers:
             raise LowbitError(f"per_layer: no layer {i} (the model has {n_layers})")
@@ -189,15 +202,25 @@ def layer_plan(n_layers: int, kv_k: str, kv_v: str | None = None, boundary: int 
     return plan
 
 
+def _linear_layer(kind: str, kwargs: dict):
+    """transformers' own cache layer for a linear-attention layer type (no K/V to quantize)."""
+    cls = DYNAMIC_LAYER_TYPE_MAPPING[kind]
+    assert issubclass(cls, LinearAttentionCacheLayerMixin), cls
+    # transformers before 5.2x hands every layer the same kwargs (a sliding window too): take only its own.
+    return cls(number_of_states=kwargs.get("number_of_states", 1))
+
+
 class QuantizedKVCache(Cache):
-    """Drop-in for DynamicCache: same layer types (full or sliding), K and V stored packed per format."""
+    """Drop-in for DynamicCache: same layer types (full, sliding or linear attention), K and V stored packed per
+    format; linear-attention layers keep transformers' own conv/recurrent states."""
 
     def __init__(self, config, kv_k: str = "turbo3", kv_v: str | None = None, *, boundary: int = 0,
                  per_layer: dict[int, tuple[str, str]] | None = None, seed: int = 0, fused_attention: bool = False):
         config = config.get_text_config(decoder=True)
         layer_types, kwargs = _layer_types(config)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.plan = layer_plan(len(layer_types), kv_k, kv_v, boundary, per_layer)
+        kv_layers = [i for i, kind in enumerate(layer_types) if kind not in LINEAR_TYPES]
+        self.plan = layer_plan(len(layer_types), kv_k, kv_v, boundary, per_layer, kv_layers)
         for k, v in set(self.plan):
             k.check_head_dim(head_dim)
             v.check_head_dim(head_dim)
@@ -208,6 +231,8 @@ class QuantizedKVCache(Cache):
                 layers.append(QuantizedKVLayer(k, v, seed=seed + 2 * i))
             elif kind in ("sliding_attention", "chunked_attention"):
                 layers.append(QuantizedKVLayer(k, v, seed=seed + 2 * i, sliding_window=kw["sliding_window"]))
+            elif kind in LINEAR_TYPES:
+                layers.append(_linear_layer(kind, kw))
             else:
                 raise LowbitError(f"layer type {kind!r} has no KV cache lowbit can quantize")
         super().__init__(layers=layers)
@@ -247,7 +272,10 @@ class QuantizedKVCache(Cache):
 
     def take_fused_step(self, layer_idx: int) -> QuantizedKVLayer | None:
         """The layer whose update() just left a fused decode step, once (None: the step was dense)."""
-        return self._pending.pop(layer_idx, None)
+        layer = self._pending.pop(layer_idx, None)
+        if not self._pending and _ACTIVE.cache is self:
+            _ACTIVE.cache = None  # the thread must not keep a cache (all its K/V) alive once the user drops it
+        return layer
 
     def count_dense(self, reason: str) -> None:
         """Count a decode step that attended densely, and warn the first time for each reason."""
@@ -259,4 +287,16 @@ class QuantizedKVCache(Cache):
 
     def nbytes(self) -> int:
         """Bytes held right now by all layers' K and V stores (packed bytes plus any fp16 residual)."""
-        return sum(sum(layer.nbytes()) for layer in self.layers)
+        return sum(sum(layer.nbytes()) for layer in self.layers if isinstance(layer, QuantizedKVLayer))
+
+    def state_nbytes(self) -> int:
+        """Bytes of the linear-attention layers' conv and recurrent states (as transformers allocates them)."""
+        return sum(state_nbytes(layer) for layer in self.layers)
+
+
+def state_nbytes(layer) -> int:
+    """Bytes of one cache layer's conv and recurrent state tensors (0 for an attention layer)."""
+    if not isinstance(layer, LinearAttentionCacheLayerMixin):
+        return 0
+    states = [*layer.conv_states.values(), *layer.recurrent_states.values()]
+    return sum(t.numel() * t.element_size() for t in states if t is not None)

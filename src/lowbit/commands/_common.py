@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import re
+from fractions import Fraction
 
 from lowbit.errors import LowbitError
 from lowbit.planning.engines import Engine, LlamaCpp, engine_model
 
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]i?)?\s*$")
-LLAMA_BATCH, LLAMA_UBATCH = 2048, LlamaCpp.n_ubatch  # llama.cpp's defaults for -b and -ub
+LLAMA_BATCH, LLAMA_UBATCH = LlamaCpp.n_batch, LlamaCpp.n_ubatch  # llama.cpp's defaults for -b and -ub
 CONTEXT_POLICY = ("A context beyond the model's trained maximum (max_position_embeddings, or the GGUF's "
                   "context_length) is refused unless --force-context: lowbit follows vLLM here, which refuses such "
                   "a max_model_len unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (llama.cpp only warns).")
@@ -27,7 +28,9 @@ def count(text: str) -> int:
     m = _COUNT.match(text)
     if not m:
         raise argparse.ArgumentTypeError(f"not a positive count: {text!r}")
-    value, suffix = float(m.group(1)), (m.group(2) or "")
+    if len(m.group(1)) > 24:  # beyond every range below; a float of 400 digits would overflow
+        raise argparse.ArgumentTypeError(f"count {text.strip()[:30]}... is far too large")
+    value, suffix = Fraction(m.group(1)), (m.group(2) or "")  # exact: no float rounding, no overflow
     scale = {"": 1, "k": 1024, "ki": 1024, "m": 1024**2, "mi": 1024**2}[suffix.lower()]
     n = int(value * scale)
     if n != value * scale:
@@ -109,6 +112,8 @@ def context_arg(args: argparse.Namespace, parallel: int) -> int | None:
     if args.ctx_size == 0:  # llama.cpp: the trained context, shared by the sequences
         raise LowbitError("-c 0 (llama.cpp: the model's trained context) is not taken here: leave the context out "
                           "to plan each sequence at the model's maximum (at most 262,144 tokens)")
+    if parallel < 1:  # checked here too: the division below comes before the planner's own check
+        raise LowbitError(f"-np/--parallel must be at least 1, got {parallel}")
     if args.ctx_size < parallel:
         raise LowbitError(f"-c {args.ctx_size} leaves no context for each of {parallel} parallel sequences")
     return args.ctx_size // parallel  # llama.cpp: n_ctx_seq = n_ctx / n_seq_max
@@ -126,4 +131,27 @@ def engine_from(args: argparse.Namespace) -> str | Engine:
     ubatch = LLAMA_UBATCH if args.ubatch_size is None else args.ubatch_size
     if min(batch, ubatch) < 1:
         raise LowbitError("-b and -ub must be at least 1")
-    return engine_model(engine, n_ubatch=min(batch, ubatch))
+    return engine_model(engine, n_batch=batch, n_ubatch=ubatch)  # it runs min(context, b, ub)
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """llama-quantize's options beside the mix (--pure comes with add_model_options)."""
+    g = p.add_argument_group("llama-quantize options (the recipe the file was made with)")
+    g.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
+                   help="type for tensors whose name contains a match of PATTERN (a regex, as llama-quantize reads "
+                        "it; repeatable, the first match wins), e.g. attn_v=q8_0")
+    g.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight (and of a tied embedding)")
+    g.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight")
+    g.add_argument("--leave-output-tensor", action="store_true", help="output.weight stays in the source type")
+    im = g.add_mutually_exclusive_group()
+    im.add_argument("--imatrix", dest="imatrix", action="store_const", const=True, default=None,
+                    help="an importance matrix was given (default: only when the recipe cannot be made without one)")
+    im.add_argument("--no-imatrix", dest="imatrix", action="store_const", const=False,
+                    help="no importance matrix: llama.cpp's choices without one, and its refusals")
+
+
+def recipe_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of plan() that add_recipe_options defines."""
+    return {"tensor_types": list(args.tensor_type), "output_tensor_type": args.output_tensor_type,
+            "token_embedding_type": args.token_embedding_type, "leave_output_tensor": args.leave_output_tensor,
+            "imatrix": args.imatrix}

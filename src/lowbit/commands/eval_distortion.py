@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from lowbit.progress import step
 from lowbit.report.render import print_json
 
 
@@ -21,7 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from lowbit.eval.distortion import measure  # torch: only when the command runs
+    with step(True, "loading torch"):  # only when the command runs
+        from lowbit.eval.distortion import measure
 
     result = measure(args.dim, args.samples, args.seed, args.rotation)
     if args.format == "json":

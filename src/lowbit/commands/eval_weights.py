@@ -13,7 +13,10 @@ import sys
 
 from lowbit.commands._common import add_format
 from lowbit.errors import LowbitError
-from lowbit.report.render import print_json
+from lowbit.progress import step
+from lowbit.report.render import Table, print_json
+from lowbit.printable import printable
+from lowbit.safe_write import check_target
 
 REPORT_JSON = "src/lowbit/report/weights_quality.json"
 
@@ -38,42 +41,59 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_format(p, ("table", "json"))
 
 
-def _table(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _ratio(x: float) -> str:
+    return f"{x:.3f}" if x < 100 else f"{x:,.0f}"
 
-    t = Table(title=f"{rows[0]['model']}: weights vs the model as stored "
-                    f"({rows[0]['tokens']} scored tokens, context {rows[0]['context']}, pydoc text)")
-    for c in ("weights", "method", "KV", "bpw (model)", "bpw (body)", "PPL", "KLD", "top-1"):
-        t.add_column(c, justify="left" if c in ("weights", "method") else "right")
+
+def weights_table(rows: list[dict]) -> Table:
+    """Each measured row beside its baseline, the model as stored (its own PPL, KLD 0, top-1 1)."""
+    r0 = rows[0]
+    t = Table(f"{r0['model']}: weight formats against the model as stored, measured on {r0['tokens']:,} scored "
+              f"tokens, context {r0['context']} (pydoc text)",
+              ["weights", "method", "KV", "bpw\n(model)", "bpw\n(body)", "PPL", "PPL /\nstored", "KLD", "top-1"],
+              right_align_from=3)
+    if not any(r["weights"] == "stored" and not r.get("kv") for r in rows):  # the ladder measures it as a row
+        t.add("stored", "(baseline)", "none", f"{r0['reference_bits_per_weight']:.3f}",
+              f"{r0['reference_body_bits_per_weight']:.3f}", f"{r0['ppl_reference']:.2f}", "1.000", "0", "1.000")
     for r in rows:
-        t.add_row(r["weights"], str(r["method"] or ""), str(r.get("kv") or "none"), f"{r['bits_per_weight']:.3f}", f"{r['body_bits_per_weight']:.3f}",
-                  f"{r['ppl']:.2f}", f"{r['kld']:.3f}", f"{r['top1']:.3f}")
-    Console().print(t)
+        t.add(r["weights"], str(r["method"] or ""), str(r.get("kv") or "none"), f"{r['bits_per_weight']:.3f}",
+              f"{r['body_bits_per_weight']:.3f}", f"{r['ppl']:,.2f}", _ratio(r["ppl"] / r["ppl_reference"]),
+              f"{r['kld']:.3f}", f"{r['top1']:.3f}")
+    t.caption = ("Bits per weight are exact (every scale and offset counted; body = the transformer blocks' "
+                 "matrices); PPL, KLD (nats) and top-1 are measured, KLD and top-1 against the model as stored, "
+                 "with no KV cache.")
+    return t
 
 
 def run(args: argparse.Namespace) -> int:
-    # imported here: torch and transformers, and the CLI builds every command's parser
-    from lowbit.eval.weights import COMBINED, LADDER, evaluate_weights, merge_rows
+    # imported here: torch and transformers (seconds), and the CLI builds every command's parser
+    with step(True, "loading torch and transformers"):
+        from lowbit.eval.weights import COMBINED, LADDER, check_settings, evaluate_weights, merge_rows
 
     if args.ladder or args.combined:
+        check_settings(args.model, args.tokens, args.context, args.calib_tokens, args.kv)  # once, not per row
+        if args.write:
+            check_target(args.write, force=True)  # before hours of evaluation, not after
         rows = []
         for row in LADDER if args.ladder else COMBINED:
             try:
                 rows.append(evaluate_weights(args.model, row.weights, row.method, args.tokens, args.context, args.pure,
                                              args.pad or row.pad, args.calib_tokens, kv=row.kv or args.kv))
                 r = rows[-1]
-                print(f"{r['model']} {row.weights} {row.method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
-                      f"(body {r['body_bits_per_weight']:.3f}) ppl {r['ppl']:.2f} kld {r['kld']:.3f} "
+                print(f"{printable(r['model'])} {row.weights} {row.method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
+                      f"(body {r['body_bits_per_weight']:.3f}) ppl {r['ppl']:.2f} (stored {r['ppl_reference']:.2f}) "
+                      f"kld {r['kld']:.3f} "
                       f"top1 {r['top1']:.3f} [{r['seconds']:.0f} s]", file=sys.stderr, flush=True)
             except LowbitError as e:
-                print(f"lowbit: {row.weights} {row.method}: {e}", file=sys.stderr)
+                print(f"lowbit: {row.weights} {row.method}: {printable(e)}", file=sys.stderr)
+        if not rows:
+            raise LowbitError("no row could be measured (each one's reason is above)")
         if args.write:
             merge_rows(args.write, rows)
         if args.format == "json":
             print_json(rows)
         else:
-            _table(rows)
+            weights_table(rows).render("table")
         return 0
     if args.weights.lower() == "shipped":
         print("lowbit: --weights shipped is now called stored", file=sys.stderr)
@@ -82,5 +102,5 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print_json(r)
     else:
-        _table([r])
+        weights_table([r]).render("table")
     return 0

@@ -18,7 +18,7 @@ from lowbit.report.speed_table import ESTIMATE_NOTE, sources, tps
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="built-in name (e.g. qwen3.5-27b), a config.json or checkpoint folder, "
-                                            "or a .gguf")
+                                            "a .gguf, or https://.../FILE.gguf or hf://OWNER/REPO/FILE.gguf (header only)")
     p.add_argument("--family", help="every model of a family instead of one MODEL (qwen3.5)")
     p.add_argument("--hf", metavar="ORG/NAME", help="fetch config.json from the Hugging Face Hub (online, on request)")
     p.add_argument("--device", help="a device from `lowbit devices` (e.g. rtx-4090, m4-max-64gb, phone-8gb)")
@@ -29,7 +29,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=count, default=None, metavar="N",
                    help="llama.cpp: keep only the last N layers on the GPU (more than the layers: the output too); "
                         "default: all, or the offload lowbit finds")
-    add_weights(p, "Q4_K_M", "default Q4_K_M")
+    add_weights(p, None, "default Q4_K_M; a .gguf or a local real model (`lowbit models`): stored")
     add_kv(p, "f16")
     add_context(p, "default 32768, or the model's maximum if smaller; 128k = 131072")
     add_sequences(p, "--users", "concurrent sequences")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from lowbit.commands._common import add_format
-from lowbit.eval.artifacts import model_path
+from lowbit.models.catalog import gguf_path
 from lowbit.formats.weights import mix_for_ftype
 from lowbit.models.gguf_header import read_header
 from lowbit.report.render import Table, print_json
@@ -25,7 +25,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def inspect_file(path) -> dict:
-    h = read_header(model_path(path))
+    h = read_header(gguf_path(path))
     meta = h.metadata
     ftype = meta.get("general.file_type")
     m = mix_for_ftype(int(ftype)) if isinstance(ftype, int) else None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.commands._common import add_format, add_model_options, context_arg, engine_from, kv_pair
+from lowbit.commands._common import (add_format, add_model_options, add_recipe_options, context_arg, engine_from,
+                                    kv_pair, recipe_options)
 from lowbit.devices import device
 from lowbit.planning.planner import plan
 from lowbit.planning.speed import DEFAULT_DEVICES, on_device
@@ -14,8 +15,11 @@ from lowbit.report.speed_table import plan_speed_table
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="built-in name (e.g. qwen3.5-122b-a10b), a config.json (or its folder), or a .gguf")
+    p.add_argument("model", help="built-in name (e.g. qwen3.5-122b-a10b), a config.json (or its folder), a .gguf "
+                                 "(split files found), or a remote GGUF: https://.../FILE.gguf or "
+                                 "hf://OWNER/REPO/FILE.gguf (header only)")
     add_model_options(p)
+    add_recipe_options(p)
     p.add_argument("--tensors", action="store_true", help="list every tensor (table formats)")
     p.add_argument("--device", action="append", default=None, metavar="NAME",
                    help="device for the speed estimate, repeatable (default: " + ", ".join(DEFAULT_DEVICES)
@@ -30,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     k, v = kv_pair(args, "f16")
     p = plan(args.model, args.weights, kv_k=k, kv_v=v, context=context_arg(args, args.sequences),
              sequences=args.sequences, pure=args.pure, mtp=args.mtp, vision=args.vision, engine=engine_from(args),
-             force_context=args.force_context)
+             force_context=args.force_context, **recipe_options(args))
     # vLLM is modelled on GPUs only: without --device its default list keeps the GPU
     defaults = DEFAULT_DEVICES if p.engine.name == "llama.cpp" else tuple(
         d for d in DEFAULT_DEVICES if device(d).kind == "gpu")
@@ -43,3 +47,4 @@ def run(args: argparse.Namespace) -> int:
         t.render(args.format)
     plan_speed_table(speeds).render(args.format)
     return 0
+

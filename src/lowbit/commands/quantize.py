@@ -11,9 +11,11 @@ import argparse
 import sys
 
 from lowbit.commands._common import add_format
-from lowbit.errors import LowbitError
-from lowbit.eval.artifacts import model_path
+from lowbit.models.catalog import gguf_path
+from lowbit.progress import step
+from lowbit.limits import CALIB_TOKENS, whole
 from lowbit.quant.quantize_file import quantize_file
+from lowbit.printable import markup_safe
 from lowbit.report.render import print_json
 
 
@@ -30,12 +32,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.calib_tokens < 1:
-        raise LowbitError(f"--calib-tokens must be a positive number of tokens, got {args.calib_tokens}")
-    path = model_path(args.model)
+    whole(args.calib_tokens, "--calib-tokens", CALIB_TOKENS)
+    path = gguf_path(args.model)
 
     def calibrate(names):
-        from lowbit.eval.calibration import calibration_hessians  # torch and transformers: only for gptq
+        with step(True, "loading torch and transformers"):  # only for gptq
+            from lowbit.eval.calibration import calibration_hessians
 
         return calibration_hessians(path, names, n_tokens=args.calib_tokens)
 
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{summary['output']}  ({summary['mix']}, method {summary['method']}{', pure' if args.pure else ''})")
+    table = Table(title=markup_safe(f"{summary['output']}  ({summary['mix']}, method {summary['method']}"
+                                    f"{', pure' if args.pure else ''})"))
     for col in ("type", "tensors", "params", "bytes", "bits/weight"):
         table.add_column(col, justify="right" if col != "type" else "left")
     for name, r in sorted(summary["types"].items(), key=lambda kv: -kv[1]["bytes"]):

@@ -18,7 +18,8 @@ DEFAULT_SPEED_DEVICE = "rtx-4090"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", default=None, help="comma-separated subset (built-in names, config.json or .gguf paths)")
+    p.add_argument("--models", default=None, help="comma-separated subset (built-in names, config.json or .gguf paths, "
+                                                        "https:// or hf://OWNER/REPO/FILE.gguf)")
     p.add_argument("--scenario", action="append", default=[], metavar="NAME=WEIGHTS+KV",
                    help="define a column, repeatable; KV may be K/V, e.g. k8v4=Q4_K_M+q8_0/turbo4; WEIGHTS may be "
                         "`stored` for .gguf models")

@@ -11,12 +11,13 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.eval import lm, text
-from lowbit.progress import progress_bar
+from lowbit.progress import honours_progress, progress_bar
 
 CALIBRATION_TOKENS = 4096
 CALIBRATION_CONTEXT = 512
 
 
+@honours_progress
 def calibration_hessians(model, names: list[str], n_tokens: int = CALIBRATION_TOKENS,
                          context: int = CALIBRATION_CONTEXT, progress: bool = True) -> dict[str, np.ndarray]:
     """H = mean x x^T of the real inputs of each named GGUF weight, from the shipped model on text.

@@ -17,6 +17,8 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import TurboLayout
+from lowbit.progress import progress_bar
+from lowbit.limits import DISTORTION_DIM, DISTORTION_SAMPLES, SEED, whole
 from lowbit.quant.codebooks import lloyd_max, lower_bound, prod_variance_bound
 from lowbit.quant.turboquant import TurboQuant
 
@@ -25,24 +27,25 @@ PAPER_PROD = {1: 1.57, 2: 0.56, 3: 0.18, 4: 0.047}  # Thm 2, × 1/d, as printed
 
 
 def measure(dim: int = 128, samples: int = 20_000, seed: int = 0, rotation: str = "qr",
-            bits_range=(1, 2, 3, 4), per_draw: int = 100) -> dict:
+            bits_range=(1, 2, 3, 4), per_draw: int = 100, progress: bool = True) -> dict:
     """The expectations are over the quantizer's randomness (Π, S), as in the paper: every `per_draw`
     vectors get a freshly seeded rotation and QJL matrix."""
-    if dim < 3:
-        raise LowbitError(f"--dim must be at least 3, got {dim}")
-    if samples < 100:
-        raise LowbitError(f"--samples must be at least 100, got {samples}")
+    whole(dim, "--dim", DISTORTION_DIM)  # memory and time grow as d^2 per draw
+    whole(samples, "--samples", DISTORTION_SAMPLES)
+    whole(seed, "--seed", SEED)
     if rotation == "hadamard" and dim & (dim - 1):
         raise LowbitError(f"--rotation hadamard needs a power-of-two --dim, got {dim}; use --rotation qr")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # hundreds of small QRs and GEMMs: thread start-up costs more than it saves
+    bar, task = progress_bar(progress, f"TurboQuant distortion, d={dim}", samples * len(bits_range), unit="vectors")
     try:
-        return _measure(dim, samples, seed, rotation, bits_range, per_draw)
+        with bar:
+            return _measure(dim, samples, seed, rotation, bits_range, per_draw, lambda n: bar.advance(task, n))
     finally:
         torch.set_num_threads(threads)
 
 
-def _measure(dim, samples, seed, rotation, bits_range, per_draw) -> dict:
+def _measure(dim, samples, seed, rotation, bits_range, per_draw, advance) -> dict:
     g = torch.Generator().manual_seed(seed)
     rows = []
     for b in bits_range:
@@ -68,6 +71,7 @@ def _measure(dim, samples, seed, rotation, bits_range, per_draw) -> dict:
             acc["err4"] += (err**4).sum().item()
             done += n
             draw += 1
+            advance(n)
         bias = sum(t for t, _ in draw_bias) / samples
         means = [t / n for t, n in draw_bias]
         bias_se = math.sqrt(sum((m - bias) ** 2 for m in means) / max(len(means) - 1, 1) / len(means))

@@ -13,7 +13,10 @@ from __future__ import annotations
 from lowbit.errors import LowbitError
 from lowbit.eval import metrics, niah, text
 from lowbit.eval.lm import gguf_info, load_model, load_tokenizer
+from lowbit.limits import (EVAL_CHUNK, EVAL_CONTEXT, EVAL_TOKENS, KV_BOUNDARY, NIAH_DEPTH, NIAH_LENGTH, SEED,
+                           fraction, items, whole)
 from lowbit.cache import QuantizedKVCache
+from lowbit.progress import honours_progress
 
 
 def bits_per_value(plan, head_dim: int) -> tuple[float, float, float]:
@@ -23,10 +26,19 @@ def bits_per_value(plan, head_dim: int) -> tuple[float, float, float]:
     return k, v, (k + v) / 2
 
 
+@honours_progress
 def evaluate_kv(model_name: str, kv_k: str, kv_v: str | None = None, *, boundary: int = 0, tokens: int = 2048,
                 context: int = 512, chunk: int = 128, niah_lengths=(1024,), niah_depths=(0.1, 0.5, 0.9),
                 seed: int = 0, progress: bool = True) -> dict:
     kv_v = kv_v or kv_k
+    # every number checked before the model loads (seconds) and before any allocation it sizes
+    whole(boundary, "--boundary", KV_BOUNDARY)
+    whole(tokens, "--tokens", EVAL_TOKENS)
+    whole(context, "--context", EVAL_CONTEXT)
+    whole(chunk, "--chunk", EVAL_CHUNK)
+    whole(seed, "--seed", SEED)
+    niah_lengths = items(niah_lengths, "--niah-lengths", lambda v, n: whole(v, n, NIAH_LENGTH))
+    niah_depths = items(niah_depths, "--niah-depths", lambda v, n: fraction(v, n, NIAH_DEPTH))
     info = gguf_info(model_name)
     model, tok = load_model(model_name), load_tokenizer(model_name)
     probe = QuantizedKVCache(model.config, kv_k, kv_v, boundary=boundary, seed=seed)  # validates the settings

@@ -24,6 +24,7 @@ import copy
 import functools
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -35,9 +36,12 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
 from lowbit.errors import LowbitError
-from lowbit.eval.artifacts import cache_dir, model_path
+from lowbit.models.catalog import gguf_path
 from lowbit.models.config import from_gguf_metadata
+from lowbit.models.local import cache_dir
 from lowbit.models.gguf_header import read_header
+from lowbit.progress import progress_bar, step
+from lowbit.safe_write import TMP_PREFIX, clean_stale
 
 SUPPORTED_ARCHS = ("llama", "gemma3")
 
@@ -57,8 +61,8 @@ class GGUFInfo:
 
 
 def resolve(model: str | os.PathLike) -> Path:
-    """A built-in model name or a .gguf path -> the resolved GGUF path (the cache key everywhere)."""
-    return model_path(model).resolve()
+    """A local real model's name or a .gguf path -> the resolved GGUF path (the cache key everywhere)."""
+    return gguf_path(model).resolve()
 
 
 @functools.lru_cache(maxsize=8)
@@ -96,6 +100,7 @@ def _metadata(path: Path) -> tuple[GGUFInfo, object]:
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
     )
+    _import_transformers()
     if arch == "llama":
         from transformers import LlamaConfig
 
@@ -128,6 +133,13 @@ def _metadata(path: Path) -> tuple[GGUFInfo, object]:
     return info, config
 
 
+def _import_transformers() -> None:
+    """torch and transformers, imported with a bar the first time (several seconds on a laptop)."""
+    if "transformers" not in sys.modules:
+        with step(True, "loading torch and transformers"):
+            import transformers  # noqa: F401
+
+
 def gguf_info(model: str | os.PathLike) -> GGUFInfo:
     return _metadata(resolve(model))[0]
 
@@ -142,18 +154,25 @@ def _gguf_weights(path: Path) -> dict[str, np.ndarray]:
     header = _header(path)
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
-    for t in header.tensors:
-        qtype = GGMLQuantizationType[t.type_name]
-        block, block_bytes = GGML_QUANT_SIZES[qtype]
-        start = header.data_offset + t.offset
-        # rows of packed bytes, numpy order (outermost dimension first), as gguf's dequantize expects
-        data = raw[start : start + t.nbytes].reshape(*reversed(t.shape[1:]), t.shape[0] // block * block_bytes)
-        w = np.asarray(dequantize(data, qtype), dtype=np.float32).reshape(tuple(reversed(t.shape)))
-        if np.may_share_memory(w, raw):
-            w = w.copy()  # never a view of the memory map (F32/F16 tensors)
-        w.flags.writeable = False  # shared by every caller: nobody may edit the cached copy
-        out[t.name] = w
+    bar, task = progress_bar(True, f"reading {path.name}", len(header.tensors), unit="tensors")
+    with bar:
+        for t in header.tensors:
+            out[t.name] = _dequantized(raw, header, t)
+            bar.advance(task)
     return out
+
+
+def _dequantized(raw: np.memmap, header, t) -> np.ndarray:
+    qtype = GGMLQuantizationType[t.type_name]
+    block, block_bytes = GGML_QUANT_SIZES[qtype]
+    start = header.data_offset + t.offset
+    # rows of packed bytes, numpy order (outermost dimension first), as gguf's dequantize expects
+    data = raw[start : start + t.nbytes].reshape(*reversed(t.shape[1:]), t.shape[0] // block * block_bytes)
+    w = np.asarray(dequantize(data, qtype), dtype=np.float32).reshape(tuple(reversed(t.shape)))
+    if np.may_share_memory(w, raw):
+        w = w.copy()  # never a view of the memory map (F32/F16 tensors)
+    w.flags.writeable = False  # shared by every caller: nobody may edit the cached copy
+    return w
 
 
 def gguf_weights(model: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -252,10 +271,16 @@ def _as_tensor(a: np.ndarray):
 
 
 def _build(path: Path, replace: dict[str, np.ndarray] | None):
+    _, config = _metadata(path)
+    _gguf_weights(path)  # with its own bar, before the next one
+    with step(True, f"building the model from {path.name}"):
+        return _assemble(path, config, replace)
+
+
+def _assemble(path: Path, config, replace: dict[str, np.ndarray] | None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    _, config = _metadata(path)
     sd = _state_dict(path, replace)
     with _skip_init():  # parameters are overwritten below; buffers (rotary inv_freq, embed scale) are computed as usual
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
@@ -300,6 +325,12 @@ def load_model(model: str | os.PathLike, replace: dict[str, np.ndarray] | None =
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(path: Path):
+    _import_transformers()
+    with step(True, f"loading the tokenizer of {path.name}"):
+        return _load_tokenizer(path)
+
+
+def _load_tokenizer(path: Path):
     import transformers
     from transformers import AutoTokenizer
 
@@ -324,7 +355,8 @@ def _save_quietly(tok, target: Path) -> None:
     """Save a tokenizer copy atomically (temp dir, then rename); a read-only cache only costs speed."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tok-"))
+        clean_stale(target.parent)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=TMP_PREFIX + "tok-"))
         try:
             tok.save_pretrained(str(tmp))
             os.replace(tmp, target)

@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import NamedTuple
 
 from lowbit.errors import LowbitError
+from lowbit.limits import CALIB_TOKENS, EVAL_CONTEXT, EVAL_TOKENS, whole
+from lowbit.safe_read import probe, read_bounded
+from lowbit.safe_write import output_path, write_text
 from lowbit.eval import lm, metrics, text
-from lowbit.eval.artifacts import MODELS
 from lowbit.eval.calibration import calibration_hessians
 from lowbit.formats.kv import kv_format
 from lowbit.formats.weights import mix, weight_type
 from lowbit.cache import QuantizedKVCache
 from lowbit.models.gguf_header import read_header
+from lowbit.progress import honours_progress, progress_bar
 from lowbit.quant import weights
 from lowbit.quant.quantize_file import plan_types
 
@@ -86,6 +87,7 @@ def tensor_types(path, fmt: str, pure: bool, pad: bool) -> dict[str, str]:
     return {n: (fmt if t == place else t) for n, t in types.items()}
 
 
+@honours_progress
 def quantized_weights(model, fmt: str, method: str | None, pure: bool = False, pad: bool = False,
                       calib_tokens: int = 4096, progress: bool = True):
     """(replace dict for lm.load_model, bits dict, the format's own type) for one format."""
@@ -104,13 +106,17 @@ def quantized_weights(model, fmt: str, method: str | None, pure: bool = False, p
         targets = [k for k, t in types.items() if t == own]
         hessians = calibration_hessians(path, targets, n_tokens=calib_tokens, progress=progress)
     replace, nbytes = {}, {}
-    for name, t in types.items():
-        if t == own_types[name]:  # already stored that way: kept byte for byte
-            nbytes[name] = weight_type(t).tensor_bytes(tuple(reversed(src[name].shape)))
-            continue
-        q = weights.quantize(src[name], t, method if t == own else None, hessian=hessians.get(name), pad=pad, name=name)
-        replace[name] = q.values
-        nbytes[name] = q.nbytes
+    bar, task = progress_bar(progress, f"quantize {fmt}" + (f" {method}" if method else ""), len(types), unit="tensors")
+    with bar:
+        for name, t in types.items():
+            if t == own_types[name]:  # already stored that way: kept byte for byte
+                nbytes[name] = weight_type(t).tensor_bytes(tuple(reversed(src[name].shape)))
+            else:
+                q = weights.quantize(src[name], t, method if t == own else None, hessian=hessians.get(name), pad=pad,
+                                     name=name)
+                replace[name] = q.values
+                nbytes[name] = q.nbytes
+            bar.advance(task)
     return replace, _bits(nbytes, n), own
 
 
@@ -136,17 +142,27 @@ def _cache_factory(kv: str | None):
     return make
 
 
+def check_settings(model, tokens: int, context: int, calib_tokens: int, kv: str | None) -> None:
+    """What every row of a run shares, checked before any model loads (a ladder checks it once)."""
+    whole(tokens, "--tokens", EVAL_TOKENS)
+    whole(context, "--context", EVAL_CONTEXT)
+    whole(calib_tokens, "--calib-tokens", CALIB_TOKENS)
+    if tokens < context:
+        raise LowbitError(f"--tokens ({tokens}) must be at least --context ({context})")
+    if kv is not None:
+        kv_format(kv)
+    lm.resolve(model)
+
+
+@honours_progress
 def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4096, context: int = 512,
                      pure: bool = False, pad: bool = False, calib_tokens: int = 4096, progress: bool = True,
                      kv: str | None = None) -> dict:
     t0 = time.perf_counter()
     fmt = "stored" if fmt.lower() in ("stored", "shipped") else fmt.upper()
-    if tokens < context:
-        raise LowbitError(f"--tokens ({tokens}) must be at least --context ({context})")
+    check_settings(model, tokens, context, calib_tokens, kv)
     if fmt != "stored":  # refuse bad names before minutes of model loading
         weights.method_for(own_type(fmt), method)
-    if kv is not None:
-        kv_format(kv)
     path = lm.resolve(model)
     tok = lm.load_tokenizer(path)
     win = text.windows(tok, n_tokens=tokens, context=context)
@@ -156,27 +172,38 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4
     net = lm.load_model(path, replace=replace) if replace else base
     q = metrics.evaluate(net, win, reference=ref, progress=progress, make_cache=_cache_factory(kv),
                          description=f"{fmt} {method or ''} {kv or ''}".strip())
-    name = next((m for m in MODELS if lm.resolve(m) == path), str(path)) if str(model) in MODELS else str(model)
+    _, stored_bits, _ = quantized_weights(path, "stored", None)  # the baseline's bits: header only
     return {
-        "model": name, "weights": fmt, "method": method or ("ref" if fmt != "stored" else None),
+        "model": str(model), "weights": fmt, "method": method or ("ref" if fmt != "stored" else None),
         "bits_per_weight": round(bits["bits_per_weight"], 4),
         "body_bits_per_weight": round(bits["body_bits_per_weight"], 4),
         "tensor_bytes": bits["tensor_bytes"], "tokens": q.tokens, "context": q.context,
         "ppl": q.ppl, "ppl_reference": q.ppl_reference, "kld": q.kld, "top1": q.top1,
+        "reference_bits_per_weight": round(stored_bits["bits_per_weight"], 4),
+        "reference_body_bits_per_weight": round(stored_bits["body_bits_per_weight"], 4),
         "pure": pure, "padded": pad, "kv": kv, "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
+MAX_RESULTS_BYTES = 64 << 20
+
+
 def merge_rows(path: str | os.PathLike, rows: list[dict]) -> None:
     """Replace this model's rows in the report JSON, atomically."""
-    p = Path(path)
-    data = json.loads(p.read_text()) if p.exists() else {"rows": []}
+    p = output_path(path)
+    data = {"rows": []}
+    if probe(p) is not None:
+        raw = read_bounded(p, MAX_RESULTS_BYTES, "results JSON")
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise LowbitError(f"{p} is not valid JSON ({e}); lowbit merges its rows into a results file only") from None
+        if not isinstance(data, dict) or not isinstance(data.get("rows", []), list) \
+                or not all(isinstance(r, dict) and "model" in r for r in data.get("rows", [])):
+            raise LowbitError(f"{p} is not a lowbit results file (an object with a list of rows)")
     models = {r["model"] for r in rows}
     kinds = {r.get("kv") is not None for r in rows}  # ladder rows (no KV) and combined rows are kept apart
     data["rows"] = [r for r in data.get("rows", [])
                     if r["model"] not in models or (r.get("kv") is not None) not in kinds] + rows
-    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, p)
+    # an update in place by design (--write names the results file to merge into): replacing is the point
+    write_text(p, json.dumps(data, indent=2) + "\n", force=True)

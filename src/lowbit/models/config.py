@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.errors import LowbitError
+from lowbit.safe_read import is_dir, read_bounded
 
 FULL, SLIDING, LINEAR = "full_attention", "sliding_attention", "linear_attention"
 
@@ -303,15 +304,13 @@ def _layer_types(text: dict, arch: str, n_layers: int) -> tuple[str, ...]:
     return (FULL,) * n_layers
 
 
+MAX_CONFIG_BYTES = 16 << 20  # a config.json is a few KB
+
+
 def load_config_file(path: Path) -> ModelConfig:
-    if path.is_dir():
+    if is_dir(path):
         path = path / "config.json"
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise LowbitError(f"cannot read {path}: {e.strerror or e}") from None
-    if len(raw) > 16 << 20:
-        raise LowbitError(f"{path} is {len(raw)} bytes; a config.json is a few KB")
+    raw = read_bounded(path, MAX_CONFIG_BYTES, "config.json")  # a FIFO or /dev/zero is refused, never read
     try:
         cfg = json.loads(raw)
     except (ValueError, RecursionError) as e:

@@ -10,15 +10,18 @@ checked against the file size.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from lowbit.errors import LowbitError
+from lowbit.safe_read import input_path, is_dir, is_file, open_regular, read_bounded, short
 
 MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 MAX_TENSORS = 1 << 20
 MAX_SHARDS = 10_000
+MAX_INDEX_BYTES = 64 << 20  # an index lists one line per tensor: a few MB for the largest models
 # Bits per value of each safetensors dtype (safetensors/src/tensor.rs Dtype).
 DTYPE_BITS = {
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "E8M0": 8, "F4": 4, "F6_E2M3": 6,
@@ -67,8 +70,8 @@ def read_header(path: str | Path) -> list[StoredTensor]:
     """The tensors of one .safetensors file, from its header alone."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
+        with open_regular(path, "safetensors file") as f:  # a FIFO or device is refused, never read
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) != 8:
                 raise LowbitError(f"{path.name} is not a safetensors file (shorter than 8 bytes)")
@@ -90,19 +93,20 @@ def read_header(path: str | Path) -> list[StoredTensor]:
         if name == "__metadata__":
             continue
         if not isinstance(info, dict):
-            raise LowbitError(f"{path.name}: tensor {name!r} has no dtype/shape/offsets")
+            raise LowbitError(f"{path.name}: tensor {short(name)} has no dtype/shape/offsets")
         dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in DTYPE_BITS:
-            raise LowbitError(f"{path.name}: tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+            raise LowbitError(f"{path.name}: tensor {short(name)} has unknown dtype {short(dtype)}")
         if (not isinstance(shape, list) or len(shape) > 8
                 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in shape)):
-            raise LowbitError(f"{path.name}: tensor {name!r} has an invalid shape {shape!r}")
-        if (not isinstance(offs, list) or len(offs) != 2 or not all(isinstance(o, int) for o in offs)
+            raise LowbitError(f"{path.name}: tensor {short(name)} has an invalid shape {short(shape)}")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
                 or not 0 <= offs[0] <= offs[1] <= data):
-            raise LowbitError(f"{path.name}: tensor {name!r} has data offsets {offs!r} outside the file")
+            raise LowbitError(f"{path.name}: tensor {short(name)} has data offsets {short(offs)} outside the file")
         t = StoredTensor(name, dtype, tuple(shape), offs[1] - offs[0], path.name)
         if t.nbytes * 8 != -(-t.numel * DTYPE_BITS[dtype] // 8) * 8:
-            raise LowbitError(f"{path.name}: tensor {name!r} holds {t.nbytes} bytes, its {dtype} shape {shape} "
+            raise LowbitError(f"{path.name}: tensor {short(name)} holds {t.nbytes} bytes, its {dtype} shape {shape} "
                               f"needs {-(-t.numel * DTYPE_BITS[dtype] // 8)}")
         out.append(t)
     return out
@@ -110,19 +114,23 @@ def read_header(path: str | Path) -> list[StoredTensor]:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """A checkpoint folder (index + shards, or one model.safetensors) or a single .safetensors file."""
-    path = Path(path).expanduser()
-    if path.is_file():
+    path = input_path(path)
+    if is_file(path):
         return Checkpoint(path.parent, read_header(path))
-    if not path.is_dir():
-        raise LowbitError(f"no such checkpoint: {path}")
+    if not is_dir(path):
+        raise LowbitError(f"no such checkpoint: {short(str(path))}")
     index = path / "model.safetensors.index.json"
-    if index.is_file():
+    if is_file(index):
+        raw = read_bounded(index, MAX_INDEX_BYTES, "safetensors index")
         try:
-            weight_map = json.loads(index.read_bytes()[: 64 << 20]).get("weight_map")
-        except (ValueError, AttributeError):
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             raise LowbitError(f"{index} is not a valid safetensors index") from None
+        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
         if not isinstance(weight_map, dict):
             raise LowbitError(f"{index} has no weight_map")
+        if not all(isinstance(s, str) for s in weight_map.values()):
+            raise LowbitError(f"{index}: every weight_map value must be a shard file name")
         shards = sorted(set(weight_map.values()))
     else:
         shards = sorted(p.name for p in path.glob("*.safetensors"))

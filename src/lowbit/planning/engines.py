@@ -6,7 +6,8 @@ owns its rules; `plan()` asks the chosen one for the KV cache, recurrent state a
 
 - llama.cpp (`LlamaCpp`): the KV cache is padded to 256 cells; a sliding-window layer holds
   `window + n_ubatch` cells per sequence (never more than the full context); Gated DeltaNet / Mamba
-  state is f32, one copy per sequence; the input embedding table stays in host memory; over several
+  state is f32, one copy per sequence; the output and compute buffers follow the context, -b/-ub and
+  sequence count as llama.cpp reserves them (`runtime_parts`); the input embedding table stays in host memory; over several
   GPUs whole layers are split evenly, and a model that does not fit on one GPU keeps MoE expert
   tensors, then whole layers, in CPU RAM (`LayerSplit`).
 - vLLM (`VLLM`): paged KV in blocks of 16 tokens from one shared pool; hybrid models group layers into
@@ -16,8 +17,9 @@ owns its rules; `plan()` asks the chosen one for the KV cache, recurrent state a
   `max_num_batched_tokens` dummy forward comes off the top; tensor parallel over several GPUs
   (`TensorParallel`).
 
-Bytes that follow from a format definition and the engine's rules are exact for that rule; the
-activation peak and non-torch memory are estimates, and `assumptions()` names each one.
+Bytes that follow from a format definition and the engine's rules are exact for that rule; activation
+peaks (llama.cpp's widest block, vLLM's profiling forward) and non-torch memory are estimates, and
+`assumptions()` names each one.
 """
 
 from __future__ import annotations
@@ -137,23 +139,39 @@ class Engine:
 @dataclass(frozen=True)
 class LlamaCpp(Engine):
     name: str = "llama.cpp"
-    n_ubatch: int = 512  # micro-batch (--ubatch-size default)
+    n_ubatch: int = 512  # micro-batch (-ub, --ubatch-size default)
+    n_batch: int = 2048  # logical batch (-b, --batch-size default)
     n_gpu_layers: int | None = None  # -ngl: the last N layers on the GPU (N > layers: the output too); None: all
     kv_pad: int = 256  # KV cells are padded to 256 with flash attention (src/llama-kv-cache.cpp)
     # Architectures llama.cpp runs with a sliding-window cache; for any other (Mistral's GGUF is `llama`) it
     # allocates the full context even where the model was trained with a window.
     SWA_ARCHES: ClassVar[frozenset[str]] = frozenset({"gemma3"})
+    # ggml's graph allocator places tensors best-fit in one arena; the arena outgrows the live tensors of the
+    # widest block by this much (llama.cpp 0c1e57098 on CPU: 1.333 on SmolLM2, 1.340 on Gemma 3).
+    FRAGMENTATION: ClassVar[float] = 4 / 3
 
-    def layer_cells(self, cfg: ModelConfig, context: int, mtp: bool = False) -> list[int]:
+    def __post_init__(self):
+        for name in ("n_ubatch", "n_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 20:
+                raise LowbitError(f"llama.cpp {name} must be an integer from 1 to {1 << 20:,}, got {value!r}")
+
+    def ubatch(self, context: int, sequences: int = 1) -> int:
+        """The micro-batch llama.cpp runs: -ub, at most -b, and at most the whole context (n_ctx is all the
+        sequences' cells together)."""
+        return min(context * sequences, self.n_batch, self.n_ubatch)
+
+    def layer_cells(self, cfg: ModelConfig, context: int, mtp: bool = False, sequences: int = 1) -> list[int]:
         """KV cells each layer holds per sequence (0 for recurrent layers), MTP layers appended.
 
         Full attention: the context padded to 256. Sliding window: window + one micro-batch, padded, at most
-        the full size (llama_kv_cache_iswa, one stream per sequence).
+        the full size (llama_kv_cache_iswa, one stream per sequence; llama-cli and llama-server run with
+        --swa-full off).
         """
         full = _pad(context, self.kv_pad)
         swa = full
         if cfg.sliding_window and cfg.arch in self.SWA_ARCHES:
-            swa = min(full, _pad(cfg.sliding_window + self.n_ubatch, self.kv_pad))
+            swa = min(full, _pad(cfg.sliding_window + self.ubatch(context, sequences), self.kv_pad))
         cells = [0 if t == LINEAR else swa if t == SLIDING else full for t in cfg.layer_types]
         return cells + [full] * (cfg.mtp_layers if mtp else 0)
 
@@ -164,7 +182,7 @@ class LlamaCpp(Engine):
     def kv_cache_bytes(self, cfg: ModelConfig, kv: KVFormat, context: int, sequences: int,
                        mtp: bool = False) -> tuple[int, dict]:
         """Bytes of one of K or V for the whole cache, and the cells each layer type holds."""
-        cells = self.layer_cells(cfg, context, mtp)
+        cells = self.layer_cells(cfg, context, mtp, sequences)
         per_vector = kv.vector_bytes(cfg.head_dim)
         total = sum(c * h for c, h in zip(cells, self.layer_kv_heads(cfg, mtp))) * sequences * per_vector
         by_type = {FULL: _pad(context, self.kv_pad) * sequences}
@@ -182,19 +200,57 @@ class LlamaCpp(Engine):
         )
         return cfg.count(LINEAR) * per_layer * 4 * sequences
 
-    def runtime_bytes(self, cfg: ModelConfig, sequences: int) -> int:
-        """Estimated: the output buffer (f32 logits, one token per sequence) plus the compute graph of one
-        micro-batch (f32 logits for every token plus the widest layer's activations)."""
-        output_buffer = cfg.vocab_size * sequences * 4
-        compute = self.n_ubatch * (cfg.vocab_size + activations_per_token(cfg)) * 4
-        return output_buffer + compute
+    @staticmethod
+    def block_activations(cfg: ModelConfig) -> int:
+        """f32 values per token live at the peak of the widest block (estimated from the graph's shape):
+        attention (residual, norm, Q, K, V, attention output), the FFN (residual, gate, up, their product),
+        or a Gated DeltaNet / Mamba block (residual, conv input and output, gate, output)."""
+        e = cfg.hidden_size
+        q = cfg.num_heads * cfg.head_dim * (2 if cfg.attn_output_gate else 1)
+        kv = max(cfg.num_kv_heads, default=0) * cfg.head_dim
+        attention = 2 * e + 2 * q + 2 * kv if cfg.count(FULL) + cfg.count(SLIDING) else 0
+        ffn = e + 3 * cfg.intermediate_size
+        if cfg.is_moe:
+            ffn = max(ffn, e + 3 * (cfg.num_experts_used * cfg.moe_intermediate_size
+                                    + cfg.shared_expert_intermediate_size) + 2 * cfg.num_experts)
+        recurrent = e + 3 * cfg.gdn_conv_dim + 2 * cfg.gdn_value_dim if cfg.count(LINEAR) else 0
+        return max(attention, ffn, recurrent)
+
+    def runtime_parts(self, cfg: ModelConfig, context: int, sequences: int = 1) -> dict[str, int]:
+        """llama.cpp's CPU output and compute buffers, as it reserves them at context creation.
+
+        Output buffer (llama_context::output_reserve): f32 logits for one token per sequence. Exact.
+        Compute buffer (sched_reserve): the larger of the graphs for one micro-batch of T tokens and for one
+        token per sequence; for each, the larger of two moments of the graph:
+          the output head: f32 logits for every token plus two hidden-state rows (T x 4 x (vocab + 2 hidden)),
+          matching llama.cpp's allocator to the byte on both real models;
+          a block: the inputs (token ids, positions, K/V row indices: 24 bytes a token), the f16 KQ masks
+          (T x cells of the full-attention cache, and of the sliding-window cache), exact, plus the live
+          activations of the widest block times the allocator's fragmentation, estimated.
+        """
+        ub = max(self.ubatch(context, sequences), sequences)
+        cells = self.layer_cells(cfg, context, sequences=sequences)
+        full = max((c for c, t in zip(cells, cfg.layer_types) if t == FULL), default=0)
+        swa = max((c for c, t in zip(cells, cfg.layer_types) if t == SLIDING), default=0)
+        head = ub * 4 * (cfg.vocab_size + 2 * cfg.hidden_size)
+        masks = 2 * ub * (full + swa)
+        block = 24 * ub + masks + ceil(ub * 4 * self.block_activations(cfg) * self.FRAGMENTATION)
+        return {"output": cfg.vocab_size * sequences * 4, "compute": max(head, block), "head": head,
+                "block": block, "masks": masks, "ubatch": ub}
+
+    def runtime_bytes(self, cfg: ModelConfig, sequences: int, context: int | None = None) -> int:
+        """Output plus compute buffer (see runtime_parts); `context` None: the largest micro-batch, -ub tokens."""
+        if context is None:
+            context = self.n_batch
+        parts = self.runtime_parts(cfg, context, sequences)
+        return parts["output"] + parts["compute"]
 
     def allocate(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, context: int, sequences: int,
                  mtp: bool = False) -> Allocation:
         kb, cells = self.kv_cache_bytes(cfg, k, context, sequences, mtp)
         vb, _ = self.kv_cache_bytes(cfg, v, context, sequences, mtp)
-        return Allocation(kb, vb, self.recurrent_state_bytes(cfg, sequences), self.runtime_bytes(cfg, sequences),
-                          cells)
+        return Allocation(kb, vb, self.recurrent_state_bytes(cfg, sequences),
+                          self.runtime_bytes(cfg, sequences, context), cells)
 
     def layer_cache_bytes(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, context: int, sequences: int,
                           mtp: bool = False) -> list[int]:
@@ -207,7 +263,7 @@ class LlamaCpp(Engine):
         n_linear = cfg.count(LINEAR)
         state_per_layer = self.recurrent_state_bytes(cfg, sequences) // n_linear if n_linear else 0
         types = list(cfg.layer_types) + [FULL] * (cfg.mtp_layers if mtp else 0)
-        cells, heads = self.layer_cells(cfg, context, mtp), self.layer_kv_heads(cfg, mtp)
+        cells, heads = self.layer_cells(cfg, context, mtp, sequences), self.layer_kv_heads(cfg, mtp)
         return [state_per_layer if t == LINEAR else c * sequences * h * per_vec for t, c, h in zip(types, cells, heads)]
 
     def host_tensors(self, tensor_names: Sequence[str]) -> set[str]:
@@ -224,9 +280,11 @@ class LlamaCpp(Engine):
             "kv": f"exact for llama.cpp: cells padded to {self.kv_pad} (flash attention); sliding-window layers hold "
                   f"window + {self.n_ubatch} cells per sequence; KV stays with its layer's device",
             "state": "exact for llama.cpp: conv window + recurrent state of Gated DeltaNet or Mamba layers, f32, one per sequence",
-            "runtime": "estimated: llama.cpp output buffer (f32 logits for one token per sequence) plus its compute graph "
-                       f"for one {self.n_ubatch}-token micro-batch (f32 logits for every token plus the widest layer's "
-                       "activations), flash attention on",
+            "runtime": f"mostly exact: llama.cpp's CPU buffers for -b {self.n_batch} -ub {self.n_ubatch}, flash attention on: output "
+                       "buffer (f32 logits, one token per sequence) exact; compute buffer = the larger of the output "
+                       "head (f32 logits + 2 hidden rows per micro-batch token, exact) and a block (inputs and f16 "
+                       "KQ masks exact, the widest block's activations x 4/3 for the allocator estimated); within 2% "
+                       "of llama.cpp on SmolLM2 and Gemma 3 at every context measured",
             "placement": "llama.cpp keeps token_embd.weight in host memory (input layer always on the CPU)",
         }
 
@@ -330,7 +388,7 @@ class LayerSplit:
             return None
         n = len(self.layer_dense)
         cache = self.engine.layer_cache_bytes(self.cfg, self.k, self.v, context, users, self.mtp)
-        runtime = self.engine.allocate(self.cfg, self.k, self.v, 1, users).runtime_bytes
+        runtime = self.engine.allocate(self.cfg, self.k, self.v, context, users).runtime_bytes
         everything = self.outside + sum(self.layer_dense) + sum(self.layer_experts) + sum(cache)
 
         def on_gpu(ngl: int, cpu_moe: int) -> int:

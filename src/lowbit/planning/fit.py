@@ -37,7 +37,7 @@ DEFAULT_CONTEXT = 32_768  # a sane default: "does it fit at the model maximum" i
 class Costs:
     """A model under one weight mix, KV formats, engine and device budget; need() is cheap."""
 
-    def __init__(self, model: str | ResolvedModel, budget: Budget, weights: str = "Q4_K_M", kv_k: str = "f16",
+    def __init__(self, model: str | ResolvedModel, budget: Budget, weights: str | None = None, kv_k: str = "f16",
                  kv_v: str | None = None, engine: str | Engine = "llama.cpp", mtp: bool = False,
                  vision: bool = False):
         self.resolved = resolve(model) if isinstance(model, str) else model
@@ -164,10 +164,12 @@ def best_weights(model: str | ResolvedModel, budget: Budget, context: int, users
     return None
 
 
-def fit(model: str | ResolvedModel, budget: Budget | str, weights: str = "Q4_K_M", kv_k: str = "f16",
+def fit(model: str | ResolvedModel, budget: Budget | str, weights: str | None = None, kv_k: str = "f16",
         kv_v: str | None = None, context: int | None = None, users: int = 1, engine: str | Engine = "llama.cpp",
         mtp: bool = False, vision: bool = False, force_context: bool = False, host: str | None = None) -> FitResult:
     """Everything `lowbit fit` answers for one model on one budget (a lowbit.devices.Budget or a device name).
+
+    `weights` defaults to the file's own types for a GGUF (a .gguf path or a local real model), else Q4_K_M.
 
     `context` defaults to 32,768 tokens or the model's trained maximum if smaller; a larger one than that
     maximum is refused unless `force_context` (as vLLM refuses it). On a catalog device the result carries a

@@ -1,9 +1,12 @@
 """llama.cpp's per-tensor type rules for a quantization mix, in one place.
 
-A transcription of `src/llama-quant.cpp` (ggml-org/llama.cpp @007dbbf3): tensor_allows_quantization,
-tensor_get_category, llama_tensor_get_type_impl, tensor_type_fallback. Structure and branch order
-follow the C++ so the two can be read side by side; only the branches reachable from the mixes
-in lowbit.formats.weights are kept. Rules change between llama.cpp versions: this is that commit.
+A transcription of `src/llama-quant.cpp` (ggml-org/llama.cpp @0c1e57098, the same rules as @007dbbf3):
+tensor_allows_quantization, tensor_get_category, llama_tensor_get_type (the options of a
+`lowbit.planning.recipe.Recipe`), llama_tensor_get_type_impl, tensor_type_fallback and
+tensor_requires_imatrix. Structure and branch order follow the C++ so the two can be read side by
+side; only the branches reachable from the mixes in lowbit.formats.weights are kept. Rules change
+between llama.cpp versions: this is that commit, checked tensor by tensor against its
+`llama-quantize --dry-run` (benchmarks/llamacpp_quantize_types.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats.weights import Mix, WeightType, weight_type
 from lowbit.models.config import ModelConfig
 from lowbit.models.tensors import Tensor, gguf_order
+from lowbit.planning.recipe import Recipe
 
 T = weight_type  # short alias: T("Q6_K")
 
@@ -79,13 +83,16 @@ def _layer_of(t: Tensor, counter: int, n_expert: int) -> int:
     return t.layer if n_expert > 1 else counter
 
 
-def _get_type_impl(st: _State, new: WeightType, t: Tensor, m: Mix, cfg: ModelConfig, cat: str, imatrix: bool) -> WeightType:
+def _get_type_impl(st: _State, new: WeightType, t: Tensor, m: Mix, cfg: ModelConfig, cat: str, imatrix: bool,
+                   output_type: WeightType | None = None) -> WeightType:
     f = m.name
     n_expert = max(1, cfg.num_experts)
     n_gqa = cfg.num_heads // max(1, max(cfg.num_kv_heads))
     is_70b = cfg.arch == "llama" and cfg.num_layers == 80 and cfg.num_heads != max(cfg.num_kv_heads)
 
     if cat == "output" or (st.has_tied_embeddings and cat == "token_embd"):
+        if output_type is not None:  # --output-tensor-type also types a tied embedding (the fallback still applies)
+            return output_type
         if f == "MXFP4_MOE":
             return T("Q8_0")
         if t.shape[0] % new.block:
@@ -212,9 +219,15 @@ def _get_type_impl(st: _State, new: WeightType, t: Tensor, m: Mix, cfg: ModelCon
     return new
 
 
-def requires_imatrix(m: Mix) -> bool:
-    """llama-quantize refuses these mixes without an importance matrix (tensor_requires_imatrix)."""
-    return m.default.name in ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S") or m.name == "Q2_K_S"
+_NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S")
+
+
+def requires_imatrix(name: str, target: WeightType, m: Mix) -> bool:
+    """tensor_requires_imatrix: llama-quantize refuses to write these target types without an importance
+    matrix (Q2_K only inside a Q2_K_S file); the embedding and output tensors never need one."""
+    if name in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"):
+        return False
+    return target.name in _NEEDS_IMATRIX or (target.name == "Q2_K" and m.name == "Q2_K_S")
 
 
 def fallback(t: Tensor, new: WeightType) -> WeightType:
@@ -222,6 +235,8 @@ def fallback(t: Tensor, new: WeightType) -> WeightType:
     if t.shape[0] % new.block == 0:
         return new
     if new.name not in _FALLBACK:
+        if new.block <= 32:  # already a 32-block type: nothing smaller to demote to
+            return T("F16")
         raise LowbitError(
             f"llama.cpp has no fallback for {new.name}: tensor {t.name} has rows of {t.shape[0]} values, "
             f"not a multiple of {new.block}"
@@ -230,34 +245,93 @@ def fallback(t: Tensor, new: WeightType) -> WeightType:
     return fb if t.shape[0] % fb.block == 0 else T("F16")
 
 
-def assign_types(
-    tensors: list[Tensor], m: Mix, cfg: ModelConfig, pure: bool = False, imatrix: bool | None = None,
-    float_type: str = "F16",
-) -> dict[str, WeightType]:
-    """The type llama-quantize gives each tensor (keyed by name), from an F16/BF16/F32 source file.
+def _explicit(t: Tensor, qtype: WeightType, option: str) -> WeightType:
+    # llama.cpp returns --token-embedding-type / --output-tensor-type before its fallback: a row that is
+    # not whole blocks of that type stops the quantization (ggml_row_size asserts).
+    if t.shape[0] % qtype.block:
+        raise LowbitError(f"llama-quantize cannot write {t.name} as {qtype.name} ({option}): its rows of "
+                          f"{t.shape[0]} values are not whole blocks of {qtype.block}, and an explicit type gets "
+                          f"no fallback")
+    return qtype
 
-    Tensors that are never quantized keep what the converter wrote: F32 for 1-D tensors, routers and
-    conv kernels, `float_type` otherwise. `imatrix=None` means: with one exactly when the mix needs one.
-    """
-    if imatrix is None:
-        imatrix = requires_imatrix(m)
-    ordered = gguf_order(tensors)
-    cats = {t.name: category(t.name) for t in ordered}
+
+@dataclass(frozen=True)
+class Assignment:
+    """Each tensor's type, and whether an importance matrix was given (or assumed: `imatrix_assumed`)."""
+
+    types: dict[str, WeightType]
+    imatrix: bool
+    imatrix_assumed: bool
+
+
+def _assign(ordered: list[Tensor], cats: dict[str, str], m: Mix, cfg: ModelConfig, recipe: Recipe, imatrix: bool,
+            float_type: str) -> tuple[dict[str, WeightType], list[tuple[str, str]]]:
+    """llama_tensor_get_type over the file in weights_map order; also the (tensor, type) pairs that need
+    an importance matrix."""
     st = _State(
         n_attention_wv=sum(1 for c in cats.values() if _is_attn_v(c)),
         n_layer_all=cfg.num_layers + sum(1 for i in {t.layer for t in ordered} if i >= cfg.num_layers),
         has_tied_embeddings="output" not in cats.values(),
     )
-    out: dict[str, WeightType] = {}
+    out_type = T(recipe.output_tensor_type) if recipe.output_tensor_type else None
+    emb_type = T(recipe.token_embedding_type) if recipe.token_embedding_type else None
+    types: dict[str, WeightType] = {}
+    needs: list[tuple[str, str]] = []
     for t in ordered:
         source = T("F32") if t.f32_only or len(t.shape) == 1 else T(float_type)
-        if not allows_quantization(t):
-            out[t.name] = source
+        if not allows_quantization(t) or (recipe.leave_output_tensor and t.name == "output.weight"):
+            types[t.name] = source
             continue
-        new = m.default
-        if new.quantized:
-            if not pure:
-                new = _get_type_impl(st, new, t, m, cfg, cats[t.name], imatrix)
-            new = fallback(t, new)
-        out[t.name] = new
-    return out
+        cat = cats[t.name]
+        # per_layer_token_embd follows --token-embedding-type unless a --tensor-type names it
+        if emb_type is not None and cat == "token_embd" and not (
+                t.name == "per_layer_token_embd.weight" and recipe.named(t.name)):
+            new = _explicit(t, emb_type, "--token-embedding-type")
+        elif out_type is not None and cat == "output":
+            new = _explicit(t, out_type, "--output-tensor-type")
+        else:
+            new = m.default
+            if new.quantized:
+                manual = recipe.override(t.name)
+                if manual is not None:  # a manual type skips the mix rules (and their layer counters)
+                    new = manual
+                elif not recipe.pure:
+                    new = _get_type_impl(st, new, t, m, cfg, cat, imatrix, out_type)
+                new = fallback(t, new)
+        types[t.name] = new
+        if requires_imatrix(t.name, new, m):
+            needs.append((t.name, new.name))
+    return types, needs
+
+
+def assign(tensors: list[Tensor], m: Mix, cfg: ModelConfig, recipe: Recipe = Recipe(),
+           float_type: str = "F16") -> Assignment:
+    """The type llama-quantize gives each tensor under `recipe`, from an F16/BF16/F32 source file.
+
+    Tensors that are never quantized keep what the converter wrote: F32 for 1-D tensors, routers and
+    conv kernels, `float_type` otherwise. With `recipe.imatrix=None` an importance matrix is assumed
+    exactly when llama-quantize would refuse the recipe without one; with `imatrix=False` such a
+    recipe is refused, as llama-quantize refuses it.
+    """
+    ordered = gguf_order(tensors)
+    cats = {t.name: category(t.name) for t in ordered}
+    if recipe.imatrix is not None:
+        types, needs = _assign(ordered, cats, m, cfg, recipe, recipe.imatrix, float_type)
+        if needs and not recipe.imatrix:
+            name, qtype = needs[0]
+            raise LowbitError(f"llama-quantize refuses {m.name} here without an importance matrix: {name} would be "
+                              f"{qtype} ({len(needs)} tensors need one); give --imatrix, or choose another mix")
+        return Assignment(types, recipe.imatrix, False)
+    types, needs = _assign(ordered, cats, m, cfg, recipe, False, float_type)
+    if not needs:
+        return Assignment(types, False, True)
+    types, _ = _assign(ordered, cats, m, cfg, recipe, True, float_type)
+    return Assignment(types, True, True)
+
+
+def assign_types(
+    tensors: list[Tensor], m: Mix, cfg: ModelConfig, pure: bool = False, imatrix: bool | None = None,
+    float_type: str = "F16",
+) -> dict[str, WeightType]:
+    """`assign` with only `--pure` and the importance matrix: each tensor's type, keyed by name."""
+    return assign(tensors, m, cfg, Recipe(pure=pure, imatrix=imatrix), float_type).types

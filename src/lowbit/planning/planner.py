@@ -14,9 +14,11 @@ from lowbit.errors import LowbitError
 from lowbit.formats.weights import GGUF_ALIGNMENT, STORED, Mix, WeightType, aligned, mix, weight_type
 from lowbit.models.catalog import ResolvedModel, resolve
 from lowbit.models.config import ModelConfig
+from lowbit.models.gguf_size import header_size
 from lowbit.models.tensors import KINDS, VISION, Tensor, gguf_order, inventory
 from lowbit.planning.engines import Engine, LlamaCpp, engine_model
-from lowbit.planning.mix import assign_types
+from lowbit.planning.mix import assign
+from lowbit.planning.recipe import Recipe
 from lowbit.planning.scenario import Scenario
 from lowbit.planning.stored import stored_weights
 from lowbit.planning.tensorplan import TensorPlan
@@ -29,15 +31,12 @@ MIX_PROVENANCE = "exact: llama.cpp mix rules x gguf block sizes, each tensor pad
 DEFAULT_CONTEXT = 262_144  # without a context: this, or the model's trained maximum if smaller
 FORCE_HINT = ("give --force-context to plan it anyway (lowbit follows vLLM, which refuses such a max_model_len "
               "unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1; llama.cpp only warns)")
-HEADER_ASSUMPTION = (
-    "estimated: GGUF metadata and tokenizer: per vocabulary entry 36 bytes for BPE tokenizers (token string, type, "
-    "one merge) or 24 for SentencePiece (Gemma: string, score, type), plus 64 KiB of other metadata"
-)
 
 
-def header_estimate(cfg: ModelConfig) -> int:
-    per_token = 24 if cfg.arch.startswith("gemma") else 36
-    return aligned(per_token * cfg.vocab_size + (64 << 10))
+def header_estimate(cfg: ModelConfig, mtp: bool = False) -> int:
+    """The GGUF header of a model known only by its config (no tokenizer files): estimated."""
+    tensors = [t for t in inventory(cfg, mtp=mtp) if t.kind != VISION]
+    return header_size(cfg, tensors).bytes
 
 
 @dataclass(repr=False)
@@ -56,12 +55,22 @@ class Plan:
     kv_v_bytes: int
     state_bytes: int
     runtime_bytes: int
-    header_bytes: int
+    header_bytes: int  # the text GGUF's header: metadata, tokenizer, tensor infos, padded
     header_exact: bool
     kv_cells: dict[str, int] = field(default_factory=dict)
     engine: Engine = field(default_factory=LlamaCpp)
     padding: int = GGUF_ALIGNMENT  # each tensor's bytes padded to this (1: a safetensors checkpoint as stored)
     weights_provenance: str = MIX_PROVENANCE
+    recipe: Recipe = field(default_factory=Recipe)  # llama-quantize's options; imatrix resolved
+    imatrix_assumed: bool = True  # the importance matrix was inferred (None given), not stated
+    header_provenance: str = ""
+    origin: dict = field(default_factory=dict)  # a GGUF's files, and the bytes fetched to read a remote one
+
+    @property
+    def file_bytes(self) -> int:
+        """The text GGUF file: header plus every tensor's data padded to 32 bytes (the vision tower's
+        mmproj is a file of its own)."""
+        return self.header_bytes + sum(aligned(t.bytes) for t in self.tensors if t.kind != VISION)
 
     @property
     def total_bytes(self) -> int:
@@ -80,7 +89,10 @@ class Plan:
             "kv_bytes": notes["kv"],
             "state_bytes": notes["state"],
             "runtime_bytes": notes["runtime"],
-            "gguf_header_bytes": "exact: read from the file" if self.header_exact else HEADER_ASSUMPTION,
+            "gguf_header_bytes": self.header_provenance,
+            "file_bytes": f"{self.header_provenance.partition(':')[0]}: the GGUF header + tensor data padded to 32 bytes"
+                          + (" (text model; the vision tower is its own mmproj file)" if
+                             any(t.kind == VISION for t in self.tensors) else ""),
         }
 
     def padded(self, nbytes: int) -> int:
@@ -113,8 +125,13 @@ class Plan:
             "runtime_bytes": self.runtime_bytes,
             "total_bytes": self.total_bytes,
             "gguf_header_bytes": self.header_bytes,
+            "file_bytes": self.file_bytes,
+            **({"source": self.origin} if self.origin else {}),
             "kv_cells": self.kv_cells,
             "engine": self.engine.name,
+            "recipe": {**self.recipe.to_json(), "imatrix_assumed": self.imatrix_assumed,
+                       "llama_quantize": " ".join(["llama-quantize", *self.recipe.args(), "IN.gguf", "OUT.gguf",
+                                                   self.scenario.mix.name])},
             "provenance": self.provenance(),
             "by_kind": self.by_kind(),
             "tensors": [{"name": t.name, "shape": list(t.shape), "kind": t.kind, "type": t.type, "bytes": t.bytes}
@@ -141,13 +158,22 @@ def _check_counts(context: int, sequences: int) -> None:
 
 
 def weight_types(
-    cfg: ModelConfig, tensors: list[Tensor], weights: str | Mix, pure: bool = False, imatrix: bool | None = None
+    cfg: ModelConfig, tensors: list[Tensor], weights: str | Mix, pure: bool = False, imatrix: bool | None = None,
+    recipe: Recipe | None = None,
 ) -> dict[str, WeightType]:
+    """Each tensor's type under the mix and llama-quantize's options (`recipe`, or just `pure`/`imatrix`)."""
+    recipe = recipe or Recipe(pure=pure, imatrix=imatrix)
+    return _typed(cfg, tensors, weights, recipe)[0]
+
+
+def _typed(cfg: ModelConfig, tensors: list[Tensor], weights: str | Mix,
+           recipe: Recipe) -> tuple[dict[str, WeightType], bool, bool]:
     text = [t for t in tensors if t.kind != VISION]
-    types = assign_types(text, weights if isinstance(weights, Mix) else mix(weights), cfg, pure=pure, imatrix=imatrix)
+    a = assign(text, weights if isinstance(weights, Mix) else mix(weights), cfg, recipe)
+    types = dict(a.types)
     # The vision tower is llama.cpp's separate mmproj file, which ships at F16 (1-D tensors F32).
     types.update({t.name: weight_type("F32" if len(t.shape) == 1 else "F16") for t in tensors if t.kind == VISION})
-    return types
+    return types, a.imatrix, a.imatrix_assumed
 
 
 def _scenario(weights: str | Scenario, kv: str | None, kv_k: str | None, kv_v: str | None, pure: bool,
@@ -174,6 +200,12 @@ def plan(
     imatrix: bool | None = None,
     engine: str | Engine = "llama.cpp",
     force_context: bool = False,
+    *,
+    tensor_types=(),
+    output_tensor_type: str | None = None,
+    token_embedding_type: str | None = None,
+    leave_output_tensor: bool = False,
+    recipe: Recipe | None = None,
 ) -> Plan:
     """Plan one model under one scenario. `model`: built-in name, config.json path or .gguf path.
 
@@ -181,7 +213,11 @@ def plan(
     default; `kv_k`, `kv_v` for one of them). `weights="stored"` takes the model's own tensors from its file
     (a .gguf, or a checkpoint folder's safetensors); that is the default for a .gguf, Q4_K_M for the rest.
     `pure` gives every tensor the mix's default type.
-    `imatrix=None` assumes an importance matrix exactly for the mixes llama-quantize requires one for.
+    `imatrix=None` assumes an importance matrix exactly when llama-quantize would refuse the recipe
+    without one; `imatrix=False` refuses such a recipe, as llama-quantize does.
+    llama-quantize's per-tensor options: `tensor_types` ('PATTERN=TYPE' strings, pairs or an ordered
+    mapping, first match wins), `output_tensor_type`, `token_embedding_type`, `leave_output_tensor`; or
+    all of them (with `pure` and `imatrix`) as one `recipe` (lowbit.planning.recipe.Recipe).
     `engine` (a name or a lowbit.planning.engines object) allocates the KV cache, state and runtime buffers.
     `context` defaults to 262,144 tokens or the model's trained maximum if smaller; a larger one than that
     maximum is refused unless `force_context` (as vLLM refuses it).
@@ -194,15 +230,29 @@ def plan(
         weights = "stored" if resolved.gguf is not None else "Q4_K_M"
     scenario = _scenario(weights, kv, kv_k, kv_v, pure, scenario_name)
     eng = engine_model(engine)
+    if recipe is None:
+        recipe = Recipe.of(tensor_types, output_tensor_type, token_embedding_type, leave_output_tensor,
+                           scenario.pure, imatrix)
+    elif tensor_types or output_tensor_type or token_embedding_type or leave_output_tensor or imatrix is not None:
+        raise LowbitError("give llama-quantize's options either as a Recipe or one by one, not both")
+    elif scenario.pure and not recipe.pure:
+        recipe = replace(recipe, pure=True)
+    imatrix_used, imatrix_assumed = False, True
     if scenario.mix is STORED:
         if scenario.pure or vision:
             raise LowbitError("--weights stored plans the file's own tensors: --pure and --vision do not apply")
+        if recipe.tensor_types or recipe.output_tensor_type or recipe.token_embedding_type or \
+                recipe.leave_output_tensor or recipe.imatrix is not None:
+            raise LowbitError("--weights stored plans the file's own tensors: llama-quantize's options need a mix "
+                              "(--weights Q4_K_M, ...)")
         stored = stored_weights(resolved, mtp)
         planned, padding, provenance = stored.tensors, stored.padding, stored.provenance
         params_total, active = stored.params_total, stored.params_active
     else:
+        if recipe.pure and not scenario.pure:
+            scenario = replace(scenario, pure=True)
         tensors = gguf_order(inventory(cfg, mtp=mtp, vision=vision))
-        types = weight_types(cfg, tensors, scenario.mix, scenario.pure, imatrix)
+        types, imatrix_used, imatrix_assumed = _typed(cfg, tensors, scenario.mix, recipe)
         planned = [TensorPlan(t.name, t.shape, t.kind, types[t.name].name, types[t.name].tensor_bytes(t.shape))
                    for t in tensors]
         padding, provenance = GGUF_ALIGNMENT, MIX_PROVENANCE
@@ -210,9 +260,14 @@ def plan(
         active = sum(round(t.n_params * t.per_token_active) for t in tensors)
     alloc = eng.allocate(cfg, scenario.k, scenario.v, context, sequences, mtp)
     if resolved.gguf is not None:
-        header, header_exact = resolved.gguf.data_offset, True
+        files = resolved.origin.get("files", [])
+        where = f"its {len(files)} files" if len(files) > 1 else "the file"
+        how = " (headers fetched over HTTP)" if "url" in resolved.origin else ""
+        header, header_exact, header_note = resolved.gguf.data_offset, True, f"exact: read from {where}{how}"
     else:
-        header, header_exact = header_estimate(cfg), False
+        text = [t for t in gguf_order(inventory(cfg, mtp=mtp)) if t.kind != VISION]
+        size = header_size(cfg, text, resolved.path)
+        header, header_exact, header_note = size.bytes, False, size.provenance
     return Plan(
         model=cfg.name,  # built-ins are named canonically; files by their file or folder name
         config=cfg,
@@ -230,8 +285,12 @@ def plan(
         runtime_bytes=alloc.runtime_bytes,
         header_bytes=header,
         header_exact=header_exact,
+        header_provenance=header_note,
+        origin=resolved.origin,
         kv_cells=alloc.cells,
         engine=eng,
         padding=padding,
         weights_provenance=provenance,
+        recipe=replace(recipe, imatrix=imatrix_used),
+        imatrix_assumed=imatrix_assumed,
     )

@@ -30,11 +30,15 @@ class Scenario:
 
     @classmethod
     def parse(cls, text: str) -> Scenario:
-        """NAME=WEIGHTS+KV or NAME=WEIGHTS+KVK/KVV, e.g. `mine=Q2_K+q8_0/turbo3`."""
+        """NAME=WEIGHTS+KV or NAME=WEIGHTS+KVK/KVV, e.g. `mine=Q2_K+q8_0/turbo3`; or a preset's name
+        (today, 1bit-turbo, bonsai)."""
+        if "=" not in text and text.strip().lower() in PRESETS:
+            return PRESETS[text.strip().lower()]
         name, sep, rest = text.partition("=")
         weights, plus, kv = rest.partition("+")
         if not sep or not plus or not name or not weights or not kv:
-            raise LowbitError(f"--scenario wants NAME=WEIGHTS+KV (e.g. today=Q4_K_M+f16), got {text!r}")
+            raise LowbitError(f"--scenario wants NAME=WEIGHTS+KV (e.g. today=Q4_K_M+f16) or a preset "
+                              f"({', '.join(PRESETS)}), got {text!r}")
         k, _, v = kv.partition("/")
         return cls.of(weights, k, v or None, name=name)
 
@@ -44,7 +48,7 @@ class Scenario:
 
     def label(self) -> str:
         """`name (MIX+KV)`, as table headers print a scenario."""
-        return f"{self.name} ({self.mix.name}+{self.kv_label()})"
+        return f"{self.name} ({self.mix.name}{' pure' if self.pure else ''}+{self.kv_label()})"
 
     def to_json(self) -> dict:
         return {"name": self.name, "weights": self.mix.name, "kv_k": self.k.name, "kv_v": self.v.name,
@@ -56,3 +60,6 @@ class Scenario:
 
 TODAY = Scenario.of("Q4_K_M", "f16", name="today")
 ONEBIT_TURBO = Scenario.of("Q1_0", "turbo3", name="1bit-turbo")
+# PrismML's Bonsai models: every weight tensor Q1_0, embeddings and output head included (llama-quantize --pure).
+BONSAI = Scenario.of("Q1_0", "f16", name="bonsai", pure=True)
+PRESETS = {s.name: s for s in (TODAY, ONEBIT_TURBO, BONSAI)}

@@ -68,6 +68,7 @@ class Simulation:
                     "state_bytes": p.state_bytes,
                     "runtime_bytes": p.runtime_bytes,
                     "total_bytes": p.total_bytes,
+                    "file_bytes": p.file_bytes,
                 }
                 for p in self.plans
             ],

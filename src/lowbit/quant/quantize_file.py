@@ -24,8 +24,9 @@ from lowbit.models.catalog import resolve
 from lowbit.models.gguf_header import read_header
 from lowbit.models.tensors import Tensor
 from lowbit.planning.planner import weight_types
-from lowbit.progress import progress_bar
+from lowbit.progress import honours_progress, progress_bar
 from lowbit.quant import gguf_io, weights
+from lowbit.safe_write import check_target
 
 # names of the tensors a calibrated method will quantize -> their input Hessians (lowbit.eval.calibration)
 Calibrate = Callable[[list[str]], dict[str, np.ndarray]]
@@ -46,6 +47,7 @@ def plan_types(path: str | os.PathLike, mix_name: str, pure: bool, source: GGUFR
     return {n: wt.name for n, wt in weight_types(cfg, tensors, mix_name, pure).items()}
 
 
+@honours_progress
 def quantize_file(path: str | os.PathLike, to: str, out: str | os.PathLike, method: str | None = None,
                   pure: bool = False, force: bool = False, *, calibrate: Calibrate | None = None,
                   progress: bool = True) -> dict:
@@ -63,10 +65,14 @@ def quantize_file(path: str | os.PathLike, to: str, out: str | os.PathLike, meth
         chosen = weights.method_for(own, method)
         if not chosen.loadable:
             raise LowbitError(f"method {method!r} is not a llama.cpp format; measure it with `lowbit eval weights`")
-    src = gguf_io.reader(path)
+    check_target(out, force)  # a bad -o fails before the model is read
+    src = gguf_io.reader(path, progress)
     types = plan_types(path, m.name, pure, src)
     by_name = {t.name: t for t in src.tensors}
     specs = [gguf_io.TensorSpec(t.name, tuple(int(d) for d in t.shape), types[t.name]) for t in src.tensors]
+    # before calibration and quantization: a bad -o, a read-only folder or a full disk fails now, not minutes later
+    header_bytes = read_header(path).data_offset
+    check_target(out, force, need_bytes=header_bytes + sum(s.nbytes for s in specs))
     hessians = {}
     if chosen is not None and chosen.calibrated:
         if calibrate is None:

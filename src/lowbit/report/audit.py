@@ -13,13 +13,14 @@ from importlib import resources
 
 from lowbit.formats.kv import KV_FORMATS
 from lowbit.planning.planner import Plan, plan
-from lowbit.planning.scenario import ONEBIT_TURBO, TODAY
+from lowbit.planning.scenario import BONSAI, ONEBIT_TURBO, TODAY
 from lowbit.planning.search import largest
 from lowbit.report.render import NBSP, Table, fmt_bytes
 
 CONTEXT = 262_144
 TOLERANCE = 0.01  # a figure "reproduces" within 1%
-SCENARIOS = {"today": TODAY, "1bit-turbo": ONEBIT_TURBO}
+SCENARIOS = {"today": TODAY, "1bit-turbo": ONEBIT_TURBO, "bonsai": BONSAI}
+GIB = 1 << 30
 CONTEXTS = [32_768, 65_536, 100_000, 128_000, 131_072, 200_000, 256_000, 262_144, 524_288, 1_000_000, 1_048_576]
 
 
@@ -85,6 +86,42 @@ def _ratio(model: str, quantity: str) -> float:
     return _quantity(_plan(model, "today"), quantity) / _quantity(_plan(model, "1bit-turbo"), quantity)
 
 
+def reference_files() -> list[dict]:
+    """Published GGUF files beside lowbit's prediction: the file (header + tensors) and its tensor data.
+
+    A page states a size rounded to two decimals, so a prediction within half a unit of the last digit
+    is as close as the page can say; beyond TOLERANCE the row says it does not hold."""
+    data = json.loads(resources.files("lowbit.report").joinpath("reference_files.json").read_text())
+    rows = []
+    for f in data["files"]:
+        p = _plan(f["model"], f["scenario"], context=1)
+        published = round(f["value_gib"] * GIB)
+        rows.append({
+            "id": f["id"], "what": f["what"], "source": f["source"], "published_bytes": published,
+            "model": f["model"], "scenario": SCENARIOS[f["scenario"]].label(),
+            "file_bytes": p.file_bytes, "tensor_bytes": p.weights_bytes, "header_bytes": p.header_bytes,
+            "header": p.provenance()["gguf_header_bytes"].partition(":")[0],
+            "error": (published - p.file_bytes) / p.file_bytes,
+            "holds": abs(published - p.file_bytes) / p.file_bytes <= TOLERANCE,
+            "differs": _what_differs(f["value_gib"], p),
+        })
+    return rows
+
+
+def _what_differs(value_gib: float, p: Plan) -> str:
+    """Which of lowbit's figures the page's rounded number is, and what the rest is."""
+    shown = f"{value_gib:.2f}"
+    tensors, whole = f"{p.weights_bytes / GIB:.2f}", f"{p.file_bytes / GIB:.2f}"
+    header = f"{p.header_bytes / 1e6:.1f} MB header ({p.provenance()['gguf_header_bytes'].split(' (')[0].rstrip(':')})"
+    if shown == whole:
+        return f"the page's figure is the whole file; tensor data {p.weights_bytes / GIB:.3f} GiB + {header}"
+    if shown == tensors:
+        return (f"the page's figure matches the tensor data ({p.weights_bytes / GIB:.3f} GiB); the whole file adds "
+                f"a {header}: {p.file_bytes / GIB:.3f} GiB")
+    return (f"neither the file ({p.file_bytes / GIB:.3f} GiB) nor its tensor data ({p.weights_bytes / GIB:.3f} GiB) "
+            f"rounds to the page's {shown} GiB")
+
+
 def audit() -> dict:
     data = json.loads(resources.files("lowbit.report").joinpath("seed_claims.json").read_text())
     rows = []
@@ -111,7 +148,8 @@ def audit() -> dict:
                        holds=all(c["low"] <= r <= c["high"] for r in ratios.values()))
         rows.append(row)
     return {"source": data["source"], "context": CONTEXT, "note": data["context_note"],
-            "scenarios": {k: f"{s.mix.name} + {s.k.name}" for k, s in SCENARIOS.items()}, "claims": rows}
+            "scenarios": {k: f"{s.mix.name}{' --pure' if s.pure else ''} + {s.k.name}" for k, s in SCENARIOS.items()},
+            "claims": rows, "reference_files": reference_files()}
 
 
 AUDIT_COLUMNS = ["claim", "article", "exact", "verdict", "what would reproduce it"]
@@ -135,6 +173,10 @@ def audit_rows(result: dict, units: str = "GB") -> list[list[str]]:
         elif "largest_context" in r:
             note = f"holds up to {r['largest_context']:,} tokens" if r["largest_context"] else "not at any context"
         rows.append([f"{r['quote']} [{r['quantity']}]", article, exact, "holds" if r["holds"] else "does not hold", note])
+    for f in result.get("reference_files", []):
+        rows.append([f"{f['what']}, per {f['source']} [file; lowbit: {f['model']} {f['scenario']}]",
+                     fmt_bytes(f["published_bytes"], units), fmt_bytes(f["file_bytes"], units),
+                     "holds" if f["holds"] else "does not hold", f"{f['error']:+.2%}; {f['differs']}"])
     return rows
 
 

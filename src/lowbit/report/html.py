@@ -17,6 +17,7 @@ import html
 import io
 import json
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,7 +27,9 @@ from lowbit.models.catalog import resolve
 from lowbit.planning.planner import plan
 from lowbit.planning.simulate import Simulation, simulate
 from lowbit.report.audit import audit
+from lowbit.progress import progress_bar
 from lowbit.report.render import UNITS, fmt_bytes
+from lowbit.safe_write import check_target, write_text
 
 PARTS = [("weights_bytes", "weights", "#3b6ea8"), ("kv_bytes", "KV cache", "#e08a2c"),
          ("state_bytes", "recurrent state", "#5b9a53"), ("runtime_bytes", "runtime (estimated)", "#b9b9b9")]
@@ -103,6 +106,10 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+# Called after each figure: build() advances its progress bar with it (2-3 s a figure on a laptop).
+_FIGURE_DRAWN: ContextVar[Callable[[], None]] = ContextVar("lowbit_report_figure", default=lambda: None)
+
+
 def _figure(draw: Callable[[bool], object], alt: str) -> str:
     """`draw(narrow)` returns a matplotlib figure; both layouts go into one <picture>, the phone's by media query."""
     import matplotlib
@@ -110,6 +117,7 @@ def _figure(draw: Callable[[bool], object], alt: str) -> str:
     matplotlib.use("Agg")
     with matplotlib.rc_context(FONT):
         wide, narrow = _png(draw(False)), _png(draw(True))
+    _FIGURE_DRAWN.get()()
     # density 2x: the browser shows the PNG at half its pixels, i.e. at the size it was drawn in inches
     return (f'<figure><picture><source media="{NARROW_MEDIA}" srcset="{narrow} 2x">'
             f'<img alt="{html.escape(alt)}" srcset="{wide} 2x"></picture></figure>')
@@ -586,7 +594,25 @@ figure{margin:1em 0}img{max-width:100%;height:auto;display:block}
 details{font-size:13px;color:#555;margin:.3em 0}"""
 
 
-def build(out: Path, units: str = "GB", context: int = 262_144) -> Path:
+REPORT_ROOM = 8 << 20  # bytes to have free before drawing: the page is about 0.4 MB
+
+
+def build(out: Path, units: str = "GB", context: int = 262_144, force: bool = False, progress: bool = True) -> Path:
+    """Write the report to `out` (an existing file only with `force`); the plots take seconds, so the
+    target is checked before they are drawn, and a bar runs over them on a terminal."""
+    out = check_target(out, force, need_bytes=REPORT_ROOM)
+    kv_blocks, kernel_blocks = _read("kv_quality.json"), _read("kernels.json")
+    plots = 2 + bool(_rows(kv_blocks)) + bool(_rows(kernel_blocks))
+    bar, task = progress_bar(progress, "drawing the report", plots, unit="plots")
+    with bar:
+        token = _FIGURE_DRAWN.set(lambda: bar.advance(task))
+        try:
+            return _build(out, units, context, force)
+        finally:
+            _FIGURE_DRAWN.reset(token)
+
+
+def _build(out: Path, units: str, context: int, force: bool) -> Path:
     sim = simulate(context=context)
     result = audit()
     kv_blocks, weight_blocks, kernel_blocks = (_read(n) for n in ("kv_quality.json", "weights_quality.json",
@@ -628,7 +654,4 @@ nearest.</p>
 {_audit_table(result, units)}
 {measured}
 </body></html>"""
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page)
-    tmp.replace(out)  # never leave a half-written report behind
-    return out
+    return write_text(out, page, force)

@@ -30,6 +30,7 @@ def plan_tables(p: Plan, units: str, tensors: bool = False, context_given: bool 
                   f"{row['bytes'] * 8 / row['params']:.3f}", ", ".join(row["types"]))
     kinds.add("weights (all)", len(p.tensors), f"{p.params_total:,}", fmt_bytes(p.weights_bytes, units, 3),
               f"{p.weights_bytes * 8 / p.params_total:.4f}", "")
+    kinds.caption = recipe_line(p)
     memory = Table(
         f"Memory ({cfg.count('full_attention')} full-attention, {cfg.count('sliding_attention')} sliding-window, "
         f"{cfg.count('linear_attention')} recurrent (Gated DeltaNet or Mamba) layers; {params_label(p.params_total)} "
@@ -41,7 +42,8 @@ def plan_tables(p: Plan, units: str, tensors: bool = False, context_given: bool 
     notes: list[str] = []
     parts = [("weights", p.weights_bytes, "weights_bytes"), ("KV cache", p.kv_bytes, "kv_bytes"),
              ("recurrent state", p.state_bytes, "state_bytes"), ("runtime buffers", p.runtime_bytes, "runtime_bytes"),
-             ("total", p.total_bytes, None), ("GGUF header (not in total)", p.header_bytes, "gguf_header_bytes")]
+             ("total", p.total_bytes, None), ("GGUF header (not in total)", p.header_bytes, "gguf_header_bytes"),
+             ("GGUF file (not in total)", p.file_bytes, "file_bytes")]
     for label, n, key in parts:
         how = ""
         if key:
@@ -57,3 +59,22 @@ def plan_tables(p: Plan, units: str, tensors: bool = False, context_given: bool 
             t.add(x.name, "x".join(map(str, x.shape)), x.kind, x.type, f"{x.bytes:,}")
         out.append(t)
     return out
+
+
+def recipe_line(p: Plan) -> str:
+    """The llama-quantize command the weights stand for, the importance matrix, and where a GGUF was read."""
+    files = p.origin.get("files", [])
+    line = ""
+    if p.weights_provenance.startswith("exact: llama.cpp mix"):
+        r = p.recipe
+        given = "given" if r.imatrix else "not given"
+        why = (" (assumed: the recipe cannot be made without one)" if r.imatrix and p.imatrix_assumed else
+               " (assumed: not needed)" if p.imatrix_assumed else "")
+        opts = " ".join(a for a in r.args() if a not in ("--imatrix", "FILE"))
+        line = f"llama-quantize {opts + ' ' if opts else ''}{p.scenario.mix.name}; importance matrix {given}{why}"
+    if "fetched_bytes" in p.origin:
+        line += (f"\nheader{'s' if len(files) > 1 else ''} read over HTTP from {len(files)} file(s) of "
+                 f"{sum(f['bytes'] for f in files):,} bytes: fetched {p.origin['fetched_bytes']:,} bytes")
+    elif len(files) > 1:
+        line += f"\nsplit model: {len(files)} files"
+    return line.strip()

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import re
 from dataclasses import dataclass, field
 
 from lowbit.errors import LowbitError
+from lowbit.printable import printable
 
 UNITS = {"GB": 10**9, "GiB": 2**30, "MB": 10**6, "MiB": 2**20}
 NBSP = "\u00a0"
@@ -119,7 +121,13 @@ class Table:
         return self.right_align_from <= i and not (self.left_from and i >= self.left_from)
 
     def add(self, *cells: object) -> None:
-        self.rows.append([str(c) for c in cells])
+        # cells can hold names read from files: a control character prints as its escape, never acts on a terminal
+        self.rows.append([printable(c, keep_newlines=True) for c in cells])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in ("title", "caption") and isinstance(value, str):  # set at creation or later: both cleaned
+            value = printable(value, keep_newlines=True)
+        super().__setattr__(name, value)
 
     def render(self, fmt: str, out=None) -> None:
         out = out or sys.stdout
@@ -217,6 +225,20 @@ class Table:
         return lines
 
 
+def strict_json(obj: object) -> object:
+    """`obj` with every non-finite float as None: JSON has no NaN or Infinity, and strict parsers reject them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {(str(k) if isinstance(k, float) and not math.isfinite(k) else k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):  # numpy scalars and arrays: as Python numbers
+        return strict_json(obj.tolist())
+    return obj
+
+
 def print_json(obj: object, out=None) -> None:
-    json.dump(obj, out or sys.stdout, indent=2, default=str)  # paths and the like print as text
+    """The one JSON printer: strict (null for NaN and infinities), ASCII-escaped (no raw control characters)."""
+    json.dump(strict_json(obj), out or sys.stdout, indent=2, default=str, allow_nan=False)  # paths print as text
     (out or sys.stdout).write("\n")
