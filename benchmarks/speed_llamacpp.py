@@ -44,7 +44,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 def make_variants(quantize: str, out_dir: Path) -> list[Path]:
     """Requantize both built-in models into `out_dir` (skipping files already there)."""
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
@@ -133,7 +133,7 @@ def write_synthetic(name: str, dims: dict, tokenizer_from: Path, out: Path) -> N
 
 def make_synthetic(quantize: str, out_dir: Path) -> list[Path]:
     """The synthetic calibration models: wide at every SYNTH_TYPES type (--pure), narrow at F16 and Q4_0."""
-    from lowbit.eval.artifacts import model_path
+    from lowbit.models.local import model_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []

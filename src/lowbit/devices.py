@@ -18,7 +18,6 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -27,6 +26,9 @@ from importlib import resources
 from pathlib import Path
 
 from lowbit.errors import LowbitError
+from lowbit.models.local import cache_dir
+from lowbit.safe_read import read_bounded
+from lowbit.safe_write import write_text
 from lowbit.safe_read import short
 
 KINDS = ("phone", "apple", "gpu", "cpu")
@@ -194,8 +196,8 @@ PROFILE_VERSION = 1
 
 
 def profile_path() -> Path:
-    """$LOWBIT_CACHE/device-profile.json, else ~/.cache/lowbit/ (the same cache as the eval models)."""
-    return Path(os.environ.get("LOWBIT_CACHE") or Path.home() / ".cache" / "lowbit") / PROFILE_FILE
+    """device-profile.json in the lowbit cache ($LOWBIT_CACHE, else ~/.cache/lowbit), beside the eval models."""
+    return cache_dir() / PROFILE_FILE
 
 
 def _measure_here(quick: bool = False) -> dict:
@@ -278,27 +280,19 @@ def measure(quick: bool = False, timeout: float = 120.0) -> dict:
 
 
 def save_profile(profile: dict, path: Path | None = None) -> Path:
-    """Write the profile atomically (a temporary file in the same folder, then rename)."""
+    """Write the profile whole or not at all (lowbit.safe_write), replacing an earlier measurement."""
     path = path or profile_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".device-profile-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(profile, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, json.dumps(profile, indent=1) + "\n", force=True)
 
 
 def load_profile(path: Path | None = None) -> dict | None:
     """The stored profile, or None when there is none; a damaged one is an error naming the file."""
     path = path or profile_path()
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
-        p = json.loads(path.read_text())
+        p = json.loads(read_bounded(path, 1 << 20, "device profile"))
         for key in ("read_bandwidth_bytes_s", "flops", "logical_cpus"):
             if not float(p[key]) > 0:
                 raise ValueError(key)
