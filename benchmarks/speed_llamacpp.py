@@ -1,17 +1,20 @@
 """Measure llama.cpp decode (tg) and prefill (pp) tokens/s on this CPU with llama-bench, for the speed model.
 
-    python benchmarks/speed_llamacpp.py --make-variants --models-dir /work/speed-models \\
-        --llama-bench /path/to/llama-bench --llama-quantize /path/to/llama-quantize \\
-        --out docs/speed_results/llamacpp_cpu.json
+    python benchmarks/speed_llamacpp.py --make-variants --models-dir /work/speed-models \
+        --synth-dir /work/speed-synth --llama-bench /path/to/llama-bench \
+        --llama-quantize /path/to/llama-quantize --out docs/speed_results/llamacpp_cpu.json [--pass 2]
 
-Both built-in real models (smollm2-135m, gemma3-270m) are requantized by llama-quantize to F16, Q8_0,
-Q4_K_M, TQ2_0, TQ1_0 and Q1_0 (plus --pure Q4_0 and Q1_0 files, which isolate one weight type), stored
-outside the repository (--models-dir). Each group of cases is one llama-bench call (-o json, -fa 1); the
-JSON written keeps every repetition's tokens/s, the load average before and after each call, the machine,
-llama.cpp's commit and the exact commands. The machine may be shared: the load average says how much.
+Files (stored outside the repository): both built-in real models (smollm2-135m, gemma3-270m) requantized by
+llama-quantize to F16, Q8_0, Q4_K_M, TQ2_0, TQ1_0 and Q1_0, plus --pure Q4_0 (and Q1_0 for Gemma) files;
+and synthetic llama models for calibration (`SYNTH`: every matrix 256-aligned, so `--pure` gives each
+weight type to every matrix, K-quants and ternary included).
 
-Groups: `weights` (every file, depth 0, f16 KV, pp and tg, at each --threads), `kv` (the Q4_K_M file of
-each model, KV f16 / q8_0 / q4_0, tg at depth 512 and 2048, pp at depth 512, at the first --threads).
+Cases: `calibration` (each synthetic file at depth 0, tg and pp; the wide Q4_0 file with KV f16 / q8_0 /
+q4_0 at depth 2048 (tg) and 1024 (pp)), then `check` (each real file at depth 0; the Q4_K_M files with each
+KV type at depth 512 and 2048 (tg) and 512 (pp)). Each case runs llama-bench (-fa 1, -o json) twice, with
+1 and 4 repetitions, and keeps tokens per CPU-second from the difference (see `bench`), the wall-clock
+samples, the load average, the machine, llama.cpp's commit and the exact commands. A later `--pass N`
+repeats the finished cases; benchmarks/speed_check.py takes the median over the passes.
 """
 
 from __future__ import annotations
