@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lowbit.eval.artifacts import model_path
+from lowbit.models.local import model_path
 from lowbit.formats.kv import kv_format
 from lowbit.models.catalog import resolve
 from lowbit.planning.engines import LlamaCpp

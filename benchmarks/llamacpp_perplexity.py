@@ -54,7 +54,7 @@ def model_path(spec: str) -> tuple[str, str]:
     name, sep, path = spec.partition("=")
     if sep or spec.lower().endswith(".gguf"):
         return (name, path) if sep else (Path(spec).stem, spec)
-    from lowbit.eval.artifacts import model_path as lowbit_model_path  # no torch behind it
+    from lowbit.models.local import model_path as lowbit_model_path  # no torch behind it
 
     return spec, str(lowbit_model_path(spec))
 

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from lowbit.errors import LowbitError
-from lowbit.eval.artifacts import model_path
+from lowbit.models.local import model_path
 from lowbit.eval.text import corpus
 from lowbit.planning.planner import plan
 from lowbit.planning.recipe import Recipe
