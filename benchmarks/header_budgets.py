@@ -54,17 +54,17 @@ print(json.dumps({"result": result, "cpu": r1.ru_utime + r1.ru_stime - r0.ru_uti
 """
 
 
-def _header(n_tensors: int, n_kv: int) -> bytes:
+def gguf_start(n_tensors: int, n_kv: int) -> bytes:
     return struct.pack("<IIQQ", 0x46554747, 3, n_tensors, n_kv)
 
 
-def _key(name: str) -> bytes:
+def gguf_key(name: str) -> bytes:
     raw = name.encode()
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _arch() -> bytes:
-    return _key("general.architecture") + struct.pack("<I", STRING) + _key("llama")
+def arch_kv() -> bytes:
+    return gguf_key("general.architecture") + struct.pack("<I", STRING) + gguf_key("llama")
 
 
 def many_arrays(path: Path, header_bytes: int, item_type: int, per_array: int = 4096) -> str:
@@ -72,16 +72,16 @@ def many_arrays(path: Path, header_bytes: int, item_type: int, per_array: int = 
     array = struct.pack("<IQ", item_type, per_array) + item * per_array
     n = header_bytes // (len(array) + 16)
     with open(path, "wb") as f:
-        f.write(_header(0, n + 1) + _arch())
+        f.write(gguf_start(0, n + 1) + arch_kv())
         for i in range(n):
-            f.write(_key(f"k{i:07d}") + struct.pack("<I", ARRAY) + array)
+            f.write(gguf_key(f"k{i:07d}") + struct.pack("<I", ARRAY) + array)
     kind = "u32" if item_type == U32 else "empty strings"
     return f"{header_bytes >> 20} MiB: {n:,} arrays of {per_array:,} {kind}"
 
 
 def long_name(path: Path) -> str:
     with open(path, "wb") as f:
-        f.write(_header(1, 1) + _arch() + struct.pack("<Q", 1 << 26))
+        f.write(gguf_start(1, 1) + arch_kv() + struct.pack("<Q", 1 << 26))
         f.truncate(f.tell() + (1 << 26) + 64)  # sparse: the name's 64 MiB are there, as zeros
     return "one tensor-name length of 2^26, the bytes present"
 
@@ -89,7 +89,7 @@ def long_name(path: Path) -> str:
 def many_tensors(path: Path, n: int = 131_072, name_len: int = 250) -> str:
     """As many tensor infos as the reader takes, each with a long name: the most Python objects a header can buy."""
     with open(path, "wb") as f:
-        f.write(_header(n, 1) + _arch())
+        f.write(gguf_start(n, 1) + arch_kv())
         for i in range(n):
             name = f"t{i:07d}".ljust(name_len, "x").encode()
             f.write(struct.pack("<Q", len(name)) + name + struct.pack("<IQIQ", 1, 32, 0, 0))  # F32 [32] at offset 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,30 @@ if "TRITON_INTERPRET" not in os.environ:
 
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra) -> dict:
+    """This environment for a child Python, with the tree's src/ put ahead of any PYTHONPATH already set (a
+    machine that carries wheels on PYTHONPATH, as the lent GPU does, keeps them)."""
+    path = os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def skip_unless_qwen35_on_cpu() -> None:
+    """Module-level skip for tests that run a tiny Qwen3.5 on the CPU."""
+    import importlib.util
+
+    import transformers
+
+    if not hasattr(transformers, "Qwen3_5ForCausalLM"):
+        pytest.skip("this transformers has no Qwen3.5 (5.2 or later has)", allow_module_level=True)
+    if importlib.util.find_spec("fla") is not None:  # seen on the lent H200, where fla travels for the GPU runs
+        pytest.skip("flash-linear-attention is installed: transformers then sends Qwen3.5's Gated DeltaNet to its "
+                    "GPU kernels, which take no CPU tensors (the GPU path is run by benchmarks/real_size.py)",
+                    allow_module_level=True)
 
 
 def _gguf(name: str):

@@ -4,8 +4,8 @@ bytes are what transformers allocates, and lowbit's plan accounts for them to th
 
 from __future__ import annotations
 
-import importlib.util
 import pytest
+from conftest import skip_unless_qwen35_on_cpu
 import torch
 import transformers
 from transformers import DynamicCache
@@ -18,12 +18,7 @@ from lowbit.models.config import FULL, LINEAR, from_hf_config
 from lowbit.planning.engines import VLLM
 from lowbit.planning.planner import plan
 
-if not hasattr(transformers, "Qwen3_5ForCausalLM"):
-    pytest.skip("this transformers has no Qwen3.5 (5.2 or later has)", allow_module_level=True)
-if importlib.util.find_spec("fla") is not None:  # seen on the lent H200, where fla travels for the GPU runs
-    pytest.skip("flash-linear-attention is installed: transformers then sends Qwen3.5's Gated DeltaNet to its GPU "
-                "kernels, which take no CPU tensors (the GPU path is run by benchmarks/real_size.py)",
-                allow_module_level=True)
+skip_unless_qwen35_on_cpu()
 
 STEPS = 6
 

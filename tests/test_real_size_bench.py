@@ -3,31 +3,23 @@ against lowbit's plan (the same script builds the 27B on an H200)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env, skip_unless_qwen35_on_cpu
 
 transformers = pytest.importorskip("transformers")
-if not hasattr(transformers, "Qwen3_5ForCausalLM"):
-    pytest.skip("this transformers has no Qwen3.5 (5.2 or later has)", allow_module_level=True)
-if importlib.util.find_spec("fla") is not None:  # seen on the lent H200, where fla travels for the GPU runs
-    pytest.skip("flash-linear-attention is installed: transformers then sends Qwen3.5's Gated DeltaNet to its GPU "
-                "kernels, which take no CPU tensors (the GPU path is run by benchmarks/real_size.py)",
-                allow_module_level=True)
+skip_unless_qwen35_on_cpu()
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "real_size.py"
 
 
 def _run(*args, timeout=300):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=subprocess_env(),
                           timeout=timeout)
 
 

@@ -14,29 +14,20 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, subprocess_env
 
 from lowbit.cli import main
 from lowbit.errors import LowbitError
 from lowbit.models import gguf_header
 from lowbit.models.gguf_header import read_header
 
+# The hostile-header writers live with the benchmark that measures the same cases (one copy).
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from header_budgets import arch_kv, gguf_key, gguf_start  # noqa: E402
+
 U32, STRING, ARRAY = 4, 8, 9
-
-
-def _header(n_tensors: int, n_kv: int) -> bytes:
-    return struct.pack("<IIQQ", 0x46554747, 3, n_tensors, n_kv)
-
-
-def _key(name: str) -> bytes:
-    raw = name.encode()
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def _arch() -> bytes:
-    return _key("general.architecture") + struct.pack("<I", STRING) + _key("llama")
 
 
 def measured(fn):
@@ -84,7 +75,7 @@ print(json.dumps({"result": result, "cpu": after.ru_utime + after.ru_stime - bef
 def walked_in_a_process(path) -> dict:
     """Read a header in a fresh process: its CPU seconds and peak resident memory (bytes; the header's mapped
     pages count too, so against a process that read a tiny header it bounds everything the walk costs)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH"))))}
+    env = subprocess_env()
     r = subprocess.run([sys.executable, "-c", _RSS, str(path)], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
@@ -94,7 +85,7 @@ def test_a_huge_tensor_name_is_refused_at_once_in_one_short_line(tmp_path, capsy
     """One tensor-name length of 2^26 (a 64 MiB name is really there): refused before a byte of it is read."""
     path = tmp_path / "name.gguf"
     with open(path, "wb") as f:
-        f.write(_header(1, 1) + _arch() + struct.pack("<Q", 1 << 26))
+        f.write(gguf_start(1, 1) + arch_kv() + struct.pack("<Q", 1 << 26))
         f.truncate(f.tell() + (1 << 26) + 64)  # sparse: the name's bytes exist, as zeros
     out, cpu, peak = measured(lambda: read_header(path))
     assert isinstance(out, LowbitError) and "tensor name of 67,108,864 bytes" in str(out)
@@ -107,9 +98,9 @@ def test_a_huge_tensor_name_is_refused_at_once_in_one_short_line(tmp_path, capsy
 def test_error_lines_cut_long_names(tmp_path, capsys):
     name = "blk.0." + "x" * 240 + "\x1b[2J"
     raw = name.encode()
-    body = _arch() + struct.pack("<Q", len(raw)) + raw + struct.pack("<IQIQ", 1, 32, 99, 0)  # unknown type 99
+    body = arch_kv() + struct.pack("<Q", len(raw)) + raw + struct.pack("<IQIQ", 1, 32, 99, 0)  # unknown type 99
     path = tmp_path / "long.gguf"
-    path.write_bytes(_header(1, 1) + body + b"\0" * 64)
+    path.write_bytes(gguf_start(1, 1) + body + b"\0" * 64)
     assert main(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown ggml type 99" in err and "..." in err and len(err) < 200
@@ -122,9 +113,9 @@ def _many_arrays(path, header_bytes: int, item_type: int, per_array: int = 4096)
     array = struct.pack("<IQ", item_type, per_array) + item * per_array
     n = header_bytes // (len(array) + 16)
     with open(path, "wb") as f:
-        f.write(_header(0, n + 1) + _arch())
+        f.write(gguf_start(0, n + 1) + arch_kv())
         for i in range(n):
-            f.write(_key(f"k{i:07d}") + struct.pack("<I", ARRAY) + array)
+            f.write(gguf_key(f"k{i:07d}") + struct.pack("<I", ARRAY) + array)
     return n
 
 
@@ -149,7 +140,7 @@ def test_strings_are_walked_within_a_budget_in_time_and_memory(tmp_path, mib):
     path = tmp_path / "strings.gguf"
     n = _many_arrays(path, mib << 20, STRING)
     r = walked_in_a_process(path)
-    (tmp_path / "tiny.gguf").write_bytes(_header(0, 1) + _arch())
+    (tmp_path / "tiny.gguf").write_bytes(gguf_start(0, 1) + arch_kv())
     base = walked_in_a_process(tmp_path / "tiny.gguf")
     r["rss"] = r["rss_after"] - base["rss_after"]
     if n * 4096 <= gguf_header.MAX_ITEMS:
@@ -166,27 +157,27 @@ def test_nested_arrays_and_decoded_text_are_budgeted(tmp_path, monkeypatch):
     # arrays of arrays: kept items past the budget are refused (an array of arrays cannot be summarized)
     outer = struct.pack("<IQ", ARRAY, 4000) + struct.pack("<IQ", U32, 0) * 4000  # 4,000 empty arrays
     path = tmp_path / "nested.gguf"
-    path.write_bytes(_header(0, 18) + _arch() + b"".join(_key(f"k{i}") + struct.pack("<I", ARRAY) + outer
+    path.write_bytes(gguf_start(0, 18) + arch_kv() + b"".join(gguf_key(f"k{i}") + struct.pack("<I", ARRAY) + outer
                                                          for i in range(17)))  # 68,000 kept items > 65,536
     with pytest.raises(LowbitError, match="nested array items"):
         read_header(path)
     # text: every decoded byte (keys, names, values) counts against one total
     monkeypatch.setattr(gguf_header, "MAX_TEXT", 1 << 20)
     value = b"v" * (300 << 10)
-    body = b"".join(_key(f"s{i}") + struct.pack("<I", STRING) + struct.pack("<Q", len(value)) + value for i in range(4))
+    body = b"".join(gguf_key(f"s{i}") + struct.pack("<I", STRING) + struct.pack("<Q", len(value)) + value for i in range(4))
     path = tmp_path / "text.gguf"
-    path.write_bytes(_header(0, 5) + _arch() + body)
+    path.write_bytes(gguf_start(0, 5) + arch_kv() + body)
     with pytest.raises(LowbitError, match="bytes of text"):
         read_header(path)
 
 
 def test_declared_counts_and_key_lengths_are_bounded(tmp_path):
     cases = {
-        _header(gguf_header.MAX_TENSORS + 1, 0): "implausible",
-        _header(0, gguf_header.MAX_KV + 1): "implausible",
-        _header(0, 1) + struct.pack("<Q", gguf_header.MAX_KEY + 1): "metadata key",
-        _header(0, 1) + _key("k") + struct.pack("<IIQ", ARRAY, U32, gguf_header.MAX_ARRAY + 1): "implausible",
-        _header(0, 1) + _key("k") + struct.pack("<IIQ", ARRAY, STRING, 10) + struct.pack("<Q", 1 << 40): "implausible",
+        gguf_start(gguf_header.MAX_TENSORS + 1, 0): "implausible",
+        gguf_start(0, gguf_header.MAX_KV + 1): "implausible",
+        gguf_start(0, 1) + struct.pack("<Q", gguf_header.MAX_KEY + 1): "metadata key",
+        gguf_start(0, 1) + gguf_key("k") + struct.pack("<IIQ", ARRAY, U32, gguf_header.MAX_ARRAY + 1): "implausible",
+        gguf_start(0, 1) + gguf_key("k") + struct.pack("<IIQ", ARRAY, STRING, 10) + struct.pack("<Q", 1 << 40): "implausible",
     }
     for i, (raw, words) in enumerate(cases.items()):
         path = tmp_path / f"c{i}.gguf"

@@ -16,6 +16,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 import lowbit.eval.distortion  # noqa: F401  imported before any measurement: torch's import is not the check's cost
 import lowbit.eval.kv  # noqa: F401
@@ -203,7 +204,7 @@ def test_quantize_output_mode_follows_umask_and_force_keeps_the_old_mode(tmp_pat
 
 def test_two_quantize_runs_to_one_path_one_wins_whole(tmp_path, tiny):
     out = tmp_path / "q.gguf"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH"))))}
+    env = subprocess_env()
     procs = {to: subprocess.Popen([sys.executable, "-m", "lowbit.cli", "quantize", str(tiny), "--to", to, "-o", str(out),
                                    "--format", "json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for to in ("Q4_0", "Q8_0")}
@@ -251,8 +252,8 @@ def test_a_hub_that_never_answers_is_cut_at_the_deadline(tmp_path):
     threading.Thread(target=accept, daemon=True).start()
     code = ("import sys, lowbit.models.hub as h; h.HF_DEADLINE = 3.0; from lowbit.cli import main; "
             "sys.exit(main(['fit', '--hf', 'Qwen/Qwen3.5-27B', '--device', 'rtx-4090']))")
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH")))), HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+    env = subprocess_env(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+    env.pop("HF_HUB_OFFLINE", None)
     start = time.perf_counter()
     try:
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)

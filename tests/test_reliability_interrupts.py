@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 from lowbit.safe_write import STALE_SECONDS, TMP_PREFIX
 
@@ -57,7 +58,7 @@ def _leftovers(folder: Path) -> list[Path]:
 
 
 def _start(target: Path, seed: int, force: bool) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH"))))}
+    env = subprocess_env()
     return subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(seed), "1" if force else "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -131,7 +132,7 @@ def test_quantize_interrupted_keeps_the_old_output(tmp_path, write_tiny_gguf):
     w.write_tensors_to_file()
     w.close()
     out = tmp_path / "q.gguf"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH"))))}
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "lowbit.cli", "quantize", str(src), "--to", "Q8_0", "-o", str(out), "--force",
            "--pure"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
