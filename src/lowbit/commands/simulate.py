@@ -29,8 +29,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="add measured KV-cache quality (KL divergence, named with the small model it was measured on)")
     p.add_argument("--no-fits", action="store_true", help="leave out the devices each scenario fits")
     p.add_argument("--speed", metavar="DEVICES", default=None,
-                   help="comma-separated devices for the decode/prefill speed estimate (default rtx-4090 in --wide, "
-                        "csv, markdown and JSON); given, a decode tokens/s table per device and scenario is added")
+                   help="comma-separated devices for the decode/prefill speed estimate (with --wide: rtx-4090 unless "
+                        "given; in every format); given, a decode tokens/s table per device and scenario is added")
     p.add_argument("--host", default=None, help="the CPU that runs llama.cpp's offloaded layers in the speed "
                                                 "estimate (default cpu-64gb; this-cpu: this machine, measured)")
     add_wide(p, "weights, KV, state and runtime per scenario, every fitting device")
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     fits = None if args.no_fits else sim.fitting_devices()
     wide = args.wide or args.format != "table"
     devices = [d.strip() for d in (args.speed or DEFAULT_SPEED_DEVICE).split(",") if d.strip()]
-    speeds = sim.speeds(devices, args.host) if (wide or args.speed or args.format == "json") else None
+    # an estimate per plan and device costs more than the plan itself: only when asked (--wide or --speed)
+    speeds = sim.speeds(devices, args.host) if (args.wide or args.speed) else None
     if args.format == "json":
         print_json(simulate_json(sim, quality, fits, speeds))
         return 0

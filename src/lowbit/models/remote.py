@@ -19,10 +19,8 @@ import re
 import socket
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, replace
-from http.client import HTTPException
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
@@ -87,16 +85,21 @@ def url_of(source: str) -> str:
     return url
 
 
-class _Redirects(urllib.request.HTTPRedirectHandler):
-    max_redirections = MAX_REDIRECTS
-    max_repeats = 2
+@lru_cache(maxsize=1)
+def _opener():
+    """urllib's opener with checked redirects. The network stack (urllib.request, http.client, ssl: about 25 ms)
+    loads only when an address is read, never on the simulator's start-up path."""
+    import urllib.request
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        _check_url(newurl, f"redirect ({code}) to")  # never to file://, ftp:// or plain http elsewhere
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        max_redirections = MAX_REDIRECTS
+        max_repeats = 2
 
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            _check_url(newurl, f"redirect ({code}) to")  # never to file://, ftp:// or plain http elsewhere
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
 
-_OPENER = urllib.request.build_opener(_Redirects)
+    return urllib.request.build_opener(Redirects)
 
 
 @dataclass(frozen=True)
@@ -137,11 +140,15 @@ class _Reader:
             self._fetch(len(self.data), end - 1)
 
     def _fetch(self, start: int, end: int) -> None:
+        import urllib.error
+        import urllib.request
+        from http.client import HTTPException
+
         req = urllib.request.Request(self.final_url, headers={
             "Range": f"bytes={start}-{end}", "Accept-Encoding": "identity", "User-Agent": "lowbit (GGUF header)"})
         self.requests += 1
         try:
-            with _OPENER.open(req, timeout=min(REQUEST_TIMEOUT_S, self._remaining())) as resp:
+            with _opener().open(req, timeout=min(REQUEST_TIMEOUT_S, self._remaining())) as resp:
                 self.final_url = resp.geturl()
                 self._take(resp, start, end)
         except LowbitError:
