@@ -149,5 +149,7 @@ def test_quantize_interrupted_keeps_the_old_output(tmp_path, write_tiny_gguf):
         time.sleep(delay)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=300)
-        assert p.returncode in (0, 130) and "Traceback" not in err, err
+        # 130: our handler ran; -SIGINT: the signal came as the interpreter was exiting, after its handler was
+        # gone, and Python died by the signal as Ctrl-C asks (a shell shows both as 130).
+        assert p.returncode in (0, 130, -signal.SIGINT) and "Traceback" not in err, err
         assert _digest(out) == before and _leftovers(tmp_path) == [], f"SIGINT {delay:.3f} s into the write: {err}"
