@@ -4,7 +4,8 @@ A codec quantizes head vectors [..., head_dim] to packed uint8 [..., vector_byte
 registered against its family's kind (`lowbit.quant.kv_codec`):
 - f32, f16, bf16 (`NativeCodec`): torch casts, the same bits as gguf's converters (round to nearest even);
 - ggml types (q8_0, q5_0, q5_1, q4_0, q4_1): gguf's reference quantizers (`gguf.quants.quantize/dequantize`),
-  so the bytes are llama.cpp's `-ctk/-ctv` blocks;
+  so the bytes are llama.cpp's `-ctk/-ctv` blocks; on a GPU the same bytes come from `lowbit.quant.ggml_torch`
+  (no copies to the host);
 - iq4_nl: gguf has only the dequantizer, so quantization here follows llama.cpp's
   `quantize_row_iq4_nl_ref` (scale search over ±7 steps, weights x², gguf's `kvalues` grid) and
   gguf's dequantizer reads the bytes back;
@@ -27,6 +28,7 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import KIVI_GROUP, KVFormat, KVSpec, parse_kv_spec
+from lowbit.quant import ggml_torch
 from lowbit.quant.kv_codec import KVCodec, codec_class
 from lowbit.quant.packing import bytes_to_fp16, fp16_to_bytes, pack_bits, unpack_bits
 from lowbit.quant.rotation import rotation
@@ -78,6 +80,8 @@ class GGMLCodec(KVCodec, kind="ggml"):
         from gguf import GGMLQuantizationType as T
         from gguf import quants
 
+        if x.device.type != "cpu" and ggml_torch.supports(self.qtype.name):  # the same bytes, where x is
+            return ggml_torch.quantize(x.detach(), self.qtype.name)
         a = x.detach().to("cpu", torch.float32).numpy()
         if self.qtype == T.IQ4_NL:
             out = _iq4_nl_quantize(a)
@@ -89,6 +93,8 @@ class GGMLCodec(KVCodec, kind="ggml"):
     def dequantize(self, p: torch.Tensor) -> torch.Tensor:
         from gguf import quants
 
+        if p.device.type != "cpu" and ggml_torch.supports(self.qtype.name):
+            return ggml_torch.dequantize(p, self.qtype.name, self.head_dim)
         a = np.ascontiguousarray(p.detach().to("cpu").numpy())
         out = quants.dequantize(a, self.qtype).reshape(*a.shape[:-1], self.head_dim)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(p.device)

@@ -234,7 +234,7 @@ def frontier_figure(block: dict, narrow: bool = False, points: list[Point] | Non
     handles = [Line2D([], [], marker="o", ls="", color=c, label=f) for f, c in FAMILY_COLORS.items()
                if any(p.family == f for p in pts)]
     handles.append(Line2D([], [], marker=".", ls="", color="#b9b9b9", label="dominated"))
-    fig.legend(handles=handles, loc="outside upper center", ncol=4 if narrow else len(handles), frameon=False,
+    fig.legend(handles=handles, loc="outside lower center", ncol=4 if narrow else len(handles), frameon=False,
                fontsize=8)
     fig.suptitle(f"{block.get('model')}: KV formats, best at their size in colour", fontsize=10)
     return fig
