@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import subprocess
 import sys
 import time
@@ -279,10 +280,11 @@ def docs_section(docs: list[dict], figures: Path) -> str:
                                                                             d["niah_probe"].items()) + ".")
         if not has_intervals(d):
             lines.append("This block predates the intervals: point values only.")
-        lines.append(f"Command: `{d.get('command', '?')}`")
+        command = re.sub(r"\s+--out\s+/\S+", "", d.get("command", "?"))  # not the measuring machine's temp files
+        lines.append(f"Command: `{command}`")
         parts += [" ".join(lines), "", frontier_markdown(d, pts).rstrip(), "",
                   f"![{d['model']}: bits per value against KL divergence and needles found]"
-                  f"({fig.relative_to(DOCS.parent).as_posix()})", ""]
+                  f"({fig.name})", ""]
     parts.append(END)
     return "\n".join(parts)
 

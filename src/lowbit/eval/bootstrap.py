@@ -179,7 +179,10 @@ def binomial_interval(found: int, trials: int, level: float = LEVEL) -> Interval
     denom = 1 + z * z / trials
     mid = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return Interval(p, max(0.0, mid - half), min(1.0, mid + half), level)
+    # at p = 0 (or 1) the bound is exactly 0 (1); computed, it is off by a rounding error
+    lo = 0.0 if found == 0 else max(0.0, mid - half)
+    hi = 1.0 if found == trials else min(1.0, mid + half)
+    return Interval(p, lo, hi, level)
 
 
 def paired_trials_difference(a: list[bool], b: list[bool], *, samples: int = BOOTSTRAP_SAMPLES,
