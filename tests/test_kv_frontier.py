@@ -35,7 +35,7 @@ def _row(k, v, bits, kld, found=10, noise=0.0005, seed=0):
     per_token = np.maximum(kld * DIFFICULTY + rng.normal(0, noise, size=N), 0.0)
     stats = WindowStats(REF_NLL + per_token * T, np.full(N, T), per_token * T, np.full(N, T * (1 - kld)))
     trials = [{"length": 8192, "depth": round(0.05 + 0.1 * i, 2), "found": i < found, "answer": ""} for i in range(10)]
-    return {"model": "toy", "kv_k": k, "kv_v": v, "boundary": 0, "bits_per_value": bits, "kld": kld,
+    return {"model": "toy", "kv_k": k, "kv_v": v, "boundary": 0, "bits_per_value": bits, "kld": kld, "head_dim": 64,
             "ppl": 1.0, "ppl_f16": 1.0, "top1": 1 - kld, "niah": found / 10, "niah_trials": trials,
             **interval_fields(stats, WindowStats(REF_NLL, np.full(N, T)))}
 
@@ -218,3 +218,15 @@ def test_merge_joins_runs_with_the_same_settings(tmp_path):
     assert [r["kv_k"] for r in docs["m"]["rows"]] == ["f16", "q8_0", "q4_0"]
     assert docs["m"]["rows"][1]["kld"] == 2 and docs["m"]["command"] == "run a ; run b"
     assert set(docs) == {"m", "g"}
+
+
+def test_html_report_section_has_a_frontier_per_model_with_intervals():
+    pytest.importorskip("matplotlib")
+    from lowbit.report import html as report
+
+    old = {"model": "old", "date": "2026-11-28", "rows": [{k: v for k, v in r.items() if k != "windows"}
+                                                          for r in _block()["rows"]]}
+    page = report._kv_quality_section([{**_block(), "date": "2026-11-30", "device": "cuda:0 (H200)"}, old])
+    assert page.count("<h3>") == 1 and "toy: which KV format at which size" in page  # the old block has none
+    assert page.count("<figure>") == 2  # the dot plot of every row, and toy's frontier
+    assert "KLD, NIAH" in page and "0/10 [0.00, 0.28]" in page

@@ -21,6 +21,9 @@ def kv_quality() -> dict | None:
         return None
     data = json.loads(path.read_text())
     models = data if isinstance(data, list) else [data]
+    # the per-window sums serve the frontier's paired comparisons; a label needs the figures and intervals
+    models = [{**m, "rows": [{k: v for k, v in r.items() if k != "windows"} for r in m.get("rows", [])]}
+              for m in models]
     names = " / ".join(str(m.get("model")) for m in models)
     sizes = sorted({m.get("setup", {}).get("tokens") for m in models if isinstance(m.get("setup", {}).get("tokens"), int)})
     tokens = f"{'/'.join(f'{t:,}' for t in sizes)} tokens of " if sizes else ""
