@@ -148,3 +148,12 @@ def test_window_stats_round_trip_through_json_fields():
     lo, hi = fields["ppl_ratio_ci"]
     assert lo <= fields["ppl_ratio"] <= hi
     assert fields["kld_ci"][0] <= float(s.kld.sum() / s.tokens.sum()) <= fields["kld_ci"][1]
+
+
+def test_too_few_windows_give_no_interval():
+    """One window: every draw is that window, a zero-width interval that would claim certainty. None instead."""
+    few = bs.WindowStats(np.array([600.0, 610.0, 590.0]), np.full(3, 255), np.array([1.0, 2.0, 3.0]), np.full(3, 200))
+    ref = bs.WindowStats(np.array([590.0, 600.0, 585.0]), np.full(3, 255))
+    f = bs.interval_fields(few, ref)
+    assert bs.MIN_WINDOWS > 3 and f["ppl_ratio_ci"] is None and f["kld_ci"] is None and f["top1_ci"] is None
+    assert f["ppl_ratio"] == pytest.approx(math.exp((few.nll - ref.nll).sum() / 765)) and len(f["windows"]["nll"]) == 3

@@ -13,6 +13,7 @@ from lowbit.errors import LowbitError
 from lowbit.formats.kv import kv_format
 from lowbit.models.local import MODELS
 from lowbit.progress import step
+from lowbit.eval.bootstrap import MIN_WINDOWS
 from lowbit.eval.text import DEFAULT_TOKENS
 from lowbit.report.quality import ci_text, niah_text
 from lowbit.report.render import Table, print_json
@@ -82,7 +83,7 @@ def kv_table(res: dict) -> Table:
     t = Table(f"{res['model']}: KV cache K={res['kv_k']} V={res['kv_v']}{boundary}, measured on "
               f"{res['tokens']:,} scored tokens of {res.get('text_tokens', res['tokens']):,} text tokens "
               f"({text}), context {res['context']}, {res.get('device', 'cpu')}",
-              ["KV cache (K/V)", "bits/value", "PPL", "PPL / f16 [95% CI]", "KLD [95% CI]", "top-1 [95% CI]",
+              ["KV cache (K/V)", "bits/value", "PPL", "PPL / f16\n[95% CI]", "KLD\n[95% CI]", "top-1\n[95% CI]",
                "NIAH"])
     t.add("f16/f16 (baseline)", f"{float(kv_format('f16').bits_per_value(res['head_dim'])):.3f}",
           f"{res['ppl_f16']:.4f}", "1.000", "0", "1.0000", "-")
@@ -90,10 +91,12 @@ def kv_table(res: dict) -> Table:
           ci_text(res["ppl_ratio"], res.get("ppl_ratio_ci"), 3, same=1.0),
           ci_text(res["kld"], res.get("kld_ci"), 5), ci_text(res["top1"], res.get("top1_ci"), 4),
           "-" if res["niah"] is None else niah_text(res))
+    n = res.get("windows_count", 0)
+    intervals = (f"[a, b]: 95% interval, bootstrap over the {n} windows, paired with the f16 run on the same "
+                 "windows; '~' marks a PPL ratio whose interval holds 1 (not told apart from f16)."
+                 if res.get("ppl_ratio_ci") else f"No intervals: {n} window(s), fewer than {MIN_WINDOWS}.")
     t.caption = ("Bits per value are exact (formats/kv.py); PPL, KLD (nats) and top-1 are measured, KLD and top-1 "
-                 "against the f16 cache. [a, b]: 95% interval, bootstrap over the "
-                 f"{res.get('windows_count', '')} windows, paired with the f16 run on the same windows; "
-                 "'~' marks a PPL ratio whose interval holds 1 (not told apart from f16). NIAH: needles retrieved "
-                 "through the cache, with a 95% Wilson interval (not run for the baseline).\n"
+                 f"against the f16 cache. {intervals} NIAH: needles retrieved through the cache, with a 95% Wilson "
+                 "interval (not run for the baseline).\n"
                  "Measured by: lowbit " + " ".join(sys.argv[1:]))
     return t

@@ -14,6 +14,7 @@ import sys
 from lowbit.commands._common import add_format
 from lowbit.errors import LowbitError
 from lowbit.progress import step
+from lowbit.eval.bootstrap import MIN_WINDOWS
 from lowbit.eval.text import DEFAULT_TOKENS
 from lowbit.report.quality import ci_text
 from lowbit.report.render import Table, print_json
@@ -70,8 +71,10 @@ def weights_table(rows: list[dict]) -> Table:
               ci_text(r["kld"], r.get("kld_ci"), 3), ci_text(r["top1"], r.get("top1_ci"), 3))
     t.caption = ("Bits per weight are exact (every scale and offset counted; body = the transformer blocks' "
                  "matrices); PPL, KLD (nats) and top-1 are measured, KLD and top-1 against the model as stored, "
-                 "with no KV cache. [a, b]: 95% interval, bootstrap over windows paired with the stored model; "
-                 "'~' marks a PPL ratio whose interval holds 1.")
+                 "with no KV cache. "
+                 + ("[a, b]: 95% interval, bootstrap over windows paired with the stored model; '~' marks a PPL ratio "
+                    "whose interval holds 1." if any(r.get("ppl_ratio_ci") for r in rows)
+                    else f"No intervals: fewer than {MIN_WINDOWS} windows."))
     return t
 
 

@@ -29,6 +29,9 @@ from lowbit.errors import LowbitError
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 LEVEL = 0.95
+# A bootstrap over n windows has at most n^n distinct draws, and one window none at all: below this, results
+# carry no interval (the per-window sums are still kept).
+MIN_WINDOWS = 4
 
 
 @dataclass(frozen=True)
@@ -208,12 +211,14 @@ def quality_intervals(stats: WindowStats, reference: WindowStats, *, samples: in
 
 
 def interval_fields(stats: WindowStats, reference: WindowStats, **kw) -> dict:
-    """The JSON fields of a row: ppl_ratio, ppl_ratio_ci, kld_ci, top1_ci, the windows' sums and the setup."""
+    """The JSON fields of a row: ppl_ratio, ppl_ratio_ci, kld_ci, top1_ci (None below MIN_WINDOWS windows), the
+    windows' sums and the setup."""
     iv = quality_intervals(stats, reference, **kw)
-    out = {"ppl_ratio": iv["ppl_ratio"].value, "ppl_ratio_ci": iv["ppl_ratio"].as_list()}
+    enough = stats.n >= MIN_WINDOWS
+    out = {"ppl_ratio": iv["ppl_ratio"].value, "ppl_ratio_ci": iv["ppl_ratio"].as_list() if enough else None}
     for k in ("kld", "top1"):
         if k in iv:
-            out[f"{k}_ci"] = iv[k].as_list()
+            out[f"{k}_ci"] = iv[k].as_list() if enough else None
     out["windows"] = {**stats.as_dict(), "nll_reference": reference.as_dict()["nll"]}
     out["bootstrap"] = {"unit": "window", "samples": kw.get("samples", BOOTSTRAP_SAMPLES),
                         "seed": kw.get("seed", BOOTSTRAP_SEED), "level": kw.get("level", LEVEL),

@@ -17,7 +17,8 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
-from lowbit.eval.bootstrap import (BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, Interval, WindowStats, binomial_interval,
+from lowbit.eval.bootstrap import (BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, MIN_WINDOWS, Interval, WindowStats,
+                                   binomial_interval,
                                    paired_difference, paired_trials_difference, quality_intervals, row_stats)
 from lowbit.report.render import Table
 
@@ -71,7 +72,8 @@ class Point:
 def _point(row: dict, samples: int, seed: int) -> Point:
     stats = None
     kld = ppl = top1 = None
-    if isinstance(row.get("windows"), dict) and "kld" in row["windows"]:
+    if isinstance(row.get("windows"), dict) and "kld" in row["windows"] \
+            and len(row["windows"]["kld"]) >= MIN_WINDOWS:
         stats, ref = row_stats(row)
         iv = quality_intervals(stats, ref, samples=samples, seed=seed)
         kld, ppl, top1 = iv["kld"], iv["ppl_ratio"], iv["top1"]
@@ -136,7 +138,8 @@ def analyse(block: dict, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP
 
 
 def has_intervals(block: dict) -> bool:
-    return any(isinstance(r.get("windows"), dict) for r in block.get("rows", []))
+    return any(isinstance(r.get("windows"), dict) and len(r["windows"].get("kld") or []) >= MIN_WINDOWS
+               for r in block.get("rows", []))
 
 
 def _iv(iv: Interval | None, digits: int, same: float | None = None) -> str:
