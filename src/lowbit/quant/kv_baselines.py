@@ -4,7 +4,8 @@ A codec quantizes head vectors [..., head_dim] to packed uint8 [..., vector_byte
 registered against its family's kind (`lowbit.quant.kv_codec`):
 - f32, f16, bf16 (`NativeCodec`): torch casts, the same bits as gguf's converters (round to nearest even);
 - ggml types (q8_0, q5_0, q5_1, q4_0, q4_1): gguf's reference quantizers (`gguf.quants.quantize/dequantize`),
-  so the bytes are llama.cpp's `-ctk/-ctv` blocks;
+  so the bytes are llama.cpp's `-ctk/-ctv` blocks; q8_0 runs the same steps in torch on the tensors' device
+  (no round trip through host memory), byte for byte gguf's;
 - iq4_nl: gguf has only the dequantizer, so quantization here follows llama.cpp's
   `quantize_row_iq4_nl_ref` (scale search over ±7 steps, weights x², gguf's `kvalues` grid) and
   gguf's dequantizer reads the bytes back;
@@ -74,10 +75,20 @@ class GGMLCodec(KVCodec, kind="ggml"):
     def from_spec(cls, spec, head_dim, *, seed=0, device="cpu"):
         return _rotated_if_asked(cls(spec.fmt, head_dim), spec, head_dim, seed)
 
+    @property
+    def on_device(self) -> bool:
+        """q8_0 quantizes and dequantizes in torch on the tensors' own device (the same bytes as gguf's reference,
+        tests/test_turboquant_baselines.py); the other ggml types go through gguf's numpy code on the host."""
+        from gguf import GGMLQuantizationType as T
+
+        return self.qtype == T.Q8_0
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         from gguf import GGMLQuantizationType as T
         from gguf import quants
 
+        if self.on_device:
+            return _q8_0_quantize(x).reshape(*x.shape[:-1], self.vector_bytes)
         a = x.detach().to("cpu", torch.float32).numpy()
         if self.qtype == T.IQ4_NL:
             out = _iq4_nl_quantize(a)
@@ -89,9 +100,30 @@ class GGMLCodec(KVCodec, kind="ggml"):
     def dequantize(self, p: torch.Tensor) -> torch.Tensor:
         from gguf import quants
 
+        if self.on_device:
+            return _q8_0_dequantize(p).reshape(*p.shape[:-1], self.head_dim)
         a = np.ascontiguousarray(p.detach().to("cpu").numpy())
         out = quants.dequantize(a, self.qtype).reshape(*a.shape[:-1], self.head_dim)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(p.device)
+
+
+def _q8_0_quantize(x: torch.Tensor) -> torch.Tensor:
+    """gguf's Q8_0.quantize_blocks (llama.cpp's quantize_row_q8_0_ref) in float32 torch ops, step for step:
+    d = amax/127, q = roundf(x / d) by 1/d (halves away from zero), d stored as fp16. Returns [blocks, 34]."""
+    b = x.detach().reshape(-1, 32).float()
+    d = b.abs().amax(1, keepdim=True) / 127
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    v = b * inv
+    a = v.abs()
+    floored = a.floor()
+    q = torch.sign(v) * (floored + (2 * (a - floored)).floor())
+    return torch.cat([d.to(torch.float16).view(torch.uint8), q.to(torch.int8).view(torch.uint8)], 1)
+
+
+def _q8_0_dequantize(p: torch.Tensor) -> torch.Tensor:
+    """gguf's Q8_0.dequantize_blocks: fp16 scale x int8 codes, in float32. Returns [blocks, 32]."""
+    b = p.contiguous().reshape(-1, 34)
+    return b[:, 2:].view(torch.int8).float() * b[:, :2].contiguous().view(torch.float16).float()
 
 
 def _iq4_nl_quantize(a: np.ndarray) -> np.ndarray:
