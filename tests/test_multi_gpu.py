@@ -15,6 +15,7 @@ from conftest import subprocess_env
 from lowbit import devices
 from lowbit.cli import main
 from lowbit.devices import budget
+from lowbit.errors import LowbitError
 from lowbit.formats.kv import kv_format
 from lowbit.models.catalog import resolve
 from lowbit.models.config import FULL, LINEAR
@@ -194,3 +195,34 @@ def test_layer_split_decodes_bit_for_bit_the_one_gpu_run(two_ranks):
         held = run["held_after_prefill"]
         assert sum(h["kv_live"] for h in held.values()) == sum(
             p["kv_bytes"] for p in run["predicted_transformers_rule"].values())
+
+
+# --- the speed model's eager-transformers row ------------------------------------------------------------------
+
+
+def test_transformers_row_is_bytes_plus_layers_plus_step():
+    from lowbit.planning import speed
+    from lowbit.planning.planner import plan
+
+    eff = speed.efficiency("transformers", "gpu")
+    assert eff.layer_seconds_decode > 0 and eff.step_seconds_decode > 0 and "measured" in eff.source
+    p = plan("qwen3.5-27b", weights="BF16", kv_k="turbo3", kv_v="turbo3", context=32768)
+    s = speed.estimate(p, "h200", runtime="transformers")
+    dev = devices.device("h200")
+    items = speed.decode_work(p)
+    by_hand = sum(max(i.bytes / (dev.bandwidth_bytes_s * eff.bw(i.type)[0]),
+                      i.flops / (dev.flops * eff.compute(i.type, "decode")[0]) if i.what == "weights" else
+                      i.flops / (dev.flops * eff.attention(i.type, "decode")[0]) if i.what == "attention" else 0.0)
+                  for i in items)
+    by_hand += p.config.num_layers * eff.layer_seconds_decode + eff.step_seconds_decode
+    assert s.decode_tps == pytest.approx(1 / by_hand, rel=1e-9)
+    assert s.engine == "transformers" and s.decode_bound == "per-layer overhead"
+    # tensor parallel reads half the bytes per GPU; the fixed costs stay (their communication is not modelled)
+    tp = speed.estimate(p, "h200", gpus=2, runtime="transformers", split="tensor")
+    lay = speed.estimate(p, "h200", gpus=2, runtime="transformers", split="layers")
+    assert tp.decode_bytes == pytest.approx(s.decode_bytes / 2) and tp.decode_tps > s.decode_tps
+    assert lay.decode_tps == pytest.approx(s.decode_tps)
+    # the llama.cpp row has no per-step cost: the runtime, not the plan's engine, picks the row
+    assert speed.estimate(p, "h200").decode_tps > 2 * s.decode_tps
+    with pytest.raises(LowbitError):
+        speed.estimate(p, "h200", split="pipeline")
