@@ -101,8 +101,15 @@ def _offload(r: FitResult) -> str:
 
 def _per_gpu(r: FitResult) -> str:
     """Each GPU's share at the row's context: weights + KV + state + runtime."""
-    parts = [f"#{i} {_gib(g.weights_bytes)} + {_gib(g.kv_bytes)} + {_gib(g.state_bytes)} + {_gib(g.runtime_bytes)} "
-             f"= {_gib(g.total_bytes)}" for i, g in enumerate(r.need.per_gpu)]
+    def share(g) -> str:
+        return (f"{_gib(g.weights_bytes)} + {_gib(g.kv_bytes)} + {_gib(g.state_bytes)} + {_gib(g.runtime_bytes)} "
+                f"= {_gib(g.total_bytes)}")
+
+    shares = r.need.per_gpu
+    if len(set(shares)) == 1:  # tensor parallel: every rank holds the same
+        parts = [f"each of {len(shares)}: {share(shares[0])}"]
+    else:
+        parts = [f"#{i} {share(g)}" for i, g in enumerate(shares)]
     return f"per GPU {r.model} (GiB, weights + KV + state + runtime): " + "; ".join(parts)
 
 
