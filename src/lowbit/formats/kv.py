@@ -256,7 +256,7 @@ def _ggml(name: str, text: str) -> GGMLKV:
     t = GGMLQuantizationType[name.upper()]
     if GGML_QUANT_SIZES[t][0] == 1:
         return FloatKV(name=name, description=text, source="gguf GGML_QUANT_SIZES; llama.cpp -ctk/-ctv", ggml=t)
-    return GGMLKV(name=name, description=f"{text}; Hadamard-rotated as llama.cpp (:norot = unrotated)",
+    return GGMLKV(name=name, description=f"{text}, Hadamard-rotated (:norot: not)",
                   source=f"gguf GGML_QUANT_SIZES; llama.cpp {LLAMACPP_COMMIT} -ctk/-ctv (rotation: PR #21038)",
                   ggml=t)
 
