@@ -72,7 +72,7 @@ def _q8_0_inputs(device) -> torch.Tensor:
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 def test_q8_0_in_torch_is_gguf_byte_for_byte_on_the_device(device):
     x = _q8_0_inputs(device)
-    codec = make_codec("q8_0", 256)
+    codec = make_codec("q8_0:norot", 256)
     ours = codec.quantize(x)
     assert ours.device.type == device  # quantized where the tensor lives, no trip through host memory
     theirs = np.ascontiguousarray(quants.quantize(x.cpu().numpy(), T.Q8_0)).view(np.uint8).reshape(96, -1)
@@ -80,6 +80,13 @@ def test_q8_0_in_torch_is_gguf_byte_for_byte_on_the_device(device):
     back = codec.dequantize(ours)
     assert back.device.type == device
     assert torch.equal(back.cpu(), torch.from_numpy(quants.dequantize(theirs, T.Q8_0).reshape(96, 256)))
+    # rotated (llama.cpp's default): gguf's bytes of the rotated vectors, still on the device
+    rot = make_codec("q8_0", 256)
+    packed = rot.quantize(x)
+    assert packed.device.type == device
+    rotated = np.ascontiguousarray(rot.rotate(x).cpu().numpy())
+    assert np.array_equal(packed.cpu().numpy(),
+                          np.ascontiguousarray(quants.quantize(rotated, T.Q8_0)).view(np.uint8).reshape(96, -1))
 
 
 def test_q8_0_and_q4_0_error_is_within_half_a_step():
