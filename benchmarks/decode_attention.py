@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -308,7 +309,8 @@ def main(argv=None) -> int:
     peak = peak_gbps(name)
     result = {"device": name, "torch": torch.__version__, "peak_gbps_datasheet": peak,
               "copy_gbps_measured": round(copy_gbps(), 1), "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join(["python", "benchmarks/decode_attention.py", *(argv or sys.argv[1:])]), "rows": []}
+              "command": " ".join(["python", "benchmarks/decode_attention.py", *(argv or sys.argv[1:])]),
+              "commit": os.environ.get("LOWBIT_COMMIT"), "rows": []}
     if args.check:
         result["rows"] = check(args)
     elif args.sweep:

@@ -46,6 +46,7 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -183,7 +184,7 @@ def register_bf16_attention() -> None:
 def make_cache(model, kv: str, capacity: int, fused: bool = True):
     """The cache of a run (empty): bf16 static layers, or lowbit's packed cache (fused decode or dense)."""
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
     from lowbit.cache import attention as fused_attention
 
@@ -193,7 +194,7 @@ def make_cache(model, kv: str, capacity: int, fused: bool = True):
         cache = DynamicCache(config=model.config)
         static = _static_layer_class()
         for i, layer in enumerate(cache.layers):
-            if type(layer) is DynamicLayer:
+            if not isinstance(layer, LinearAttentionCacheLayerMixin) and not getattr(layer, "is_sliding", False):
                 cache.layers[i] = static(capacity)
         return cache
     k, v = real_size.kv_formats(kv)
@@ -304,10 +305,20 @@ def graph(model, cache, nxt, replays: int, device) -> dict:
     """One decode step captured as a CUDA graph and replayed: the GPU time of a step at this context."""
     if torch.device(device).type != "cuda" or replays <= 0:
         return {"error": "no CUDA device" if replays > 0 else "not asked"}
+    import transformers.masking_utils as mu
+
     mod = model.model if hasattr(model, "model") else model
     patched = hasattr(mod, "_update_linear_attn_mask")
     if patched:  # older transformers test cache_position[0] > 0 on the host; with no mask the answer is None
         mod._update_linear_attn_mask = lambda attention_mask, *a, **k: attention_mask
+    keep = mu._ignore_causal_mask_sdpa
+
+    def no_mask_for_one_token(padding_mask, q_length, *a, **k):
+        # While a stream captures, transformers builds the causal mask instead of skipping it (it cannot look at a
+        # padding mask then). Here there is none and one new token sees every cached one: the mask is all true.
+        return (padding_mask is None and q_length == 1) or keep(padding_mask, q_length, *a, **k)
+
+    mu._ignore_causal_mask_sdpa = no_mask_for_one_token
     try:
         static = nxt.clone()
         side = torch.cuda.Stream(device)
@@ -340,6 +351,7 @@ def graph(model, cache, nxt, replays: int, device) -> dict:
         sync(device)
         return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
     finally:
+        mu._ignore_causal_mask_sdpa = keep
         if patched:
             del mod._update_linear_attn_mask
 
@@ -494,7 +506,8 @@ def main(argv=None) -> int:
     kvs = ["bf16"] + [k for k in args.kv if k != "bf16"] if "bf16" in args.kv else list(args.kv)
     result = {"benchmark": "decode_e2e", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python", "benchmarks/decode_e2e.py", *(argv if argv is not None else sys.argv[1:])]),
-              "machine": real_size.machine(args.device),
+              "machine": {**real_size.machine(args.device),
+                          **({"commit": os.environ["LOWBIT_COMMIT"]} if os.environ.get("LOWBIT_COMMIT") else {})},
               "settings": {k: getattr(args, k) for k in ("contexts", "batches", "new_tokens", "warmup_steps",
                                                          "graph_steps", "prompt", "check_tokens", "std", "seed")},
               "models": [], "runs": [], "skipped": [], "checks": []}
