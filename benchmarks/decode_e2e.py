@@ -501,7 +501,8 @@ def main(argv=None) -> int:
     if torch.device(args.device).type == "cuda":
         from lowbit.cache import install
 
-        torch.cuda.set_device(torch.device(args.device))
+        if torch.device(args.device).index is not None:
+            torch.cuda.set_device(torch.device(args.device))
         install("cuda")  # caches on CUDA store (and dequantize) with the kernels: Triton turbo, torch q8_0
     kvs = ["bf16"] + [k for k in args.kv if k != "bf16"] if "bf16" in args.kv else list(args.kv)
     result = {"benchmark": "decode_e2e", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -220,13 +220,14 @@ def test_q8_queries_match_torch(spec, D, Hq, Hkv):
     pk = key_params(codec, DEV)
     q = torch.randn(2, Hq, 1, D, generator=torch.Generator().manual_seed(1))
     got = q8_queries(q.to(DEV), pk, Hkv, 0.37).cpu().double()
-    y = pk.rotate(q).double() * 0.37 * math.log2(math.e)  # the codec's own rotation of the vector
+    cpu = key_params(make_codec(spec, D, seed=7), "cpu")
+    y = cpu.rotate(q).double() * 0.37 * math.log2(math.e)  # the codec's own rotation of the vector
     want = torch.zeros(2, Hkv, 16, D, dtype=torch.float64)
     want[:, :, :Hq // Hkv] = y.reshape(2, Hkv, Hq // Hkv, D)[..., cuda_decode.kernel_dim_order(D, "q8_0")]
     assert (got.view(2, Hkv, 16, D) - want).abs().max() <= 2e-3 * want.abs().max()
     assert (got.view(2, Hkv, 16, D)[:, :, Hq // Hkv:] == 0).all()
     k = torch.randn(5, D)
-    assert torch.allclose(pk.rotate(q[0, 0]) @ pk.rotate(k).T, q[0, 0] @ k.T, atol=1e-4)  # q·k unchanged
+    assert torch.allclose(cpu.rotate(q[0, 0]) @ cpu.rotate(k).T, q[0, 0] @ k.T, atol=1e-4)  # q·k unchanged
 
 
 def test_cuda_backend_refuses_what_it_does_not_cover():
