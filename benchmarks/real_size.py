@@ -96,14 +96,20 @@ def text_config(name: str, layers: int | None) -> tuple[dict, ResolvedModel]:
 
 
 def build_model(text: dict, device: str, dtype: torch.dtype, std: float, seed: int):
-    """The causal LM with random weights made on `device` in `dtype` (no init pass, no float32 copy)."""
+    """The Qwen3.5 causal LM of a text config with random weights (see `random_model`)."""
     import transformers
-    from transformers.initialization import no_init_weights
 
     moe = text["model_type"] in MOE
     cfg_cls = transformers.Qwen3_5MoeTextConfig if moe else transformers.Qwen3_5TextConfig
     model_cls = transformers.Qwen3_5MoeForCausalLM if moe else transformers.Qwen3_5ForCausalLM
-    cfg = cfg_cls(**{k: v for k, v in text.items() if k != "model_type"})
+    return random_model(model_cls, cfg_cls(**{k: v for k, v in text.items() if k != "model_type"}), device, dtype,
+                        std, seed)
+
+
+def random_model(model_cls, cfg, device: str, dtype: torch.dtype, std: float, seed: int):
+    """model_cls(cfg) with random weights made on `device` in `dtype` (no init pass, no float32 copy)."""
+    from transformers.initialization import no_init_weights
+
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
