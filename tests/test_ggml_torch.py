@@ -1,12 +1,13 @@
 """lowbit.quant.ggml_torch: ggml's KV block types in torch give gguf's bytes (on the CPU here; on a GPU when one
 is there), and a cache on a non-CPU device uses them."""
 
+import numpy as np
 import pytest
 import torch
 
 from lowbit.quant import ggml_torch
 from lowbit.formats.kv import kv_format
-from lowbit.quant.kv_baselines import GGMLCodec
+from lowbit.quant.kv_baselines import GGMLCodec, _iq4_nl_quantize
 
 TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
 
@@ -29,16 +30,34 @@ def _plain(t: str, head_dim: int) -> GGMLCodec:
     return GGMLCodec(kv_format(t), head_dim)
 
 
+def _numpy_bytes(x: torch.Tensor, t: str) -> torch.Tensor:
+    """The reference bytes: gguf's numpy quantizer (lowbit's numpy one for iq4_nl, which gguf lacks)."""
+    from gguf import quants
+
+    a = x.numpy().astype(np.float32)
+    out = _iq4_nl_quantize(a) if t == "iq4_nl" else quants.quantize(a, kv_format(t).ggml)
+    return torch.from_numpy(np.ascontiguousarray(out).view(np.uint8).reshape(*a.shape[:-1], -1))
+
+
+def _numpy_values(p: torch.Tensor, t: str, head_dim: int) -> torch.Tensor:
+    from gguf import quants
+
+    out = quants.dequantize(np.ascontiguousarray(p.numpy()), kv_format(t).ggml)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32).reshape(*p.shape[:-1], head_dim))
+
+
 @pytest.mark.parametrize("t", TYPES)
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_bytes_equal_gguf(t, head_dim):
     codec = _plain(t, head_dim)
     x = _inputs(head_dim, seed=head_dim)
-    ref = codec.quantize(x)  # gguf's numpy quantizer (lowbit's for iq4_nl), on the CPU
+    ref = _numpy_bytes(x, t)
     mine = ggml_torch.quantize(x, t)
     assert mine.dtype == torch.uint8 and mine.shape == ref.shape == (*x.shape[:-1], codec.vector_bytes)
     assert torch.equal(mine, ref)
-    assert torch.equal(ggml_torch.dequantize(ref, t, head_dim), codec.dequantize(ref))
+    assert torch.equal(ggml_torch.dequantize(ref, t, head_dim), _numpy_values(ref, t, head_dim))
+    # the codec on the CPU: numpy for every type but q8_0, which runs in torch everywhere; the same bytes
+    assert torch.equal(codec.quantize(x), ref) and codec.in_torch(x) == (t == "q8_0")
 
 
 @pytest.mark.parametrize("t", ["q4_1", "q5_1"])
@@ -64,7 +83,7 @@ def test_other_types_and_shapes_are_refused():
 def test_cuda_bytes_equal_the_cpu_bytes(t):
     codec = _plain(t, 128)
     x = _inputs(128, seed=3)
-    ref = codec.quantize(x)
-    on_gpu = codec.quantize(x.cuda())  # GGMLCodec dispatches to ggml_torch on the GPU
-    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), ref)
-    assert torch.equal(codec.dequantize(ref.cuda()).cpu(), codec.dequantize(ref))
+    ref = _numpy_bytes(x, t)
+    on_gpu = codec.quantize(x.cuda())  # GGMLCodec takes ggml_torch's path on the GPU
+    assert on_gpu.is_cuda and codec.in_torch(x.cuda()) and torch.equal(on_gpu.cpu(), ref)
+    assert torch.equal(codec.dequantize(ref.cuda()).cpu(), _numpy_values(ref, t, 128))
