@@ -74,20 +74,20 @@ TINY_LLAMA = {"model_type": "llama", "vocab_size": 256, "hidden_size": 256, "int
 
 
 # --- models --------------------------------------------------------------------------------------------------------
-def load(name: str, device: str, std: float, seed: int):
+def load(name: str, device: str, std: float, seed: int, dtype=torch.bfloat16):
     """(model, lowbit's ResolvedModel for the plan, is_hybrid)."""
     import transformers
 
     if name.startswith("qwen"):
         text, resolved = real_size.text_config("tiny" if name == "qwen-tiny" else name, None)
-        return real_size.build_model(text, device, torch.bfloat16, std, seed), resolved, True
+        return real_size.build_model(text, device, dtype, std, seed), resolved, True
     if name == "llama-tiny":
         raw = dict(TINY_LLAMA)
     else:
         raw = json.loads((ROOT / "src/lowbit/models/catalog" / f"{resolve(name).config.name}.json").read_text())
     hf = {k: v for k, v in raw.items() if not k.startswith("_") and k not in ("architectures", "model_type")}
     model = real_size.random_model(transformers.LlamaForCausalLM, transformers.LlamaConfig(**hf), device,
-                                   torch.bfloat16, std, seed)
+                                   dtype, std, seed)
     resolved = ResolvedModel(from_hf_config({**hf, "model_type": "llama"}, name=name)) if name == "llama-tiny" \
         else resolve(name)
     return model, resolved, False
@@ -224,7 +224,7 @@ def fill(cache, context: int, capacity: int, seed: int, chunk_bytes: int = 1 << 
             step = max(16, chunk_bytes // (B * H * D * 2))
             for t in range(len(store), context, step):
                 n = min(step, context - t)
-                x = torch.randn(B, H, n, D, generator=gen, device=layer.device, dtype=torch.bfloat16)
+                x = torch.randn(B, H, n, D, generator=gen, device=layer.device, dtype=torch.bfloat16)  # as a bf16 model writes them
                 backend.store(store, x)
         layer.cumulative_length = context
 
@@ -469,6 +469,8 @@ def parse(argv):
     ap.add_argument("--check-tokens", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="toy models (llama-tiny, qwen-tiny), short contexts (CI)")
+    ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                    help="model weights and activations (float32: the fused-vs-dense check without bf16 rounding)")
     ap.add_argument("--std", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-minutes", type=float, help="skip the runs that would start after this")
@@ -510,11 +512,11 @@ def main(argv=None) -> int:
               "machine": {**real_size.machine(args.device),
                           **({"commit": os.environ["LOWBIT_COMMIT"]} if os.environ.get("LOWBIT_COMMIT") else {})},
               "settings": {k: getattr(args, k) for k in ("contexts", "batches", "new_tokens", "warmup_steps",
-                                                         "graph_steps", "prompt", "check_tokens", "std", "seed")},
+                                                         "graph_steps", "prompt", "check_tokens", "std", "seed", "dtype")},
               "models": [], "runs": [], "skipped": [], "checks": []}
     for name in args.models:
         t0 = time.perf_counter()
-        model, resolved, hybrid = load(name, args.device, args.std, args.seed)
+        model, resolved, hybrid = load(name, args.device, args.std, args.seed, getattr(torch, args.dtype))
         sync(args.device)
         entry = {"name": name, "hybrid": hybrid, "params": sum(p.numel() for p in model.parameters()),
                  "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),

@@ -24,7 +24,7 @@ NEW = 5
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "tiny.json"
     res = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--batches", "1", "2",
-                          "--new-tokens", str(NEW), "--warmup-steps", "2", "--check", "--check-tokens", "3",
+                          "--new-tokens", str(NEW), "--warmup-steps", "2", "--check", "--check-tokens", "3", "--dtype", "float32",
                           "--kv", *KVS, "--out", str(out)], capture_output=True, text=True, env=subprocess_env(),
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -57,7 +57,8 @@ def test_the_cache_holds_the_predicted_bytes(tiny):
     result, _ = tiny
     cfg = from_hf_config(decode_e2e.TINY_LLAMA, name="llama-tiny")
     for r in result["runs"]:
-        want = real_size.transformers_rule(cfg, r["kv"].replace("bf16", "bf16/bf16"), r["context"] + NEW, r["batch"], 2)
+        # float32 model (see the fixture): the model-dtype ("bf16") cache holds float32 K/V
+        want = real_size.transformers_rule(cfg, r["kv"].replace("bf16", "f32/f32"), r["context"] + NEW, r["batch"], 4)
         assert r["cache_bytes"] == want["kv_bytes"] > 0
 
 
@@ -66,7 +67,9 @@ def test_fused_and_dense_decode_agree(tiny):
     assert [c["kv"] for c in result["checks"]] == KVS[1:]
     for c in result["checks"]:
         assert c["tokens_equal"] and c["tokens_compared"] == 3
-        assert c["first_step_logits_max_rel_diff"] < 2e-2
+        # float32 on both paths: only summation order differs (in bf16 the paths differ by bf16's rounding, and a
+        # random toy model's near-tied logits can then pick different greedy tokens)
+        assert c["first_step_logits_max_rel_diff"] < 1e-4
 
 
 def test_summary_speedups_are_against_the_same_runs_bf16(tiny):
