@@ -135,3 +135,12 @@ def test_cuda_matches_cpu():
         assert gpu["kld"] == pytest.approx(cpu["kld"], rel=0.05, abs=1e-4)
         assert np.allclose(gpu["windows"]["nll_reference"], cpu["windows"]["nll_reference"], rtol=1e-4)
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+
+
+def test_weights_model_named_apart_from_its_path(capsys, smollm2_gguf):
+    """NAME=PATH: the file at PATH, its rows named NAME (so a GPU machine's copy merges into the same rows)."""
+    assert main(["eval", "weights", "--model", f"smollm2-135m={smollm2_gguf}", "--weights", "Q8_0", "--tokens", "64",
+                 "--context", "32", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "smollm2-135m"
+    assert main(["eval", "weights", "--model", f"={smollm2_gguf}", "--weights", "Q8_0"]) == 2
+    assert "NAME=PATH needs both" in capsys.readouterr().err

@@ -25,7 +25,8 @@ REPORT_JSON = "src/lowbit/report/weights_quality.json"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="gemma3-270m", help="smollm2-135m, gemma3-270m or a .gguf path")
+    p.add_argument("--model", default="gemma3-270m",
+                   help="smollm2-135m, gemma3-270m, a .gguf path, or NAME=PATH (that file, its rows named NAME)")
     p.add_argument("--weights", default="Q1_0", help="stored (the file as it is), Q8_0, Q4_0, TQ2_0, TQ1_0, Q1_0, ARB1, ...")
     p.add_argument("--method", default=None, help="Q1_0: ref|gptq|rht|rht-gptq; ARB1: arb|rht-arb|arb-gptq|rht-arb-gptq; "
                    "TQ*: ref|absmean|absmean-group")
@@ -81,7 +82,17 @@ def weights_table(rows: list[dict]) -> Table:
 def run(args: argparse.Namespace) -> int:
     # imported here: torch and transformers (seconds), and the CLI builds every command's parser
     with step(True, "loading torch and transformers"):
-        from lowbit.eval.weights import COMBINED, LADDER, check_settings, evaluate_weights, merge_rows
+        from lowbit.eval.weights import COMBINED, LADDER, check_settings, evaluate_weights as _evaluate, merge_rows
+
+    # NAME=PATH: a copy of a known model elsewhere (a GPU machine without the model packages) keeps its name
+    name, sep, path = args.model.partition("=")
+    if sep and not (name.strip() and path.strip()):
+        raise LowbitError(f"--model {printable(args.model)[:60]}: NAME=PATH needs both")
+    args.model = path if sep else args.model
+
+    def evaluate_weights(*a, **kw):
+        r = _evaluate(*a, **kw)
+        return {**r, "model": name} if sep else r
 
     if args.ladder or args.combined:
         check_settings(args.model, args.tokens, args.context, args.calib_tokens, args.kv, args.device)  # once
