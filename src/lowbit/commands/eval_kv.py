@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from lowbit.errors import LowbitError
+from lowbit.eval import PROTOCOLS
 from lowbit.formats.kv import kv_format
 from lowbit.models.local import MODELS
 from lowbit.progress import step
@@ -46,6 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--niah-depths", type=_floats, default=(0.1, 0.5, 0.9), help="NIAH needle depths")
     parser.add_argument("--no-niah", action="store_true", help="skip needle-in-a-haystack")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="lowbit",
+                        help="lowbit: half prefilled, the rest decoded --chunk tokens at a time through the cache; "
+                        "llama.cpp: llama-perplexity's (its text, tokens and windows, each window one pass through "
+                        "the cache, its PPL/KLD sums and their ±)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
@@ -59,7 +64,8 @@ def run(args) -> int:
     kv_v = args.kv_v or args.kv
     res = evaluate_kv(args.model, kv_k, kv_v, boundary=args.boundary, tokens=args.tokens, context=args.context,
                       chunk=args.chunk, niah_lengths=() if args.no_niah else args.niah_lengths,
-                      niah_depths=args.niah_depths, seed=args.seed, progress=sys.stderr.isatty())
+                      niah_depths=args.niah_depths, seed=args.seed, progress=sys.stderr.isatty(),
+                      protocol=args.protocol)
     if args.format == "json":
         print_json(res)
         return 0
@@ -71,7 +77,8 @@ def kv_table(res: dict) -> Table:
     """The measured format beside its baseline, an f16 cache (KLD 0 and top-1 1 by definition)."""
     boundary = f", first/last {res['boundary']} layers f16" if res["boundary"] else ""
     t = Table(f"{res['model']}: KV cache K={res['kv_k']} V={res['kv_v']}{boundary}, measured on "
-              f"{res['tokens']:,} scored tokens, context {res['context']}",
+              f"{res['tokens']:,} scored tokens, context {res['context']}"
+              + (", llama-perplexity's protocol" if res.get("protocol") == "llama.cpp" else ""),
               ["KV cache (K/V)", "bits/value", "PPL", "PPL / f16", "KLD", "top-1", "NIAH"])
     t.add("f16/f16 (baseline)", f"{float(kv_format('f16').bits_per_value(res['head_dim'])):.3f}", f"{res['ppl_f16']:.4f}", "1.000", "0", "1.0000", "-")
     t.add(f"{res['kv_k']}/{res['kv_v']}", f"{res['bits_per_value']:.3f}", f"{res['ppl']:.4f}",

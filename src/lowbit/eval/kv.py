@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from lowbit.errors import LowbitError
 from lowbit.eval import metrics, niah, text
+from lowbit.eval import protocol as llama_protocol
 from lowbit.eval.lm import gguf_info, load_model, load_tokenizer
 from lowbit.limits import (EVAL_CHUNK, EVAL_CONTEXT, EVAL_TOKENS, KV_BOUNDARY, NIAH_DEPTH, NIAH_LENGTH, SEED,
                            fraction, items, whole)
@@ -29,8 +30,9 @@ def bits_per_value(plan, head_dim: int) -> tuple[float, float, float]:
 @honours_progress
 def evaluate_kv(model_name: str, kv_k: str, kv_v: str | None = None, *, boundary: int = 0, tokens: int = 2048,
                 context: int = 512, chunk: int = 128, niah_lengths=(1024,), niah_depths=(0.1, 0.5, 0.9),
-                seed: int = 0, progress: bool = True) -> dict:
+                seed: int = 0, progress: bool = True, protocol: str = "lowbit") -> dict:
     kv_v = kv_v or kv_k
+    llama_protocol.check(protocol)
     # every number checked before the model loads (seconds) and before any allocation it sizes
     whole(boundary, "--boundary", KV_BOUNDARY)
     whole(tokens, "--tokens", EVAL_TOKENS)
@@ -50,12 +52,17 @@ def evaluate_kv(model_name: str, kv_k: str, kv_v: str | None = None, *, boundary
     def f16_cache(config):
         return QuantizedKVCache(config, "f16")
 
-    windows = text.windows(tok, tokens, context)
-    ref = metrics.reference(model, windows, make_cache=f16_cache, chunk=chunk, name=f"f16-cache/chunk{chunk}",
-                            progress=progress)
     label = f"{probe.plan[len(probe.plan) // 2][0].name}/{probe.plan[len(probe.plan) // 2][1].name}"
-    q = metrics.evaluate(model, windows, make_cache=make_cache, chunk=chunk, reference=ref, progress=progress,
-                         description=f"{info.path.name} {label}")
+    extra = {"protocol": protocol}
+    if protocol == "llama.cpp":  # llama-perplexity's windows and sums; the f16 cache is its `-ctk f16` base run
+        q, extra = llama_protocol.quality(info.path, tokens, context, (model, f16_cache), (model, make_cache),
+                                          progress=progress, description=f"{info.path.name} {label} (llama.cpp)")
+    else:
+        windows = text.windows(tok, tokens, context)
+        ref = metrics.reference(model, windows, make_cache=f16_cache, chunk=chunk, name=f"f16-cache/chunk{chunk}",
+                                progress=progress)
+        q = metrics.evaluate(model, windows, make_cache=make_cache, chunk=chunk, reference=ref, progress=progress,
+                             description=f"{info.path.name} {label}")
     result = {
         "model": model_name,
         "kv_k": probe.plan[len(probe.plan) // 2][0].name,
@@ -69,13 +76,14 @@ def evaluate_kv(model_name: str, kv_k: str, kv_v: str | None = None, *, boundary
         "tokens": q.tokens,
         "context": q.context,
         "prefill": q.prefill,
-        "chunk": chunk,
+        "chunk": q.chunk,
         "ppl": q.ppl,
-        "ppl_f16": ref.ppl,
+        "ppl_f16": q.ppl_reference,
         "kld": q.kld,
         "top1": q.top1,
         "niah": None,
         "seconds": q.seconds,
+        **extra,
     }
     if niah_lengths and niah_depths:
         too_long = [n for n in niah_lengths if n > model.config.max_position_embeddings]

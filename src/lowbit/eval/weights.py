@@ -29,6 +29,7 @@ from lowbit.limits import CALIB_TOKENS, EVAL_CONTEXT, EVAL_TOKENS, whole
 from lowbit.safe_read import probe, read_bounded
 from lowbit.safe_write import output_path, write_text
 from lowbit.eval import lm, metrics, text
+from lowbit.eval import protocol as llama_protocol
 from lowbit.eval.calibration import calibration_hessians
 from lowbit.formats.kv import kv_format
 from lowbit.formats.weights import mix, weight_type
@@ -129,11 +130,11 @@ def _bits(nbytes: dict[str, int], n: dict[str, int]) -> dict:
     }
 
 
-def _cache_factory(kv: str | None):
+def _cache_factory(kv: str | None, default=None):
     if kv is None:
-        return None
+        return default
     if kv.lower() == "f16":
-        return metrics.dynamic_cache
+        return default or metrics.dynamic_cache
 
     def make(config, _kv=kv.lower()):
         return QuantizedKVCache(config, _kv)
@@ -157,21 +158,30 @@ def check_settings(model, tokens: int, context: int, calib_tokens: int, kv: str 
 @honours_progress
 def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4096, context: int = 512,
                      pure: bool = False, pad: bool = False, calib_tokens: int = 4096, progress: bool = True,
-                     kv: str | None = None) -> dict:
+                     kv: str | None = None, protocol: str = "lowbit") -> dict:
     t0 = time.perf_counter()
+    llama_protocol.check(protocol)
     fmt = "stored" if fmt.lower() in ("stored", "shipped") else fmt.upper()
     check_settings(model, tokens, context, calib_tokens, kv)
     if fmt != "stored":  # refuse bad names before minutes of model loading
         weights.method_for(own_type(fmt), method)
     path = lm.resolve(model)
     tok = lm.load_tokenizer(path)
-    win = text.windows(tok, n_tokens=tokens, context=context)
+    win = text.windows(tok, n_tokens=tokens, context=context) if protocol == "lowbit" else None
     base = lm.load_model(path)
-    ref = metrics.reference(base, win, progress=progress)
+    ref = metrics.reference(base, win, progress=progress) if win is not None else None
     replace, bits, own = quantized_weights(path, fmt, method, pure, pad, calib_tokens, progress)
     net = lm.load_model(path, replace=replace) if replace else base
-    q = metrics.evaluate(net, win, reference=ref, progress=progress, make_cache=_cache_factory(kv),
-                         description=f"{fmt} {method or ''} {kv or ''}".strip())
+    extra = {"protocol": protocol}
+    if protocol == "llama.cpp":  # llama-perplexity's windows and sums; its default cache is f16 (-ctk f16)
+        def f16(config):
+            return QuantizedKVCache(config, "f16")
+
+        q, extra = llama_protocol.quality(path, tokens, context, (base, f16), (net, _cache_factory(kv, f16)),
+                                          progress=progress, description=f"{fmt} {method or ''} {kv or ''} (llama.cpp)")
+    else:
+        q = metrics.evaluate(net, win, reference=ref, progress=progress, make_cache=_cache_factory(kv),
+                             description=f"{fmt} {method or ''} {kv or ''}".strip())
     _, stored_bits, _ = quantized_weights(path, "stored", None)  # the baseline's bits: header only
     return {
         "model": str(model), "weights": fmt, "method": method or ("ref" if fmt != "stored" else None),
@@ -181,7 +191,7 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4
         "ppl": q.ppl, "ppl_reference": q.ppl_reference, "kld": q.kld, "top1": q.top1,
         "reference_bits_per_weight": round(stored_bits["bits_per_weight"], 4),
         "reference_body_bits_per_weight": round(stored_bits["body_bits_per_weight"], 4),
-        "pure": pure, "padded": pad, "kv": kv, "seconds": round(time.perf_counter() - t0, 1),
+        "pure": pure, "padded": pad, "kv": kv, "seconds": round(time.perf_counter() - t0, 1), **extra,
     }
 
 
