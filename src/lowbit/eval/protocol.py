@@ -242,11 +242,12 @@ class Result:
 
 
 def compare(win: Windows, base: Run, tests: Sequence[Run], *, progress: bool = True,
-            description: str = "llama.cpp protocol") -> tuple[tuple[float, float], list[Result]]:
+            description: str = "llama.cpp protocol",
+            on_base: Callable[[int, object], None] | None = None) -> tuple[tuple[float, float], list[Result]]:
     """The base's (PPL, ±) on its own float logits, and each test series against the base, window by window.
 
     Nothing is stored between windows: the base's logits of a window are computed once and compared with every
-    test's, so several formats cost one base pass.
+    test's, so several formats cost one base pass. on_base(w, logits) sees each window's base logits.
     """
     t0 = time.perf_counter()
     first = win.prefill
@@ -256,6 +257,8 @@ def compare(win: Windows, base: Run, tests: Sequence[Run], *, progress: bool = T
         for w in range(win.n_windows):
             ids, targets = win.ids[w], win.ids[w, first + 1:]
             b_logits = window_logits(base[0], ids, first, base[1])
+            if on_base is not None:
+                on_base(w, b_logits)
             base_sums.add(b_logits, targets)
             b_lp = base_log_probs(b_logits)
             bar.advance(task, win.scored)
