@@ -184,10 +184,11 @@ def mean_and_uncertainty(total: float, total2: float, count: int) -> tuple[float
 
 
 def ppl_and_error(s: Sums) -> tuple[float, float]:
-    """llama-perplexity's "Final estimate: PPL = X +/- Y"."""
-    mean, unc = mean_and_uncertainty(s.nll, s.nll2, s.count)
+    """llama-perplexity's "Final estimate: PPL = X +/- Y" (no small-count rule there, unlike the KLD summary)."""
+    mean = s.nll / s.count
+    var = s.nll2 / s.count - mean * mean
     ppl = math.exp(mean)
-    return ppl, ppl * unc
+    return ppl, ppl * math.sqrt(var / (s.count - 1)) if var > 0 and s.count > 1 else 0.0
 
 
 def summary(s: Sums) -> dict:
