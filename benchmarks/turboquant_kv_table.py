@@ -25,10 +25,17 @@ DEFAULT_OUT = ROOT / "src" / "lowbit" / "report" / "kv_quality.json"
 
 # (K, V, boundary layers in f16)
 ROWS = [
-    # llama.cpp's types, KIVI and TurboQuant at each width
+    # llama.cpp's types as llama.cpp 0c1e57098 runs them (Hadamard-rotated), then unrotated (LLAMA_ATTN_ROT_DISABLE=1),
+    # KIVI and TurboQuant at each width
     ("f16", "f16", 0),
     ("q8_0", "q8_0", 0),
+    ("q5_1", "q5_1", 0),
+    ("q5_0", "q5_0", 0),
+    ("q4_1", "q4_1", 0),
+    ("iq4_nl", "iq4_nl", 0),
     ("q4_0", "q4_0", 0),
+    ("q8_0:norot", "q8_0:norot", 0),
+    ("q4_0:norot", "q4_0:norot", 0),
     ("kivi4", "kivi4", 0),
     ("kivi2", "kivi2", 0),
     ("turbo4", "turbo4", 0),
@@ -43,8 +50,8 @@ ROWS = [
     ("q8_0", "turbo3", 0),
     ("turbo3", "turbo3", 2),  # vLLM-style boundary protection: first and last 2 layers f16
     ("turbo3:nonc", "turbo3:nonc", 0),
-    ("q4_0:rot", "q4_0:rot", 0),
-    ("fp8", "fp8", 0),
+    ("fp8", "fp8", 0),  # vLLM 0.33.0 without checkpoint KV scales: scale 1.0
+    ("fp8:amax", "fp8:amax", 0),  # per-tensor amax/448 from the prefill, as transformers' quantized cache
     ("turbo3", "q8_0", 0),  # keys alone at 3 bits: K sensitivity
     ("turbo4", "q8_0", 0),
     # lowbit's addition (not the paper's): per-channel mean removed before TurboQuant

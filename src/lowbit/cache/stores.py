@@ -124,4 +124,4 @@ def make_store(spec: KVSpec | str, head_dim: int, *, keys: bool, seed: int = 0, 
     spec.check_head_dim(head_dim)
     if keys and spec.fmt.key_token_group:
         return TokenGroupStore(make_codec(spec, head_dim, seed=seed, device=device, keys=True))
-    return VectorStore(make_codec(spec, head_dim, seed=seed, device=device))
+    return VectorStore(make_codec(spec, head_dim, seed=seed, device=device, keys=keys))

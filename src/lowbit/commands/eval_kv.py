@@ -33,7 +33,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m", help=f"{' or '.join(MODELS)} (or a .gguf path)")
-    parser.add_argument("--kv", default="turbo3", help="format for K and V (e.g. turbo3, q8_0, kivi2, q4_0:rot)")
+    parser.add_argument("--kv", default="turbo3", help="format for K and V (e.g. turbo3, q8_0, kivi2, q4_0:norot)")
     parser.add_argument("--kv-k", "-ctk", "--cache-type-k", dest="kv_k", default=None,
                         help="format for K (overrides --kv; llama.cpp -ctk)")
     parser.add_argument("--kv-v", "-ctv", "--cache-type-v", dest="kv_v", default=None,

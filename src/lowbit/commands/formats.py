@@ -6,9 +6,16 @@ import argparse
 
 from lowbit.commands._common import add_format, add_wide
 from lowbit.errors import LowbitError
-from lowbit.formats.kv import KV_FORMATS
+from lowbit.formats.kv import KV_FORMATS, LLAMACPP_COMMIT, VLLM_VERSION
 from lowbit.formats.weights import MIXES, WEIGHT_TYPES
 from lowbit.report.render import Table, print_json
+
+
+KV_CAPTION = (f"llama.cpp's quantized types are stored as llama.cpp {LLAMACPP_COMMIT} stores them: each K/V head "
+              "vector Hadamard-rotated (K in blocks of the largest power of two >= 64 dividing head_dim, V in 64s; "
+              "none when 64 does not divide head_dim). 'q4_0:norot' etc.: unrotated (LLAMA_ATTN_ROT_DISABLE=1); "
+              f"'q4_0:rot': the default, written out. fp8: vLLM {VLLM_VERSION} without checkpoint KV scales "
+              "(scale 1.0); 'fp8:amax': scale amax/448 of the prefill. Rotation and scale add no bytes.")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -57,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
                 by_source.setdefault(r[-1], []).append(str(r[0]))
             t.caption = "\n".join(f"Source: {src}" + ("" if len(by_source) == 1 else f" ({', '.join(names)})")
                                   for src, names in by_source.items())
+        if title.startswith("KV"):
+            t.caption += ("\n" if t.caption else "") + KV_CAPTION
         if title.startswith("Mixes"):
             t.caption += ("\n" if t.caption else "") + "Also accepted wherever a weight format is: stored, a .gguf's " \
                          "or a checkpoint's own tensor types."

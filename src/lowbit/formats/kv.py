@@ -5,7 +5,9 @@ values (`vector_bytes`). The simulator multiplies that by heads, layers, tokens 
 quantizers in `lowbit.quant` pack their bytes from the same `layout` and a test proves they agree.
 
 Families
-- llama.cpp cache types (f32 ... q5_1): ggml blocks from the `gguf` package's table, as `-ctk/-ctv`.
+- llama.cpp cache types (f32 ... q5_1): ggml blocks from the `gguf` package's table, as `-ctk/-ctv`. The
+  quantized ones are stored Hadamard-rotated, as llama.cpp does since PR #21038 (`GGMLKV.rotation_block`);
+  `:norot` is the unrotated cache (llama.cpp with LLAMA_ATTN_ROT_DISABLE=1). A rotation adds no bytes.
 - fp8 (e4m3): one byte per value, as vLLM's `kv_cache_dtype=fp8` (per-tensor scale not counted).
 - TurboQuant (arXiv 2504.19874): a head vector is cut into blocks of 128 values (or the whole vector
   when head_dim < 128); each block is rotated, normalized and stored as Lloyd-Max indices plus one
@@ -28,6 +30,9 @@ from lowbit.formats.ggml import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from lowbit.errors import LowbitError
 
+LLAMACPP_COMMIT = "0c1e57098"  # the llama.cpp whose KV cache the ggml types follow (rotation included)
+VLLM_VERSION = "0.33.0"  # the vLLM whose kv_cache_dtype=fp8 the fp8 format follows
+LLAMACPP_ROT_BLOCK = 64  # llama.cpp's smallest Hadamard block, and V's block whatever head_dim
 TURBO_BLOCK = 128  # values per TurboQuant norm block (TheTom's llama.cpp turbo*, vLLM turboquant_*)
 KIVI_GROUP = 32  # values per KIVI group: b-bit codes, then fp16 scale, then fp16 zero
 
@@ -80,8 +85,8 @@ class KVFormat:
 
         @dataclass(frozen=True, kw_only=True)
         class Int6KV(KVFormat, kind="int6", family="int6"):
-            options: ClassVar = MappingProxyType({"rot": ("rot", True)})
-            defaults: ClassVar = MappingProxyType({"rot": False})
+            options: ClassVar = MappingProxyType({"sym": ("symmetric", True)})
+            defaults: ClassVar = MappingProxyType({"symmetric": False})
 
             def layout_bytes(self, head_dim: int) -> int:
                 return ceil(head_dim * 6 / 8) + 2  # 6-bit codes, one fp16 scale
@@ -139,12 +144,13 @@ KV_FAMILIES: dict[str, type[KVFormat]] = {}  # kind -> family class, filled by K
 
 @dataclass(frozen=True, kw_only=True)
 class GGMLKV(KVFormat, kind="ggml", family="llama.cpp"):
-    """llama.cpp cache types (-ctk/-ctv): ggml blocks from the gguf package's table. `rot`: a seeded randomized
-    Hadamard on the head vector before the type, as llama.cpp PR #21038 rotates K/V (no extra bytes)."""
+    """llama.cpp cache types (-ctk/-ctv): ggml blocks from the gguf package's table, stored rotated as llama.cpp
+    0c1e57098 stores them (`rotation_block`). `norot`: the unrotated cache (llama.cpp with
+    LLAMA_ATTN_ROT_DISABLE=1); `rot`: the default, written out."""
 
     ggml: GGMLQuantizationType
-    options: ClassVar = MappingProxyType({"rot": ("rot", True)})
-    defaults: ClassVar = MappingProxyType({"rot": False})
+    options: ClassVar = MappingProxyType({"rot": ("rot", True), "norot": ("rot", False)})
+    defaults: ClassVar = MappingProxyType({"rot": True})
 
     def block_values(self, head_dim: int) -> int:
         return GGML_QUANT_SIZES[self.ggml][0]
@@ -155,19 +161,40 @@ class GGMLKV(KVFormat, kind="ggml", family="llama.cpp"):
             raise LowbitError(f"KV type {self.name} needs head_dim divisible by {block} (llama.cpp refuses {head_dim})")
         return head_dim // block * nbytes
 
-    def check_spec(self, spec: "KVSpec", head_dim: int) -> None:
-        if spec["rot"] and head_dim & (head_dim - 1):
-            raise LowbitError(f"{spec.name}: ':rot' needs a power-of-two head_dim, got {head_dim}")
+    def rotation_block(self, spec: "KVSpec", head_dim: int, keys: bool) -> int:
+        """Size n of the Hadamard blocks llama.cpp applies to K (keys) or V of this head_dim, 0 for none.
+
+        As llama_kv_cache's constructor and build_input_{k,v}_rot: rotated only when head_dim % 64 == 0 (else
+        none, not an error); K in blocks of the largest power of two >= 64 dividing head_dim, V always in 64s
+        (llama.cpp found smaller V blocks better); each block a contiguous run along the head dim."""
+        if not spec.get("rot", False) or head_dim % LLAMACPP_ROT_BLOCK:
+            return 0
+        n = LLAMACPP_ROT_BLOCK
+        while keys and head_dim % (2 * n) == 0:
+            n *= 2
+        return n
 
 
 @dataclass(frozen=True, kw_only=True)
 class FloatKV(GGMLKV, kind="float"):
-    """f32, f16, bf16: plain floats, one per value (ggml types of block 1); the same bits as gguf's converters."""
+    """f32, f16, bf16: plain floats, one per value (ggml types of block 1); the same bits as gguf's converters.
+    Never rotated: llama.cpp rotates only quantized cache types."""
+
+    options: ClassVar = MappingProxyType({})
+    defaults: ClassVar = MappingProxyType({"rot": False})
+
+    def rotation_block(self, spec: "KVSpec", head_dim: int, keys: bool) -> int:
+        return 0
 
 
 @dataclass(frozen=True, kw_only=True)
 class FP8KV(KVFormat, kind="fp8", family="fp8"):
-    """float8 e4m3, one byte per value, as vLLM's kv_cache_dtype=fp8 (its per-tensor scale is not counted)."""
+    """float8 e4m3, one byte per value, as vLLM's kv_cache_dtype=fp8 (its per-tensor scale is not counted).
+    Default: vLLM 0.33.0 for a checkpoint without KV scales, scale 1.0 (x cast to e4m3, saturating at ±448).
+    `amax`: one per-tensor scale amax/448 set on the prefill, as transformers' quantized cache scales it."""
+
+    options: ClassVar = MappingProxyType({"amax": ("scale", "amax")})
+    defaults: ClassVar = MappingProxyType({"scale": 1.0})
 
     def layout_bytes(self, head_dim: int) -> int:
         return head_dim
@@ -227,8 +254,11 @@ def _pow2_at_least(n: int) -> int:
 
 def _ggml(name: str, text: str) -> GGMLKV:
     t = GGMLQuantizationType[name.upper()]
-    cls = FloatKV if GGML_QUANT_SIZES[t][0] == 1 else GGMLKV
-    return cls(name=name, description=text, source="gguf GGML_QUANT_SIZES; llama.cpp -ctk/-ctv", ggml=t)
+    if GGML_QUANT_SIZES[t][0] == 1:
+        return FloatKV(name=name, description=text, source="gguf GGML_QUANT_SIZES; llama.cpp -ctk/-ctv", ggml=t)
+    return GGMLKV(name=name, description=f"{text}, Hadamard-rotated (:norot: not)",
+                  source=f"gguf GGML_QUANT_SIZES; llama.cpp {LLAMACPP_COMMIT} -ctk/-ctv (rotation: PR #21038)",
+                  ggml=t)
 
 
 _TQ = "TurboQuant, arXiv 2504.19874"
@@ -244,8 +274,8 @@ KV_FORMATS: dict[str, KVFormat] = {
         _ggml("q4_1", "4-bit, fp16 scale and min per 32"),
         _ggml("q4_0", "4-bit, fp16 scale per 32"),
         _ggml("iq4_nl", "4-bit non-linear grid, fp16 scale per 32"),
-        FP8KV(name="fp8", description="float8 e4m3, one per-tensor scale (not counted)",
-              source="vLLM kv_cache_dtype=fp8", aliases=("fp8_e4m3",)),
+        FP8KV(name="fp8", description="float8 e4m3, per-tensor scale 1.0 (:amax = amax/448 from the prefill)",
+              source=f"vLLM {VLLM_VERSION} kv_cache_dtype=fp8, no checkpoint KV scales", aliases=("fp8_e4m3",)),
         *[
             TurboKV(name=f"turbo{b}", description=f"TurboQuant_mse {b}-bit Lloyd-Max + fp16 norm per 128",
                     source=f"{_TQ} Alg. 1", turbo=TurboLayout(b))
@@ -282,7 +312,7 @@ def kv_format(name: str) -> KVFormat:
 
 @dataclass(frozen=True)
 class KVSpec:
-    """A format with its options, as written FORMAT[:opt,...] (e.g. "turbo3:qr,nonc", "q4_0:rot").
+    """A format with its options, as written FORMAT[:opt,...] (e.g. "turbo3:qr,nonc", "q4_0:norot").
 
     `spec["rotation"]` reads a setting: the family's default, or what an option set."""
 
@@ -329,11 +359,15 @@ def parse_kv_spec(text: str | KVSpec) -> KVSpec:
     fmt = kv_format(name)
     opts = tuple(o for o in rest.split(",") if o) if rest else ()
     settings = dict(fmt.defaults)
+    given: dict[str, str] = {}
     for o in opts:
         if o not in fmt.options:
             takes = ", ".join(fmt.options) or "no options"
             raise LowbitError(f"KV spec {text!r}: option {o!r} does not apply to {fmt.name} (it takes {takes})")
         key, value = fmt.options[o]
+        if key in given and fmt.options[given[key]][1] != value:
+            raise LowbitError(f"KV spec {text!r}: options {given[key]!r} and {o!r} contradict each other")
+        given[key] = o
         settings[key] = value
     canonical = fmt.name + (":" + ",".join(opts) if opts else "")
     return KVSpec(fmt, tuple(sorted(settings.items())), text=canonical, opts=opts)

@@ -4,17 +4,22 @@ A codec quantizes head vectors [..., head_dim] to packed uint8 [..., vector_byte
 registered against its family's kind (`lowbit.quant.kv_codec`):
 - f32, f16, bf16 (`NativeCodec`): torch casts, the same bits as gguf's converters (round to nearest even);
 - ggml types (q8_0, q5_0, q5_1, q4_0, q4_1): gguf's reference quantizers (`gguf.quants.quantize/dequantize`),
-  so the bytes are llama.cpp's `-ctk/-ctv` blocks;
+  so the bytes are llama.cpp's `-ctk/-ctv` blocks; stored rotated as llama.cpp stores them (`HadamardCodec`)
+  unless the spec says `:norot`;
 - iq4_nl: gguf has only the dequantizer, so quantization here follows llama.cpp's
   `quantize_row_iq4_nl_ref` (scale search over ±7 steps, weights x², gguf's `kvalues` grid) and
   gguf's dequantizer reads the bytes back;
-- fp8: float8 e4m3 (torch.float8_e4m3fn), one per-tensor scale set on the first data (the prefill)
-  and kept, as transformers' Fp8QuantizedLayer does; the scale is not counted, as in the format;
+- fp8: float8 e4m3 (torch.float8_e4m3fn) with scale 1.0, as vLLM 0.33.0 stores a cache whose checkpoint has no
+  k_scale/v_scale (values beyond ±448 saturate, as vLLM's __NV_SATFINITE cast does); `fp8:amax`: one per-tensor
+  scale amax/448 set on the first data (the prefill) and kept, as transformers' Fp8QuantizedLayer does; the
+  scale is not counted, as in the format;
 - KIVI values: b-bit asymmetric per token, groups of 32 channels, fp16 scale + fp16 zero per group
   (group layout: codes, then scale, then zero). KIVI keys (per channel, groups of 32 tokens) need the
   token axis: `KiviKeys`, the family's key codec (`make_codec(..., keys=True)`);
-- rotation + a ggml type ("q4_0:rot"): a seeded randomized Hadamard on the head vector before the
-  type, as llama.cpp PR #21038 rotates K/V; bytes are those of the type;
+- llama.cpp's rotation around a quantized ggml type (`HadamardCodec`): store Q(H·x), load H·deq(p), with H
+  llama.cpp's normalized Hadamard over contiguous blocks of the head vector (sizes: `GGMLKV.rotation_block`).
+  llama.cpp rotates Q, K and V and un-rotates the attention output; with H orthonormal and symmetric
+  (H·H = I) that gives the same scores and output as un-rotating K and V on load; bytes are those of the type;
 - TurboQuant: `lowbit.quant.turboquant`.
 
 Spec strings (FORMAT[:opt,...]) and the options of each family: `lowbit.formats.kv.parse_kv_spec`.
@@ -29,17 +34,14 @@ from lowbit.errors import LowbitError
 from lowbit.formats.kv import KIVI_GROUP, KVFormat, KVSpec, parse_kv_spec
 from lowbit.quant.kv_codec import KVCodec, codec_class
 from lowbit.quant.packing import bytes_to_fp16, fp16_to_bytes, pack_bits, unpack_bits
-from lowbit.quant.rotation import rotation
+from lowbit.quant.rotation import llamacpp_hadamard
 from lowbit.quant.turboquant import TurboQuant  # noqa: F401  (registers the turbo family's codec for make_codec)
 
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 _TORCH_FLOAT = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
-__all__ = ["FP8Codec", "GGMLCodec", "KiviKeys", "KiviValueCodec", "NativeCodec", "RotatedCodec", "make_codec"]
-
-
-def _rotated_if_asked(codec: KVCodec, spec: KVSpec, head_dim: int, seed: int) -> KVCodec:
-    return RotatedCodec(codec, head_dim, seed, spec) if spec["rot"] else codec
+__all__ = ["FP8Codec", "GGMLCodec", "KiviKeys", "HadamardCodec", "KiviValueCodec", "NativeCodec",
+           "make_codec"]
 
 
 # --- f32 / f16 / bf16 in torch ------------------------------------------------------------------
@@ -51,10 +53,6 @@ class NativeCodec(KVCodec, kind="float"):
         self.vector_bytes = fmt.vector_bytes(head_dim)
         self.spec = KVSpec.of(fmt)
 
-    @classmethod
-    def from_spec(cls, spec, head_dim, *, seed=0, device="cpu"):
-        return _rotated_if_asked(cls(spec.fmt, head_dim), spec, head_dim, seed)
-
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.dtype).contiguous().view(torch.uint8)
 
@@ -64,15 +62,22 @@ class NativeCodec(KVCodec, kind="float"):
 
 # --- ggml types through gguf --------------------------------------------------------------------
 class GGMLCodec(KVCodec, kind="ggml"):
+    """The ggml type's blocks of the raw vector (unrotated); `from_spec` wraps it in llama.cpp's rotation."""
+
     def __init__(self, fmt: KVFormat, head_dim: int):
         self.fmt, self.head_dim = fmt, head_dim
         self.vector_bytes = fmt.vector_bytes(head_dim)  # raises for a head_dim the block does not divide
         self.qtype = fmt.ggml
-        self.spec = KVSpec.of(fmt)
+        self.spec = KVSpec.of(fmt, rot=False)
 
     @classmethod
-    def from_spec(cls, spec, head_dim, *, seed=0, device="cpu"):
-        return _rotated_if_asked(cls(spec.fmt, head_dim), spec, head_dim, seed)
+    def from_spec(cls, spec, head_dim, *, seed=0, device="cpu", keys=False):
+        codec = cls(spec.fmt, head_dim)
+        block = spec.fmt.rotation_block(spec, head_dim, keys)
+        if block:
+            return HadamardCodec(codec, block, spec)
+        codec.spec = spec
+        return codec
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         from gguf import GGMLQuantizationType as T
@@ -129,17 +134,28 @@ def _iq4_nl_quantize(a: np.ndarray) -> np.ndarray:
 
 # --- fp8 ----------------------------------------------------------------------------------------
 class FP8Codec(KVCodec, kind="fp8"):
-    def __init__(self, fmt: KVFormat, head_dim: int):
+    """e4m3 of x / scale. scale 1.0 (vLLM without checkpoint scales), or, with `amax`, amax/448 of the first data."""
+
+    def __init__(self, fmt: KVFormat, head_dim: int, amax: bool = False):
         self.fmt, self.head_dim = fmt, head_dim
         self.vector_bytes = fmt.vector_bytes(head_dim)
-        self.spec = KVSpec.of(fmt)
-        self.scale: float | None = None
+        self.spec = KVSpec.of(fmt, scale="amax") if amax else KVSpec.of(fmt, scale=1.0)
+        self.amax = amax
+        self.scale: float | None = None if amax else 1.0
+
+    @classmethod
+    def from_spec(cls, spec, head_dim, *, seed=0, device="cpu", keys=False):
+        codec = cls(spec.fmt, head_dim, amax=spec["scale"] == "amax")
+        codec.spec = spec
+        return codec
 
     @property
     def needs_calibration(self) -> bool:
         return self.scale is None
 
     def calibrate(self, x: torch.Tensor, keep_dims=()) -> None:
+        if not self.amax:
+            raise LowbitError("fp8 with scale 1.0 has nothing to calibrate (fp8:amax sets its scale from data)")
         finite = x[torch.isfinite(x)]
         amax = float(finite.abs().max()) if finite.numel() else 0.0
         self.scale = max(amax / FP8_MAX, torch.finfo(torch.float32).tiny)
@@ -147,7 +163,7 @@ class FP8Codec(KVCodec, kind="fp8"):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale is None:
             self.calibrate(x)
-        # e4m3fn has no inf: saturate finite overflow to ±448, keep NaN as NaN.
+        # e4m3fn has no inf: saturate overflow to ±448 (vLLM's cache write casts with __NV_SATFINITE), keep NaN.
         y = (x.float() / self.scale).clamp(-FP8_MAX, FP8_MAX)
         return y.to(torch.float8_e4m3fn).view(torch.uint8)
 
@@ -234,26 +250,33 @@ class KiviKeys(KVCodec, kind="kivi", keys=True):
         return x.transpose(-1, -2)
 
 
-# --- rotation around any codec ------------------------------------------------------------------
-class RotatedCodec(KVCodec):
-    """x -> inner(x R^T); decode -> inner⁻¹(p) R. R: seeded randomized Hadamard on the head vector."""
+# --- llama.cpp's rotation around a ggml type ----------------------------------------------------
+class HadamardCodec(KVCodec):
+    """Store inner(H·x), load H·inner⁻¹(p), H llama.cpp's normalized Hadamard of size `block` applied to each
+    contiguous run of `block` values of the head vector (block-diagonal; the same H for every layer, K and V)."""
 
-    def __init__(self, inner: KVCodec, head_dim: int, seed: int, spec: KVSpec | None = None):
-        if head_dim & (head_dim - 1):
-            raise LowbitError(f"':rot' needs a power-of-two head_dim, got {head_dim}")
-        self.inner, self.fmt, self.head_dim = inner, inner.fmt, head_dim
+    def __init__(self, inner: KVCodec, block: int, spec: KVSpec | None = None):
+        if inner.head_dim % block:
+            raise LowbitError(f"a rotation block of {block} does not divide head_dim {inner.head_dim}")
+        self.inner, self.fmt, self.head_dim, self.block = inner, inner.fmt, inner.head_dim, block
         self.vector_bytes = inner.vector_bytes
         self.spec = spec or KVSpec.of(inner.fmt, rot=True)
-        self.R = rotation("hadamard", head_dim, seed)
+        self.H = llamacpp_hadamard(block)
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """H·x per block (H is symmetric, so the row-vector product x·H is the same); its own inverse."""
+        xb = x.float().reshape(*x.shape[:-1], self.head_dim // self.block, self.block)
+        return (xb @ self.H.to(x.device)).reshape(x.shape)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner.quantize(x.float() @ self.R.to(x.device).T)
+        return self.inner.quantize(self.rotate(x))
 
     def dequantize(self, p: torch.Tensor) -> torch.Tensor:
-        return self.inner.dequantize(p) @ self.R.to(p.device)
+        return self.rotate(self.inner.dequantize(p))
 
 
 def make_codec(spec: KVSpec | str, head_dim: int, seed: int = 0, device="cpu", keys: bool = False) -> KVCodec:
-    """The codec of the spec's family (`keys`: the family's key codec where it has one, e.g. KIVI's)."""
+    """The codec of the spec's family for K (`keys`) or V: the family's key codec where it has one (KIVI's), and
+    K's or V's rotation for the llama.cpp types."""
     spec = parse_kv_spec(spec)
-    return codec_class(spec.fmt.kind, keys=keys).from_spec(spec, head_dim, seed=seed, device=device)
+    return codec_class(spec.fmt.kind, keys=keys).from_spec(spec, head_dim, seed=seed, device=device, keys=keys)

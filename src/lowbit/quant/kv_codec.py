@@ -41,8 +41,9 @@ class KVCodec:
         _CODECS[(kind, keys)] = cls
 
     @classmethod
-    def from_spec(cls, spec: KVSpec, head_dim: int, *, seed: int = 0, device="cpu") -> "KVCodec":
-        """The codec for `spec` at `head_dim` (seed: any random rotation; device: where its tensors live)."""
+    def from_spec(cls, spec: KVSpec, head_dim: int, *, seed: int = 0, device="cpu", keys: bool = False) -> "KVCodec":
+        """The codec for `spec` at `head_dim` (seed: any random rotation; device: where its tensors live;
+        keys: it stores K, not V, for families that treat them differently)."""
         return cls(spec.fmt, head_dim)
 
     @property

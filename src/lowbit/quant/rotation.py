@@ -1,4 +1,5 @@
-"""Seeded random rotations of R^d: dense QR (the paper's Π) and randomized Hadamard (what production uses).
+"""Rotations of R^d: seeded dense QR (the paper's Π) and randomized Hadamard (TurboQuant), and llama.cpp's
+fixed normalized Hadamard (`llamacpp_hadamard`, its KV-cache rotation: no signs, no seed).
 
 Both are returned as an explicit orthogonal d×d matrix R, applied as y = x @ R.T (rotate) and
 x = y @ R (inverse). At the head sizes of a KV cache (d <= 256) one small GEMM is faster on CPU than
@@ -50,6 +51,16 @@ def random_signs(d: int, seed: int) -> torch.Tensor:
 def randomized_hadamard(d: int, seed: int) -> torch.Tensor:
     """R = H · diag(s) / √d: flip signs at random, then a normalized Walsh–Hadamard transform."""
     return sylvester_hadamard(d) * random_signs(d, seed) / d**0.5
+
+
+@lru_cache(maxsize=16)
+def _llamacpp_hadamard64(n: int) -> torch.Tensor:
+    return sylvester_hadamard(n) / n**0.5
+
+
+def llamacpp_hadamard(n: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """llama.cpp's ggml_gen_hadamard: H[i][j] = (-1)^popcount(i & j) / sqrt(n), symmetric and its own inverse."""
+    return _llamacpp_hadamard64(int(n)).to(dtype=dtype, device=device)
 
 
 @lru_cache(maxsize=256)

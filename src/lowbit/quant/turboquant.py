@@ -153,7 +153,7 @@ class TurboQuant(KVCodec, kind="turbo"):
         assert self.n_blocks * sum(self.field_bytes) == self.vector_bytes
 
     @classmethod
-    def from_spec(cls, spec: KVSpec, head_dim: int, *, seed: int = 0, device="cpu") -> "TurboQuant":
+    def from_spec(cls, spec: KVSpec, head_dim: int, *, seed: int = 0, device="cpu", keys: bool = False) -> "TurboQuant":
         return cls(spec.fmt, head_dim, rotation_kind=spec["rotation"], codebook=spec["codebook"],
                    norm_correction=spec["norm_correction"], seed=seed, device=device, center=spec["center"])
 
