@@ -11,7 +11,7 @@ compared directly with the base log-probabilities llama.cpp stored (KLD(llama.cp
 
     nice -n 10 python benchmarks/llamacpp_agreement.py --bin /work/llamacpp-build/bin --model smollm2-135m \
         --ctx 512 --tokens 32768 --kv f16,q8_0:norot=q8_0,q4_0:norot=q4_0 --weights Q8_0,Q4_0,Q4_K_M \
-        --work /work/lq --reuse docs/quality_results/llamacpp_0c1e57098_smollm2_c512.json \
+        --work /work/lq --reuse docs/quality_results/llamacpp_0c1e57098_smollm2_c512.json --f32 f16,q8_0,q4_0 \
         --out docs/quality_results/agreement_smollm2_c512.json
 
 --kv takes LLAMA[=LOWBIT] pairs: the llama.cpp cache type and the lowbit KV format that does the same
@@ -217,7 +217,7 @@ def rows(result: dict) -> list[dict]:
         f16_32 = lc[("kv-f32", "f16")]["ppl"][0]
         out.append({"type": "f16 (KV, llama.cpp on F32 weights)", "ppl_llama_cpp": f16_32, "ppl_lowbit": f16_b,
                     "ppl_diff_pct": 100 * (f16_b / f16_32 - 1)})
-        series += [{**s, "kind": "kv-f32"} for s in lb["series"] if s["kind"] == "kv"]
+        series += [{**s, "kind": "kv-f32"} for s in lb["series"] if s["kind"] == "kv" and ("kv-f32", s["name"]) in lc]
     for s in series:
         c = lc[(s["kind"], s["name"])]
         f16_l = lc[("kv-f32" if s["kind"] == "kv-f32" else "kv", "f16")]["ppl"][0]
@@ -260,8 +260,9 @@ def main() -> int:
     ap.add_argument("--text", help="the text file (default: lowbit's corpus written to WORK/eval_text.txt)")
     ap.add_argument("--reuse", action="append", help="llamacpp_perplexity.py JSON whose matching cases are reused")
     ap.add_argument("--base", help="llama.cpp's f16 --kl-divergence-base file (default: WORK/MODEL.cCTX.f16.kld)")
-    ap.add_argument("--f32", action="store_true", help="also run llama.cpp's KV series on the weights requantized to "
-                    "F32 (the same values; llama.cpp then multiplies f32 activations, as lowbit does)")
+    ap.add_argument("--f32", default="", help="llama.cpp cache types (comma list, f16 first) to run again on the "
+                    "weights requantized to F32 (the same values; llama.cpp then multiplies f32 activations, as lowbit "
+                    "does)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from lowbit.eval import lm
@@ -311,7 +312,7 @@ def main() -> int:
     bases = {"stored": base}
     if args.f32:  # llama.cpp on F32 weights: its matmuls then take f32 activations, not q8_1/q8_0 ones
         fpath, bases["f32"] = quantize(args, str(path), "F32"), str(Path(args.work) / f"{args.model}.c{args.ctx}.F32.f16.kld")
-        for llama_kv, _ in kvs:
+        for llama_kv in args.f32.split(","):
             case = llama_case(args, exe, str(fpath), llama_kv, bases["f32"], llama_kv != "f16", f"f32-kv-{llama_kv}")
             result["llama_cpp"].append({"kind": "kv-f32", "name": llama_kv, "gguf": fpath.name, **case})
             save()
