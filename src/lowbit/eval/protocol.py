@@ -28,9 +28,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
+from lowbit.cache import cache_kwarg
 from lowbit.errors import LowbitError
 from lowbit.eval import PROTOCOLS, llama_tokens, text
 from lowbit.eval.text import Windows
+from lowbit.models.gguf_header import read_header
 from lowbit.progress import progress_bar
 
 LOG_PROB_CUT = -16.0  # llama-perplexity's KL divergence skips base entries at or below this log-probability
@@ -60,8 +62,6 @@ def corpus_tokens(path, escape: bool = True) -> tuple[int, ...]:
 
 def bos_id(path) -> int | None:
     """BOS if llama.cpp adds it for this GGUF (tokenizer.ggml.add_bos_token), else None."""
-    from lowbit.models.gguf_header import read_header
-
     meta = read_header(path).metadata
     add = meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama")
     return meta.get("tokenizer.ggml.bos_token_id") if add else None
@@ -104,13 +104,9 @@ def window_logits(model, ids, first: int, make_cache: Callable[[object], object]
     """float32 logits [n_ctx - 1 - first, vocab] of one window in one pass (through a fresh cache when given)."""
     import torch
 
-    from lowbit.cache import cache_kwarg
-
     n_ctx = int(ids.shape[-1])
     ids = ids.reshape(1, n_ctx)
-    kw = {} if make_cache is None else {cache_kwarg(model): make_cache(model.config), "use_cache": True}
-    if make_cache is None:
-        kw["use_cache"] = False
+    kw = {"use_cache": False} if make_cache is None else {cache_kwarg(model): make_cache(model.config), "use_cache": True}
     with torch.inference_mode():
         out = model(input_ids=ids, position_ids=torch.arange(n_ctx).reshape(1, n_ctx), logits_to_keep=n_ctx - first,
                     **kw)
@@ -127,6 +123,8 @@ def base_log_probs(logits):
     """
     import torch
 
+    if logits.shape[0] > 32:  # row blocks bound the float64 temporaries (Gemma: 2 MB per row and array)
+        return torch.cat([base_log_probs(logits[i:i + 32]) for i in range(0, logits.shape[0], 32)])
     x = logits.double()
     mx = x.max(-1, keepdim=True).values
     mn = torch.maximum(x.min(-1, keepdim=True).values, mx - 16)
@@ -152,8 +150,15 @@ class Sums:
     kld2: float = 0.0
     same_top: int = 0
 
-    def add(self, logits, targets, base_lp=None) -> None:
-        """Fold in one window: test logits [n, vocab], targets [n], base log-probs [n, vocab] (base_log_probs)."""
+    def add(self, logits, targets, base_lp=None, rows: int = 32) -> None:
+        """Fold in one window: test logits [n, vocab], targets [n], base log-probs [n, vocab] (base_log_probs).
+
+        float64 throughout, `rows` positions at a time (Gemma's 262k vocabulary makes 2 MB per position and array).
+        """
+        for i in range(0, int(targets.shape[0]), rows):
+            self._add(logits[i:i + rows], targets[i:i + rows], None if base_lp is None else base_lp[i:i + rows])
+
+    def _add(self, logits, targets, base_lp) -> None:
         import torch
 
         lp = torch.log_softmax(logits.double(), -1)
