@@ -1,4 +1,5 @@
-"""Decode attention over a packed TurboQuant KV cache vs bf16 SDPA (GPU; the store kernel: store_kernel.py).
+"""Decode attention over a packed KV cache (TurboQuant or q8_0 keys, TurboQuant values) vs bf16 SDPA (GPU; the
+store kernel: store_kernel.py).
 
     python benchmarks/decode_attention.py --format json          # full table (needs CUDA + Triton)
     python benchmarks/decode_attention.py --check                # correctness on the real shapes
@@ -6,8 +7,10 @@
 
 Time per decode step of one attention layer (LQ = 1 new token), median of CUDA-graph replays
 (triton.testing.do_bench_cudagraph); every timed call reads a different copy of its inputs, so that the
-working set exceeds the 50 MB L2 (`copies` column). `backend`: which kernel `turbo_decode_attention` picked (the CUDA split kernel for turbo3/turbo3, else
-Triton); `triton_ms` times the Triton kernel on the same caches. Baselines, same run: torch SDPA on bf16 K/V with each
+working set exceeds the 50 MB L2 (`copies` column). `backend`: which kernel `turbo_decode_attention` picked (the CUDA
+split kernel for K turbo3/turbo4/q8_0 with V turbo3/turbo4, else Triton); `triton_ms` times the Triton kernel on the
+same caches (`--skip-triton` leaves it out). K/V settings: "turbo3/turbo3", "q8_0/turbo3" (q8_0 keys as the cache
+stores them, rotated or not by the spec), ... Baselines, same run: torch SDPA on bf16 K/V with each
 backend (flash, efficient, cuDNN, and math), each both as enable_gqa and as "packed GQA" (the group's
 query heads as query rows of their KV head, which is exact for one new token); the fastest is the
 baseline. Also dequantize-then-SDPA (Triton dequantize to bf16, then the fastest SDPA backend).
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -71,11 +75,13 @@ def copy_gbps() -> float:
 
 
 def codecs(kv: str, D: int):
+    from lowbit.quant.kv_baselines import make_codec
     from lowbit.quant.turboquant import TurboQuant
 
     kf, vf = kv.split("/")
-    return (TurboQuant(kf, D, norm_correction=True, seed=11, device="cuda"),
-            TurboQuant(vf, D, norm_correction=True, seed=12, device="cuda"))
+    k = make_codec(kf, D, seed=11, device="cuda", keys=True) if kf.startswith("q8_0") else \
+        TurboQuant(kf, D, norm_correction=True, seed=11, device="cuda")
+    return k, TurboQuant(vf, D, norm_correction=True, seed=12, device="cuda")
 
 
 def make_cache(B, HKV, T, D, kc, vc, copies):
@@ -103,7 +109,7 @@ def sdpa_variants():
     return names
 
 
-def sdpa_call(backend, form, q, k, v):
+def sdpa_call(backend, form, q, k, v, scale=None):
     from torch.nn.attention import sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -111,8 +117,8 @@ def sdpa_call(backend, form, q, k, v):
     HKV = k.shape[1]
     with sdpa_kernel([backend]):
         if form == "gqa":
-            return sdpa(q, k, v, enable_gqa=True)
-        return sdpa(q.view(B, HKV, Hq // HKV, D), k, v).view(B, Hq, 1, D)  # packed GQA
+            return sdpa(q, k, v, enable_gqa=True, scale=scale)
+        return sdpa(q.reshape(B, HKV, Hq // HKV, D), k, v, scale=scale).view(B, Hq, 1, D)  # packed GQA
 
 
 def best_sdpa(q, kvs, skip_math=True):
@@ -135,9 +141,8 @@ def best_sdpa(q, kvs, skip_math=True):
 
 def run_row(shape, T, B, kv_list, args, peak):
     from lowbit import kernels
-    from lowbit.kernels.params import turbo_params
     from lowbit.kernels import cuda_decode
-    from lowbit.kernels.params import sm_count
+    from lowbit.kernels.params import key_params, sm_count, turbo_params
     from lowbit.kernels.turbo_attention import PREFETCH, default_config, turbo_decode_attention
 
     Hq, HKV, D = SHAPES[shape]
@@ -157,14 +162,14 @@ def run_row(shape, T, B, kv_list, args, peak):
     rows = []
     for kv in kv_list:
         kc, vc = codecs(kv, D)
-        pk, pv = turbo_params(kc, "cuda"), turbo_params(vc, "cuda")
+        pk, pv = key_params(kc, "cuda"), turbo_params(vc, "cuda")
         packed_bytes = B * HKV * T * (kc.vector_bytes + vc.vector_bytes)
         copies = max(1, min(64, math.ceil(4 * L2_BYTES / packed_bytes)))
         caches = make_cache(B, HKV, T, D, kc, vc, copies)
         ms = bench(lambda: [turbo_decode_attention(q, kp, vp, pk, pv) for kp, vp in caches]) / copies
         used = "cuda" if cuda_decode.supported(pk, pv, Hq // HKV, 1, *caches[0]) and cuda_decode.available("cuda") \
             else "triton"
-        triton_ms = ms if used == "triton" else bench(lambda: [turbo_decode_attention(
+        triton_ms = ms if used == "triton" else None if args.skip_triton else bench(lambda: [turbo_decode_attention(
             q, kp, vp, pk, pv, backend="triton") for kp, vp in caches]) / copies
         alts = {}
         for bn, nw, pf in (ALTS if args.alts else ()):  # other tile/warp/prefetch choices, same caches
@@ -179,7 +184,7 @@ def run_row(shape, T, B, kv_list, args, peak):
             eager = float(tt.do_bench(lambda: turbo_decode_attention(q, *caches[0], pk, pv), return_mode="median"))
         kp, vp = caches[0]
         deq_ms = None
-        if 2 * bf16_bytes + packed_bytes < 0.8 * torch.cuda.mem_get_info()[0]:
+        if not args.skip_dequant and 2 * bf16_bytes + packed_bytes < 0.8 * torch.cuda.mem_get_info()[0]:
             def deq():
                 k = kernels.dequantize(kc, kp, torch.bfloat16)
                 v = kernels.dequantize(vc, vp, torch.bfloat16)
@@ -192,7 +197,8 @@ def run_row(shape, T, B, kv_list, args, peak):
             "baseline_gbps": round(bf16_bytes / base_ms / 1e6, 1), "speedup": round(base_ms / ms, 2),
             "dequant_sdpa_ms": None if deq_ms is None else round(deq_ms, 5),
             "eager_ms": None if eager is None else round(eager, 5),
-            "backend": used, "triton_ms": round(triton_ms, 5), "triton_speedup": round(base_ms / triton_ms, 2),
+            "backend": used, "triton_ms": None if triton_ms is None else round(triton_ms, 5),
+            "triton_speedup": None if triton_ms is None else round(base_ms / triton_ms, 2),
             "config": (f"split {cuda_decode.split_length(B * HKV, T, sm_count(str(q.device)))}" if used == "cuda" else
                        "{}/{}/{}".format(*default_config(B, HKV, T, D)[::2], int(PREFETCH))), "alt_ms": alts,
             "sdpa_all_ms": {k: round(v, 5) for k, v in all_sdpa.items()}, "copies": copies,
@@ -205,23 +211,23 @@ def run_row(shape, T, B, kv_list, args, peak):
 def check(args) -> list[dict]:
     """Real shapes, batch 1-2: fused kernel vs reference (dequantize with the reference, float32 attention).
     The store kernel's bytes are checked by benchmarks/store_kernel.py (lowbit.kernels.store_check's rule)."""
+    from lowbit import kernels
     from lowbit.kernels import reference
-    from lowbit.kernels.params import turbo_params
+    from lowbit.kernels.params import key_params, turbo_params
     from lowbit.kernels.turbo_attention import turbo_decode_attention
-    from lowbit.kernels.turbo_store import turbo_store
 
     out = []
     for shape, (Hq, HKV, D) in SHAPES.items():
         for T in (8192, 32768):
             for kv in args.kv:
                 kc, vc = codecs(kv, D)
-                pk, pv = turbo_params(kc, "cuda"), turbo_params(vc, "cuda")
+                pk, pv = key_params(kc, "cuda"), turbo_params(vc, "cuda")
                 k = torch.randn(2, HKV, T, D, device="cuda", dtype=torch.bfloat16) * 1.5
                 v = torch.randn(2, HKV, T, D, device="cuda", dtype=torch.bfloat16)
                 q = torch.randn(2, Hq, 1, D, device="cuda", dtype=torch.bfloat16) * 2
-                kp, vp = turbo_store(pk, k), turbo_store(pv, v)
+                kp, vp = kernels.store(kc, k), kernels.store(vc, v)
                 got = turbo_decode_attention(q, kp, vp, pk, pv).float()
-                ref = reference.attention(q.float(), kc.dequantize(kp), vc.dequantize(vp))
+                ref = reference.attention(q.float(), kernels.dequantize(kc, kp), kernels.dequantize(vc, vp))
                 err = ((got - ref).abs().max() / ref.abs().max()).item()
                 out.append({"check": "attention", "shape": shape, "context": T, "kv": kv, "max_rel_err": err,
                             "finite": bool(torch.isfinite(got).all())})
@@ -262,12 +268,12 @@ def sweep(args) -> list[dict]:
 
 
 def profile_one(shape, T, B, kv):
-    from lowbit.kernels.params import turbo_params
+    from lowbit.kernels.params import key_params, turbo_params
     from lowbit.kernels.turbo_attention import turbo_decode_attention
 
     Hq, HKV, D = SHAPES[shape]
     kc, vc = codecs(kv, D)
-    pk, pv = turbo_params(kc, "cuda"), turbo_params(vc, "cuda")
+    pk, pv = key_params(kc, "cuda"), turbo_params(vc, "cuda")
     (kp, vp), = make_cache(B, HKV, T, D, kc, vc, 1)
     q = torch.randn(B, Hq, 1, D, device="cuda", dtype=torch.bfloat16)
     for _ in range(5):
@@ -286,6 +292,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true", help="tile/split/warp sweep, then exit")
     ap.add_argument("--eager", action="store_true", help="also time one eager call (launch overhead included)")
     ap.add_argument("--alts", action="store_true", help="also time other (block_n, num_warps, prefetch) choices")
+    ap.add_argument("--skip-triton", action="store_true", help="do not time the Triton kernel where CUDA runs")
+    ap.add_argument("--skip-dequant", action="store_true", help="do not time dequantize-then-SDPA")
     ap.add_argument("--profile-one", nargs=4, metavar=("SHAPE", "CONTEXT", "BATCH", "KV"))
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -301,7 +309,8 @@ def main(argv=None) -> int:
     peak = peak_gbps(name)
     result = {"device": name, "torch": torch.__version__, "peak_gbps_datasheet": peak,
               "copy_gbps_measured": round(copy_gbps(), 1), "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join(["python", "benchmarks/decode_attention.py", *(argv or sys.argv[1:])]), "rows": []}
+              "command": " ".join(["python", "benchmarks/decode_attention.py", *(argv or sys.argv[1:])]),
+              "commit": os.environ.get("LOWBIT_COMMIT"), "rows": []}
     if args.check:
         result["rows"] = check(args)
     elif args.sweep:

@@ -35,7 +35,7 @@ def compile_stage1(kernel, D: int, group: int, bits: int, block_n: int, warps: i
     sig["qk_scale"] = "fp32"
     sig.update({f"{kv}{lh}{i}": "i32" for kv in "KV" for lh in "LH" for i in range(4)})
     const = dict(HKV=2, GROUP=group, LQ=1, M=max(16, group), BLK=blk, NBLK=nblk, KBITS=bits, VBITS=bits,
-                 KBB2=bb2, VBB2=bb2, BLOCK_N=block_n, HADAMARD=True, ASM_=True, PREFETCH=False)
+                 KBB2=bb2, VBB2=bb2, BLOCK_N=block_n, HADAMARD=True, ASM_=True, PREFETCH=False, KQ8=False)
     const.update(extra or {})
     sig.update({k: "constexpr" for k in const})
     sig["NSPLIT"] = "i32"

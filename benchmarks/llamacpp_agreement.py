@@ -189,9 +189,9 @@ def lowbit_side(args, path, kvs: list[tuple[str, str]], wfiles: dict[str, Path],
             cross[key].add(logits, win.ids[w, win.prefill + 1:], read(w))
 
     print(f"lowbit: {win.n_windows} windows x {1 + len(tests)} series", file=sys.stderr, flush=True)
-    (bppl, bunc), results = protocol.compare(win, (model, f16), tests, progress=sys.stderr.isatty(),
-                                             on_base=on_base)
-    out["f16"] = {"ppl": bppl, "ppl_unc": bunc, "tokens": win.tokens, "windows": win.n_windows}
+    base, results = protocol.compare(win, (model, f16), tests, progress=sys.stderr.isatty(), on_base=on_base)
+    out["f16"] = {"ppl": base.ppl, "ppl_unc": base.ppl_unc, "tokens": win.tokens, "windows": win.n_windows,
+                  "window_nll": base.stats.as_dict()["nll"]}
     for key, sums in cross.items():
         s = protocol.summary(sums)  # "test" = lowbit f16, "base" = llama.cpp's stored f16 run
         out[f"f16_vs_llama_cpp_f16_{key}"] = {"kld": s["kld"], "kld_unc": s["kld_unc"], "same_top": s["same_top"],

@@ -8,7 +8,8 @@ against lowbit's plan, and decode speed with transformers' DynamicCache (bf16) a
     python benchmarks/real_size.py --tiny --device cpu --out /tmp/t.json  # CPU, a tiny config, seconds (CI)
 
 Models come from lowbit's built-in configs (their text_config), built by transformers with random bf16
-weights straight on the device (normal, std 0.02; no initialisation pass, no checkpoint). A model whose
+weights straight on the device (normal, std 0.02, each tensor from its own generator seeded by its name, so
+any process or GPU draws the same weights; no initialisation pass, no checkpoint). A model whose
 bf16 weights plus its largest cache do not fit the device is skipped and says so (qwen3.5-122b-a10b is
 244 GB in bf16). For every context and cache, a fresh cache takes a random prompt of N tokens in chunks
 (`--chunk`, bounding activations), then decodes `--decode-tokens` greedily, batch 1.
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import hashlib
 import inspect
 import json
 import os
@@ -94,14 +96,20 @@ def text_config(name: str, layers: int | None) -> tuple[dict, ResolvedModel]:
 
 
 def build_model(text: dict, device: str, dtype: torch.dtype, std: float, seed: int):
-    """The causal LM with random weights made on `device` in `dtype` (no init pass, no float32 copy)."""
+    """The Qwen3.5 causal LM of a text config with random weights (see `random_model`)."""
     import transformers
-    from transformers.initialization import no_init_weights
 
     moe = text["model_type"] in MOE
     cfg_cls = transformers.Qwen3_5MoeTextConfig if moe else transformers.Qwen3_5TextConfig
     model_cls = transformers.Qwen3_5MoeForCausalLM if moe else transformers.Qwen3_5ForCausalLM
-    cfg = cfg_cls(**{k: v for k, v in text.items() if k != "model_type"})
+    return random_model(model_cls, cfg_cls(**{k: v for k, v in text.items() if k != "model_type"}), device, dtype,
+                        std, seed)
+
+
+def random_model(model_cls, cfg, device: str, dtype: torch.dtype, std: float, seed: int):
+    """model_cls(cfg) with random weights made on `device` in `dtype` (no init pass, no float32 copy)."""
+    from transformers.initialization import no_init_weights
+
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -110,15 +118,37 @@ def build_model(text: dict, device: str, dtype: torch.dtype, std: float, seed: i
     finally:
         torch.set_default_dtype(old)
     model.tie_weights()  # init_weights ties the embeddings, and no_init_weights skipped it
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:  # matrices, embeddings, conv kernels, expert stacks: left uninitialised above
-                p.normal_(0.0, std, generator=gen)
-            # 1-D parameters (norms, A_log, dt_bias) keep the values their modules construct
+    fill_random(model, std, seed)
     model.eval()
     model.set_attn_implementation("sdpa")
     return model
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A generator seed for one parameter, from the run's seed and the parameter's name alone."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:7], "little")
+
+
+def random_tensor(name: str, shape, dtype, device, std: float, seed: int) -> torch.Tensor | None:
+    """The full value of parameter `name`, drawn by its own generator on `device` (None: a constant the module
+    constructs). Every process and GPU that draws `name` gets the same values, whatever else it draws first,
+    so one GPU, a layer split and each tensor-parallel rank (which keeps its shard of the full draw) run the
+    same weights."""
+    gen = torch.Generator(device=device).manual_seed(tensor_seed(seed, name))
+    if len(shape) >= 2:  # matrices, embeddings, conv kernels, expert stacks
+        return torch.empty(shape, dtype=dtype, device=device).normal_(0.0, std, generator=gen)
+    if name.endswith("A_log"):  # the Gated DeltaNet decay, drawn as its module draws it: log U(0.01, 16)
+        return torch.empty(shape, dtype=torch.float32, device=device).uniform_(0.01, 16, generator=gen).log_().to(dtype)
+    return None  # norms and dt_bias: the constants their modules construct
+
+
+def fill_random(model, std: float, seed: int) -> None:
+    """Give every parameter its per-name random value (`random_tensor`), in place."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            value = random_tensor(name, tuple(p.shape), p.dtype, p.device, std, seed)
+            if value is not None:
+                p.copy_(value)
 
 
 def _implementation(fn) -> str:

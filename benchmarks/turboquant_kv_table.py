@@ -1,5 +1,8 @@
 """The KV-cache quality table of docs/turboquant.md, measured on the real GGUF models on CPU.
 
+(benchmarks/kv_frontier.py is its successor for kv_quality.json: 32,768 tokens, intervals, the frontier,
+--device cuda, resumable; this script stays for the older tables' commands.)
+
     python benchmarks/turboquant_kv_table.py [--models smollm2-135m,gemma3-270m] [--tokens 1024]
 
 Runs `lowbit eval kv` (lowbit.eval.kv.evaluate_kv) for every row below, in one process so

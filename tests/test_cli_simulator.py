@@ -192,7 +192,11 @@ def test_quality_figures_name_the_model_they_were_measured_on(capsys):
     assert f"{kld[0][('turbo3', 'turbo3')]:.3f}" not in memory
     assert all(n in quality for n in names)
     turbo = next(line for line in quality.splitlines() if line.startswith("1bit-turbo"))
-    assert turbo.split()[2:] == [f"{k[('turbo3', 'turbo3')]:.3f}" for k in kld]
+    ci = [next((r.get("kld_ci") for r in m["rows"] if (r["kv_k"], r["kv_v"]) == ("turbo3", "turbo3")
+                and not r.get("boundary")), None) for m in q["models"]]
+    cells = [f"{k[('turbo3', 'turbo3')]:.3f}" + (f" [{max(c[0], 0):.3f}, {c[1]:.3f}]" if c else "")
+             for k, c in zip(kld, ci)]
+    assert " ".join(turbo.split()[2:]) == " ".join(cells)  # with its 95% interval where the file has one
 
 
 def test_the_readme_command_runs_as_a_fresh_process():

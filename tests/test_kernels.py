@@ -144,16 +144,73 @@ def test_kernels_declare_what_they_take(monkeypatch):
     assert kernels.supports("turbo4", "turbo3", 128, cuda) == S("triton", "triton", "triton")
     assert kernels.supports("turbo3", "turbo3", 512, cuda) == S("triton", "triton", "reference")  # > 256: no decode
     assert kernels.supports("turbo3:center", "turbo3", 128, cuda) == S("reference", "triton", "reference")
-    assert kernels.supports("turbo3-prod", "q8_0", 128, cuda) == S("reference", "reference", "reference")
+    assert kernels.supports("turbo3-prod", "q8_0", 128, cuda) == S("reference", "torch", "reference")
     assert kernels.supports("turbo3", "turbo3", 96, cuda) == S("reference", "reference", "reference")
     monkeypatch.setenv("LOWBIT_KERNELS", "reference")
     assert kernels.supports("turbo3", "turbo3", 128, cuda) == S("reference", "reference", "reference")
 
 
-def test_the_cuda_kernel_is_declared_for_turbo3_at_128_and_256():
+def test_the_cuda_kernel_is_declared_for_the_settings_it_compiles():
     cuda = kernels.KERNELS[0]
-    assert cuda.name == "cuda" and cuda.ops == {"decode"} and cuda.formats == {"turbo3"}
+    assert cuda.name == "cuda" and cuda.ops == {"decode"}
+    assert cuda.formats == {"turbo3", "turbo4", "q8_0"} and cuda.value_formats == {"turbo3", "turbo4"}
     assert [d for d in (64, 96, 128, 192, 256, 512) if cuda.head_dims(d)] == [128, 256]
+    from lowbit.kernels import cuda_decode
+
+    assert len(cuda_decode.KERNELS) == 2 * 3 * 2  # head dims x K formats x V formats, one template
+
+
+def test_kernels_take_q8_0_keys_but_not_q8_0_values(monkeypatch):
+    S = kernels.KernelSupport
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(kernels, "_cuda_decode_available", lambda device: True)
+    for k in ("q8_0", "q8_0:rot", "turbo3", "turbo4"):
+        for v in ("turbo3", "turbo4"):
+            want_k = "torch" if k.startswith("q8_0") else "triton"
+            assert kernels.supports(k, v, 256, cuda) == S(want_k, "triton", "cuda"), (k, v)
+    assert kernels.supports("turbo2", "turbo3", 128, cuda) == S("triton", "triton", "triton")
+    assert kernels.supports("q8_0", "turbo2", 128, cuda) == S("torch", "triton", "triton")
+    assert kernels.supports("turbo3", "q8_0", 128, cuda) == S("triton", "torch", "reference")
+    assert kernels.supports("q8_0", "q8_0", 128, cuda).decode == "reference"
+    monkeypatch.setattr(kernels, "_cuda_decode_available", lambda device: False)
+    assert kernels.supports("q8_0", "turbo4", 128, cuda) == S("torch", "triton", "triton")
+
+
+@pytest.mark.parametrize("kspec,vf,D,Hq,Hkv,T", [("q8_0", "turbo3", 128, 8, 2, 70), ("q8_0:rot", "turbo4", 256, 6, 2, 40),
+                                                ("q8_0", "turbo2", 64, 4, 4, 33)])
+def test_decode_attention_q8_0_keys_matches_reference(kspec, vf, D, Hq, Hkv, T):
+    """The Triton kernel over q8_0 keys (queries rotated as the codec rotates keys) and TurboQuant values."""
+    from lowbit.kernels.params import key_params
+    from lowbit.quant.kv_baselines import make_codec
+
+    g = torch.Generator().manual_seed(T)
+    kc, vc = make_codec(kspec, D, seed=3, keys=True), TurboQuant(vf, D, norm_correction=True, seed=4)
+    k, v = torch.randn(2, Hkv, T, D, generator=g) * 1.5, torch.randn(2, Hkv, T, D, generator=g)
+    q = torch.randn(2, Hq, 1, D, generator=g) * 2
+    kp, vp = kc.quantize(k), vc.quantize(v)
+    ref = reference.decode_attention(q.double(), kp, vp, kc, vc)
+    out = turbo_decode_attention(q.to(DEV), kp.to(DEV), vp.to(DEV), key_params(kc, DEV), turbo_params(vc, DEV),
+                                 splits=2, backend="triton").cpu()
+    assert torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max() / ref.abs().max() <= ATTN_TOL
+
+
+def test_q8_0_store_is_gguf_bytes():
+    """kernels.q8 (the GPU store, run here on the CPU) writes gguf's bytes, rotated codecs included."""
+    from lowbit.kernels import q8
+    from lowbit.kernels.params import q8_params
+    from lowbit.quant.kv_baselines import make_codec
+
+    g = torch.Generator().manual_seed(2)
+    for spec in ("q8_0", "q8_0:rot"):
+        for D in (128, 256):
+            codec = make_codec(spec, D, seed=3, keys=True)
+            x = torch.randn(2, 3, 17, D, generator=g) * 3
+            x[0, 0, 0, :32] = 0  # a zero block: scale 0, codes 0
+            x[1, 1, 1, 5] = 1e4  # one outlier dominates its block's scale
+            p = q8.store(q8_params(codec, "cpu"), x)
+            assert torch.equal(p, codec.quantize(x)), (spec, D)
+            assert torch.allclose(q8.dequantize(q8_params(codec, "cpu"), p), codec.dequantize(p), rtol=0, atol=1e-3)
 
 
 def test_kernels_know_nothing_of_transformers():

@@ -194,3 +194,20 @@ def test_vector_store_appends_without_copying_the_cache():
     assert store.packed.shape[:2] == (1, 3) and len(store) == 9
     store.append(xs[2][1:])
     assert len(store) == 10
+
+
+def test_vector_store_reserve_keeps_one_buffer():
+    """After reserve(n), appends up to n vectors in all land in the same buffer, and the bytes are unchanged."""
+    store = make_store("turbo3", 64, keys=True, seed=2)
+    xs = [torch.randn(1, 2, n, 64, generator=torch.Generator().manual_seed(n)) for n in [5] + [1] * 40]
+    store.append(xs[0])
+    store.reserve(45)
+    ptr = store._buf.data_ptr()
+    for x in xs[1:]:
+        store.append(x)
+    assert store._buf.data_ptr() == ptr and len(store) == 45
+    assert torch.equal(store.packed, store.codec.quantize(torch.cat(xs, dim=-2)))
+    store.reserve(10)  # already room: nothing moves
+    assert store._buf.data_ptr() == ptr
+    with pytest.raises(LowbitError):
+        make_store("turbo3", 64, keys=True).reserve(4)

@@ -199,17 +199,19 @@ def test_gemma3_decodes_through_the_cuda_kernel(gemma3_gguf, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
-def test_llama_shaped_model_decodes_through_the_cuda_kernel(monkeypatch):
+@pytest.mark.parametrize("kv", ["turbo3/turbo3", "q8_0/turbo3", "q8_0/turbo4", "turbo4/turbo4"])
+def test_llama_shaped_model_decodes_through_the_cuda_kernel(monkeypatch, kv):
     """Where the real GGUFs are not installed (the lent GPU machine): a 2-layer Llama with Llama-3.1-8B's
     attention shape (32/8 heads of 128), random weights, decodes through the CUDA kernel via the cache hook
-    with the logits of the dense path."""
+    with the logits of the dense path, for each setting the kernel takes."""
     import transformers
 
     from lowbit.kernels import cuda_decode
 
     if not cuda_decode.available("cuda"):
         pytest.skip("no NVRTC")
-    assert kernels.supports("turbo3", "turbo3", 128, "cuda") == kernels.KernelSupport("triton", "triton", "cuda")
+    kf, vf = kv.split("/")
+    assert kernels.supports(kf, vf, 128, "cuda").decode == "cuda"
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=4096 // 4, intermediate_size=1024, num_hidden_layers=2,
                                    num_attention_heads=8, num_key_value_heads=2, head_dim=128,
@@ -220,12 +222,12 @@ def test_llama_shaped_model_decodes_through_the_cuda_kernel(monkeypatch):
     orig = cuda_decode.stage1
     monkeypatch.setattr(cuda_decode, "stage1", lambda *a, **k: launches.append(a[0].shape) or orig(*a, **k))
     with torch.no_grad():
-        cache = fused.enable(model, kv_k="turbo3")
+        cache = fused.enable(model, kv_k=kf, kv_v=vf)
         out = _step(model, ids, cache)  # prefill: dense K/V, SDPA
         nxt = out.logits[:, -1:].argmax(-1)
         step = _step(model, nxt, cache)
         model.set_attn_implementation("sdpa")
-        ref_cache = QuantizedKVCache(cfg, "turbo3")  # the same codecs, dequantized for SDPA
+        ref_cache = QuantizedKVCache(cfg, kf, vf)  # the same codecs, dequantized for SDPA
         _step(model, ids, ref_cache)
         ref = _step(model, nxt, ref_cache)
     assert len(launches) == cfg.num_hidden_layers  # one decode step, every layer through the CUDA kernel

@@ -216,9 +216,15 @@ def test_one_pass_through_the_cache_on_a_tiny_model(tmp_path, write_tiny_gguf):
     def q4(c):
         return QuantizedKVCache(c, "turbo3")
 
-    (ppl, err), (same, quant) = protocol.compare(win, (model, f16), [(model, f16), (model, q4)], progress=False)
+    base, (same, quant) = protocol.compare(win, (model, f16), [(model, f16), (model, q4)], progress=False)
     assert same.kld == pytest.approx(0, abs=1e-6) and same.same_top == 1.0 and same.tokens == 3 * 15
     assert quant.kld > 1e-4
+    # per-window sums (for the bootstrap) add up to the totals
+    assert quant.stats.n == 3 and quant.stats.tokens.tolist() == [15, 15, 15]
+    assert float(quant.stats.kld.sum()) / 45 == pytest.approx(quant.kld, rel=1e-9)
+    assert math.exp(float(quant.stats.nll.sum()) / 45) == pytest.approx(quant.ppl, rel=1e-9)
+    assert math.exp(float(base.stats.nll.sum()) / 45) == pytest.approx(base.ppl, rel=1e-9)
+    ppl = base.ppl
     with torch.inference_mode():  # the same scored positions, without any cache
         lp = torch.log_softmax(model(input_ids=win.ids).logits[:, win.prefill:-1].double(), -1)
     nll = -lp.gather(-1, win.ids[:, win.prefill + 1:, None]).squeeze(-1)

@@ -56,6 +56,39 @@ def test_native_torch_bytes_equal_gguf(name):
     assert torch.isnan(codec.dequantize(torch.from_numpy(ours))[0, 0])
 
 
+def _q8_0_inputs(device) -> torch.Tensor:
+    """Random blocks, and blocks made to hit the rounding edges: exact halves after scaling, zeros, one value."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(96, 256, generator=g) * torch.logspace(-6, 4, 96)[:, None]
+    x[0] = 0.0
+    x[1, :] = 0.0
+    x[1, 5] = -3.5
+    x[2] = torch.arange(256) % 32 - 15.5  # d = 127 / 127 = 1: every value an exact half after x / d
+    x[2, ::32] = 127.0
+    x[3] = torch.arange(256) - 128.0
+    return x.to(device)
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_q8_0_in_torch_is_gguf_byte_for_byte_on_the_device(device):
+    x = _q8_0_inputs(device)
+    codec = make_codec("q8_0:norot", 256)
+    ours = codec.quantize(x)
+    assert ours.device.type == device  # quantized where the tensor lives, no trip through host memory
+    theirs = np.ascontiguousarray(quants.quantize(x.cpu().numpy(), T.Q8_0)).view(np.uint8).reshape(96, -1)
+    assert np.array_equal(ours.cpu().numpy(), theirs)
+    back = codec.dequantize(ours)
+    assert back.device.type == device
+    assert torch.equal(back.cpu(), torch.from_numpy(quants.dequantize(theirs, T.Q8_0).reshape(96, 256)))
+    # rotated (llama.cpp's default): gguf's bytes of the rotated vectors, still on the device
+    rot = make_codec("q8_0", 256)
+    packed = rot.quantize(x)
+    assert packed.device.type == device
+    rotated = np.ascontiguousarray(rot.rotate(x).cpu().numpy())
+    assert np.array_equal(packed.cpu().numpy(),
+                          np.ascontiguousarray(quants.quantize(rotated, T.Q8_0)).view(np.uint8).reshape(96, -1))
+
+
 def test_q8_0_and_q4_0_error_is_within_half_a_step():
     x = torch.randn(500, 64)
     # q8_0: d = amax/127, symmetric, half a step; q4_0: d = max/-8 over codes -8..7, so the side

@@ -7,7 +7,8 @@ with no device; it is taken as usable in full unless a device kind is named with
 
 Each device also carries its peak memory bandwidth and matrix FLOP rate (vendor figures, with their
 source) for the speed estimates. `this-cpu` is this machine as `lowbit devices --measure` measured it
-(a device profile in the user cache: streaming bandwidth and f32 matrix rate of one thread, with numpy).
+(a device profile in the user cache: streaming bandwidth and f32 matrix rate of one thread, with numpy; and,
+where torch sees CUDA GPUs, each GPU's copy bandwidth and bf16 matrix-product rate).
 """
 
 from __future__ import annotations
@@ -252,6 +253,64 @@ def _memory_bytes() -> int:
         return 0
 
 
+def _cuda_present() -> bool:
+    """A CUDA driver and torch are both there, found without importing torch (seconds) on machines without."""
+    import importlib.util
+
+    driver = Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
+    return driver and importlib.util.find_spec("torch") is not None
+
+
+def measure_cuda(quick: bool = False) -> list[dict]:
+    """Each visible CUDA GPU: streaming copy bandwidth (a device-to-device copy of a large random float32 array,
+    bytes read + written), streaming read (a sum over it) and the dense bf16 matrix-product rate (n x n x n on
+    random inputs), each the median of repeats timed with CUDA events after a warm-up. [] without CUDA."""
+    if not _cuda_present():
+        return []
+    import torch  # lazy: only a machine with a CUDA driver gets here
+
+    if not torch.cuda.is_available():
+        return []
+    size = (64 if quick else 2048) << 20  # bytes per array: far past the 50-60 MB L2 of current GPUs
+    n = 2048 if quick else 8192
+    reps = 5 if quick else 20
+    out = []
+    for i in range(torch.cuda.device_count()):
+        dev = torch.device("cuda", i)
+        with torch.cuda.device(dev):
+            gen = torch.Generator(device=dev).manual_seed(i)
+            a = torch.randn(size // 4, device=dev, generator=gen)
+            b = torch.empty_like(a)
+            x = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=gen)
+            y = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=gen)
+
+            def median_s(fn) -> float:
+                for _ in range(3):
+                    fn()
+                times = []
+                for _ in range(reps):
+                    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    e0.record()
+                    fn()
+                    e1.record()
+                    e1.synchronize()
+                    times.append(e0.elapsed_time(e1) / 1e3)
+                return sorted(times)[len(times) // 2]
+
+            copy = 2 * a.nbytes / median_s(lambda: b.copy_(a))
+            read = a.nbytes / median_s(lambda: a.sum())
+            flops = 2.0 * n**3 / median_s(lambda: torch.mm(x, y))
+            props = torch.cuda.get_device_properties(dev)
+            out.append({"index": i, "name": props.name, "memory_bytes": int(props.total_memory),
+                        "multiprocessors": props.multi_processor_count,
+                        "copy_bandwidth_bytes_s": copy, "read_bandwidth_bytes_s": read, "bf16_matmul_flops": flops,
+                        "array_bytes": int(a.nbytes), "matrix": n, "repeats": reps, "torch": torch.__version__,
+                        "cuda": torch.version.cuda})
+            del a, b, x, y
+        torch.cuda.empty_cache()
+    return out
+
+
 def measure(quick: bool = False, timeout: float = 120.0) -> dict:
     """Measure this machine: streaming read and copy bandwidth and the f32 matrix FLOP rate of one thread.
 
@@ -276,6 +335,10 @@ def measure(quick: bool = False, timeout: float = 120.0) -> dict:
         "loadavg": list(load) if load else None, "threads": 1, "quick": quick, **figures,
         "method": "numpy in a child process with one BLAS thread; CPU time (process_time), best of several passes: "
                   "a.sum() over a float64 array (read), np.copyto (copy: read + write), float32 matmul (2n^3 FLOP)",
+        "gpus": measure_cuda(quick),
+        "gpu_method": "torch on each visible CUDA GPU, CUDA events, median of repeats after 3 warm-ups, random "
+                      "inputs: copy_ of a float32 array (copy: read + write), its sum (read), bf16 n x n x n torch.mm "
+                      "(2n^3 FLOP)",
     }
 
 

@@ -20,6 +20,7 @@ EVAL_CHUNK = (1, 1 << 16)  # tokens per forward after the prefill
 KV_BOUNDARY = (0, 4096)  # layers kept in f16 at each end
 NIAH_LENGTH = (1, 1 << 17)  # NIAH prompt length in tokens
 NIAH_DEPTH = (0.0, 1.0)  # where the needle sits, as a fraction of the prompt
+NIAH_REPEATS = (1, 1000)  # needles (other passphrases and haystacks) per length and depth
 MAX_LIST = 64  # items in a comma list (NIAH lengths or depths)
 CALIB_TOKENS = (1, 1 << 20)  # calibration tokens for GPTQ
 HEAD_DIM = (1, 65536)  # `formats --head-dim`

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from lowbit.errors import LowbitError
 from lowbit.formats.kv import KVSpec, parse_kv_spec
 from lowbit.quant.kv_baselines import make_codec
 from lowbit.quant.kv_codec import KVCodec
@@ -51,6 +52,21 @@ class VectorStore:
         self._buf[..., self._hi:self._hi + n, :] = p
         self._hi += n
         self.packed = self._buf[..., self._lo:self._hi, :]
+
+    def reserve(self, tokens: int) -> None:
+        """Room for `tokens` vectors in all (after the first append, which fixes batch and heads): appends up to that
+        many copy nothing, where doubling would copy the live bytes and briefly hold three times them."""
+        if self._buf is None:
+            raise LowbitError("reserve() needs one append first (it fixes the batch and head dimensions)")
+        if self._buf.shape[-2] - self._lo >= tokens:
+            return
+        live = len(self)
+        buf = torch.empty(*self._buf.shape[:-2], max(tokens, live), self._buf.shape[-1], dtype=torch.uint8,
+                          device=self._buf.device)
+        if live:
+            buf[..., :live, :] = self.packed
+        self._buf, self._lo, self._hi = buf, 0, live
+        self.packed = self._buf[..., :live, :]
 
     def dense(self) -> torch.Tensor:
         if len(self) == 0:

@@ -15,8 +15,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("phone", "apple", "gpu", "cpu"), help="only devices of this kind")
     add_wide(p, "the aliases, memory bandwidth and FLOP rate of each device")
     p.add_argument("--measure", action="store_true",
-                   help="measure this machine (streaming bandwidth, f32 matrix FLOP rate; about 15 s) and store it "
-                        f"as the device profile `{THIS_CPU}` in the user cache")
+                   help="measure this machine (streaming bandwidth, f32 matrix FLOP rate; about 15 s; and each CUDA "
+                        "GPU torch sees: copy bandwidth, bf16 matrix rate) and store it as the device profile "
+                        f"`{THIS_CPU}` in the user cache")
     p.add_argument("--format", default="table", choices=("table", "json"), help="output format (default table)")
 
 
@@ -31,6 +32,10 @@ def _measure(args: argparse.Namespace) -> int:
     t.add("read bandwidth, 1 thread", f"{prof['read_bandwidth_bytes_s'] / 1e9:.1f} GB/s")
     t.add("copy bandwidth, 1 thread", f"{prof['copy_bandwidth_bytes_s'] / 1e9:.1f} GB/s")
     t.add("f32 matmul, 1 thread", f"{prof['flops'] / 1e9:.1f} GFLOP/s")
+    for g in prof.get("gpus") or []:
+        t.add(f"GPU {g['index']} ({g['name']}) copy bandwidth", f"{g['copy_bandwidth_bytes_s'] / 1e12:.2f} TB/s")
+        t.add(f"GPU {g['index']} read bandwidth", f"{g['read_bandwidth_bytes_s'] / 1e12:.2f} TB/s")
+        t.add(f"GPU {g['index']} bf16 matmul", f"{g['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s")
     load = prof.get("loadavg")
     t.caption = (f"Stored in {path}. Method: {prof['method']}. "
                  + (f"Load average while measuring: {load[0]:.2f} (CPU time is the clock, so other jobs on a "

@@ -99,6 +99,20 @@ def _offload(r: FitResult) -> str:
     return "none"
 
 
+def _per_gpu(r: FitResult) -> str:
+    """Each GPU's share at the row's context: weights + KV + state + runtime."""
+    def share(g) -> str:
+        return (f"{_gib(g.weights_bytes)} + {_gib(g.kv_bytes)} + {_gib(g.state_bytes)} + {_gib(g.runtime_bytes)} "
+                f"= {_gib(g.total_bytes)}")
+
+    shares = r.need.per_gpu
+    if len(set(shares)) == 1:  # tensor parallel: every rank holds the same
+        parts = [f"each of {len(shares)}: {share(shares[0])}"]
+    else:
+        parts = [f"#{i} {share(g)}" for i, g in enumerate(shares)]
+    return f"per GPU {r.model} (GiB, weights + KV + state + runtime): " + "; ".join(parts)
+
+
 def fit_table(results: list[FitResult], wide: bool) -> Table:
     """One row per model. The narrow table (80 columns) puts the offload arguments in notes under it."""
     r0 = results[0]
@@ -117,7 +131,7 @@ def fit_table(results: list[FitResult], wide: bool) -> Table:
     else:
         t = Table(title, ["model", "context", "fits", "need\nGiB", "headroom\nGiB", "max\ncontext", "max\nusers",
                           "best\nweights"], right_align_from=1)
-    notes = []
+    notes, per_gpu = [], []
     for r in results:
         if r.max_context is None:
             mc = "none fits"
@@ -139,7 +153,12 @@ def fit_table(results: list[FitResult], wide: bool) -> Table:
                          f"({r.speed.decode_bound}), prefill ~{tps(r.speed.prefill_tps)} tok/s "
                          f"({r.speed.prefill_bound})")
         t.add(*row)
+        if r.need.per_gpu:
+            per_gpu.append(_per_gpu(r))
+    if wide and per_gpu:
+        t.caption = "\n".join(per_gpu + [t.caption])
     if not wide:
+        notes += per_gpu
         marks = ["* the model's trained maximum, not memory, stops the largest context."] \
             if any(r.limited_by == "model" for r in results) else []
         t.caption = "\n".join(notes + marks + ["Assumptions:"] + [f"- {a}" for a in assumptions + speed_notes])

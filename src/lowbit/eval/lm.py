@@ -1,4 +1,4 @@
-"""A real GGUF model as a transformers CausalLM on the CPU, in float32.
+"""A real GGUF model as a transformers CausalLM in float32, on the CPU (default) or a GPU.
 
 transformers can read GGUF itself, but only with `accelerate` installed (not a lowbit dependency)
 and slowly (24 s / 35 s for SmolLM2 / Gemma 3 here); so lowbit builds the config from the GGUF
@@ -15,6 +15,12 @@ The weights API speaks GGUF: tensor names like "blk.0.attn_q.weight" and numpy a
 weight quantizer does `w = gguf_weights(path)[name]`, quantizes and dequantizes w, and evaluates
 `load_model(path, replace={name: w_hat})`. Both models tie their output layer to token_embd.weight:
 replacing token_embd replaces the output projection too, as in llama.cpp.
+
+Devices: `load_model(..., device="cuda")` moves the float32 model to the GPU with TF32 off (matrix products
+and cuDNN in full float32, so a GPU figure differs from the CPU's by float rounding only); everything the
+model needs comes from the GGUF file alone (no hub, no network). The tokenizer is built from the GGUF
+too; a saved copy goes to $LOWBIT_CACHE/tokenizers (default ~/.cache/lowbit), which only saves time: a
+missing or read-only cache directory costs the ~12 s of building it again.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from lowbit.models.catalog import gguf_path
 from lowbit.models.config import from_gguf_metadata
 from lowbit.models.local import cache_dir
 from lowbit.models.gguf_header import read_header
+from lowbit.printable import printable
 from lowbit.progress import progress_bar, step
 from lowbit.safe_write import TMP_PREFIX, clean_stale
 
@@ -307,21 +314,74 @@ def _skip_init():
 
 
 @functools.lru_cache(maxsize=2)
-def _base_model(path: Path):
-    return _build(path, None)
+def _base_model(path: Path, device: str = "cpu"):
+    model = _build(path, None)
+    return model if device == "cpu" else model.to(device)
 
 
-def load_model(model: str | os.PathLike, replace: dict[str, np.ndarray] | None = None):
-    """The model as a float32 transformers CausalLM in eval mode on the CPU.
+def torch_device(device: str | None = "cpu"):
+    """`device` ("cpu", "cuda", "cuda:N") as a torch.device, checked: a GPU that is not there is a LowbitError.
+    On CUDA, TF32 is switched off for matrix products and cuDNN (lowbit measures float32 models)."""
+    import torch
+
+    text = "cpu" if device is None else str(device).strip().lower()
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise LowbitError(f"--device must be cpu or cuda[:N], got {printable(text)[:40]}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise LowbitError(f"--device must be cpu or cuda[:N], got {printable(text)[:40]}")
+    if not torch.cuda.is_available():
+        raise LowbitError("--device cuda: no CUDA device is available to torch here")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LowbitError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s)")
+    no_tf32()
+    return dev
+
+
+def device_name(dev) -> str:
+    """`cpu (torch 2.13.0)` or `cuda:0 (NVIDIA H200, torch 2.11.0, TF32 off)`: where a figure was measured."""
+    import torch
+
+    dev = torch.device(dev)
+    if dev.type != "cuda":
+        return f"cpu (torch {torch.__version__})"
+    return f"{dev} ({torch.cuda.get_device_name(dev)}, torch {torch.__version__}, TF32 off)"
+
+
+def _current_cuda() -> int:
+    import torch
+
+    return torch.cuda.current_device()
+
+
+def no_tf32() -> None:
+    """Full float32 matrix products on CUDA (torch's defaults may use TF32 for cuDNN convolutions; newer torch
+    spells the same switch fp32_precision)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+def load_model(model: str | os.PathLike, replace: dict[str, np.ndarray] | None = None, device: str = "cpu"):
+    """The model as a float32 transformers CausalLM in eval mode, on `device` (default the CPU).
 
     replace: GGUF tensor name -> float32 array in GGUF shape (see `gguf_weights`), e.g. the
     quantize->dequantize round trip of that tensor. Without it the shipped model is returned, cached
-    per process (treat it as read-only); with it a new model is built that shares every tensor not replaced.
+    per process and device (treat it as read-only); with it a new model is built that shares every
+    tensor not replaced (on the CPU; on another device it is a copy there).
     """
     path = resolve(model)
+    dev = torch_device(device)
+    name = "cpu" if dev.type == "cpu" else f"cuda:{dev.index if dev.index is not None else _current_cuda()}"
     if not replace:
-        return _base_model(path)
-    return _build(path, replace)
+        return _base_model(path, name)
+    built = _build(path, replace)
+    return built if name == "cpu" else built.to(name)
 
 
 @functools.lru_cache(maxsize=4)

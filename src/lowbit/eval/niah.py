@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from lowbit.errors import LowbitError
-from lowbit.eval.metrics import CacheFactory, dynamic_cache
+from lowbit.eval.metrics import CacheFactory, dynamic_cache, model_device
 from lowbit.eval.text import bos_id, corpus_tokens
 from lowbit.progress import progress_bar
 
@@ -116,12 +116,13 @@ def trial(
     make_cache = make_cache or dynamic_cache
     kw = cache_kwarg(model)
     cache = make_cache(model.config)
-    ids_t = torch.tensor([ids])
+    device = model_device(model)
+    ids_t = torch.tensor([ids], device=device)
     eos = tokenizer.eos_token_id
 
     def step(s: int, e: int, token_ids=None):
         x = ids_t[:, s:e] if token_ids is None else token_ids
-        pos = torch.arange(s, e).reshape(1, -1)
+        pos = torch.arange(s, e, device=device).reshape(1, -1)
         return model(input_ids=x, position_ids=pos, use_cache=True, logits_to_keep=1, **{kw: cache}).logits[0, -1]
 
     with torch.inference_mode():
@@ -137,7 +138,7 @@ def trial(
             out.append(tok)
             if len(_words(tokenizer.decode(out))) > 2 or "\n" in tokenizer.decode(out):
                 break
-            logits = step(n, n + 1, torch.tensor([[tok]]))
+            logits = step(n, n + 1, torch.tensor([[tok]], device=device))
             n += 1
     answer = tokenizer.decode(out)
     return Trial(length, depth, passphrase, answer, _words(answer)[:2] == passphrase.split())

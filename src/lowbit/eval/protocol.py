@@ -28,9 +28,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 from lowbit.cache import cache_kwarg
 from lowbit.errors import LowbitError
 from lowbit.eval import PROTOCOLS, llama_tokens, text
+from lowbit.eval.bootstrap import WindowStats
 from lowbit.eval.text import Windows
 from lowbit.models.gguf_header import read_header
 from lowbit.progress import progress_bar
@@ -105,12 +108,13 @@ def window_logits(model, ids, first: int, make_cache: Callable[[object], object]
     import torch
 
     n_ctx = int(ids.shape[-1])
-    ids = ids.reshape(1, n_ctx)
+    dev = getattr(model, "device", None)  # a model on a GPU: ids go there, the logits come back to the CPU
+    ids = ids.reshape(1, n_ctx).to(dev)
+    pos = torch.arange(n_ctx, device=dev).reshape(1, n_ctx)
     kw = {"use_cache": False} if make_cache is None else {cache_kwarg(model): make_cache(model.config), "use_cache": True}
     with torch.inference_mode():
-        out = model(input_ids=ids, position_ids=torch.arange(n_ctx).reshape(1, n_ctx), logits_to_keep=n_ctx - first,
-                    **kw)
-    return out.logits[0, :-1].float()
+        out = model(input_ids=ids, position_ids=pos, logits_to_keep=n_ctx - first, **kw)
+    return out.logits[0, :-1].float().cpu()
 
 
 # -------------------------------------------------------------------------------------------- llama.cpp's sums
@@ -242,15 +246,27 @@ class Result:
     windows: int
     context: int
     seconds: float
+    stats: WindowStats | None = None  # per-window sums (NLL, KLD, same top), for bootstrap intervals
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["stats"] = None if self.stats is None else self.stats.as_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class Base:
+    """The base series on its own float logits: llama-perplexity's "Final estimate" of the base run."""
+
+    ppl: float
+    ppl_unc: float
+    stats: WindowStats  # per-window NLL and scored tokens
 
 
 def compare(win: Windows, base: Run, tests: Sequence[Run], *, progress: bool = True,
             description: str = "llama.cpp protocol",
-            on_base: Callable[[int, object], None] | None = None) -> tuple[tuple[float, float], list[Result]]:
-    """The base's (PPL, ±) on its own float logits, and each test series against the base, window by window.
+            on_base: Callable[[int, object], None] | None = None) -> tuple[Base, list[Result]]:
+    """The base on its own, and each test series against the base, window by window.
 
     Nothing is stored between windows: the base's logits of a window are computed once and compared with every
     test's, so several formats cost one base pass. on_base(w, logits) sees each window's base logits.
@@ -258,6 +274,7 @@ def compare(win: Windows, base: Run, tests: Sequence[Run], *, progress: bool = T
     t0 = time.perf_counter()
     first = win.prefill
     base_sums, sums = Sums(), [Sums() for _ in tests]
+    base_nll, per_window = [], [([], [], []) for _ in tests]  # per test: NLL, KLD, same-top sums of each window
     bar, task = progress_bar(progress, description, win.tokens * (1 + len(tests)))
     with bar:
         for w in range(win.n_windows):
@@ -265,15 +282,25 @@ def compare(win: Windows, base: Run, tests: Sequence[Run], *, progress: bool = T
             b_logits = window_logits(base[0], ids, first, base[1])
             if on_base is not None:
                 on_base(w, b_logits)
+            before = base_sums.nll
             base_sums.add(b_logits, targets)
+            base_nll.append(base_sums.nll - before)
             b_lp = base_log_probs(b_logits)
             bar.advance(task, win.scored)
-            for (model, make_cache), s in zip(tests, sums):
+            for (model, make_cache), s, (nll, kld, top) in zip(tests, sums, per_window):
+                was = (s.nll, s.kld, s.same_top)
                 s.add(window_logits(model, ids, first, make_cache), targets, b_lp)
+                nll.append(s.nll - was[0])
+                kld.append(s.kld - was[1])
+                top.append(s.same_top - was[2])
                 bar.advance(task, win.scored)
     seconds = time.perf_counter() - t0
-    results = [Result(**summary(s), windows=win.n_windows, context=win.context, seconds=seconds) for s in sums]
-    return ppl_and_error(base_sums), results
+    counts = np.full(win.n_windows, win.scored)
+    results = [Result(**summary(s), windows=win.n_windows, context=win.context, seconds=seconds,
+                      stats=WindowStats(np.array(nll), counts, np.array(kld), np.array(top)))
+               for s, (nll, kld, top) in zip(sums, per_window)]
+    ppl, unc = ppl_and_error(base_sums)
+    return Base(ppl, unc, WindowStats(np.array(base_nll), counts)), results
 
 
 def describe(path, win: Windows, escape: bool = True) -> dict:
@@ -281,32 +308,31 @@ def describe(path, win: Windows, escape: bool = True) -> dict:
     return {
         "protocol": "llama.cpp",
         "protocol_source": "llama.cpp 0c1e57098 tools/perplexity/perplexity.cpp",
-        "text": "lowbit.eval.text.corpus() as llama-perplexity -f reads it: one trailing newline dropped, "
-                + ("escapes processed (its default)" if escape else "no escapes (--no-escape)"),
+        "protocol_text": "lowbit.eval.text.corpus() as llama-perplexity -f reads it: one trailing newline dropped, "
+                         + ("escapes processed (its default)" if escape else "no escapes (--no-escape)"),
         "tokenizer": "the GGUF vocabulary split as llama.cpp splits it (lowbit.eval.llama_tokens)",
         "bos_overwrite": bos_id(path) is not None,
-        "windows": win.n_windows,
         "scored_per_window": win.scored,
         "token_ids_sha256_16": token_digest(win),
     }
-
 
 
 def quality(path, n_tokens: int, n_ctx: int, base: Run, test: Run, *, progress: bool = True,
             description: str = "llama.cpp protocol", escape: bool = True):
     """One test series against its base under llama-perplexity's protocol: (metrics.Quality, the protocol's fields).
 
-    Quality.ppl_reference is the base's own PPL (llama-perplexity's "Final estimate" of the base run); the extra
-    fields hold the ± of each figure as llama.cpp computes them, `ppl_base_stored` (the base as the KL-divergence
-    run reads it back, uint16, which `ppl_ratio` divides by) and what `describe` says.
+    Quality.ppl_reference is the base's own PPL (llama-perplexity's "Final estimate" of the base run) and its
+    stats feed lowbit's bootstrap intervals; "llama_cpp_sums" holds the figures with the ± llama.cpp prints
+    (`ppl_base_stored`: the base as the KL-divergence run reads it back, uint16, which its `ppl_ratio` divides by).
     """
     from lowbit.eval.metrics import Quality
 
     win = windows(path, n_tokens, n_ctx, escape)
-    (base_ppl, base_unc), (r,) = compare(win, base, [test], progress=progress, description=description)
+    b, (r,) = compare(win, base, [test], progress=progress, description=description)
     q = Quality(ppl=r.ppl, kld=r.kld, top1=r.same_top, tokens=r.tokens, context=n_ctx, prefill=win.prefill,
-                chunk=None, windows=win.n_windows, ppl_reference=base_ppl, seconds=r.seconds)
-    extra = {**describe(path, win, escape), "ppl_unc": r.ppl_unc, "ppl_reference_unc": base_unc,
-             "ppl_base_stored": r.ppl_base, "ppl_ratio": r.ppl_ratio, "ppl_ratio_unc": r.ppl_ratio_unc,
-             "kld_unc": r.kld_unc, "top1_unc": r.same_top_unc}
-    return q, extra
+                chunk=None, windows=win.n_windows, ppl_reference=b.ppl, seconds=r.seconds, stats=r.stats,
+                reference_stats=b.stats)
+    sums = {"ppl": r.ppl, "ppl_unc": r.ppl_unc, "ppl_f16": b.ppl, "ppl_f16_unc": b.ppl_unc,
+            "ppl_base_stored": r.ppl_base, "ppl_ratio": r.ppl_ratio, "ppl_ratio_unc": r.ppl_ratio_unc,
+            "kld": r.kld, "kld_unc": r.kld_unc, "same_top": r.same_top, "same_top_unc": r.same_top_unc}
+    return q, {**describe(path, win, escape), "llama_cpp_sums": sums}

@@ -1,35 +1,77 @@
 """The evaluation text: real English prose from CPython's `pydoc_data.topics` (about 465k characters).
 
 The topics are joined in sorted-key order with blank lines, so the corpus is the same on every run
-of a given Python version; it is tokenized once per tokenizer and cut into windows of `context` tokens.
+of a given Python version (other versions edit the topics: `source()` names the version and a hash of
+the text); it is tokenized once per tokenizer and cut into windows of `context` tokens.
+$LOWBIT_EVAL_TEXT, a UTF-8 file, replaces it (e.g. the same text written out on another machine with
+`python -c "from lowbit.eval.text import corpus; print(corpus(), end='')" > eval_text.txt`).
 Models whose tokenizer prepends BOS (Gemma) get BOS as the first token of every window, as
 llama.cpp's perplexity tool does; models that don't (SmolLM2) see plain text.
+
+Evaluations take DEFAULT_TOKENS (32,768) text tokens unless told otherwise, or the whole corpus where it
+is shorter (`default_tokens`): about 110k tokens here, so 64 windows of 512.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import platform
 from dataclasses import dataclass
 
 from lowbit.errors import LowbitError
+from lowbit.safe_read import read_bounded, short
+
+DEFAULT_TOKENS = 32_768
+TEXT_ENV = "LOWBIT_EVAL_TEXT"
+MAX_TEXT_BYTES = 256 << 20
 
 
-@functools.lru_cache(maxsize=1)
-def corpus() -> str:
+def _text_file() -> str | None:
+    return os.environ.get(TEXT_ENV) or None
+
+
+@functools.lru_cache(maxsize=2)
+def _corpus(path: str | None) -> str:
+    if path is not None:
+        raw = read_bounded(path, MAX_TEXT_BYTES, f"text file (${TEXT_ENV})")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise LowbitError(f"${TEXT_ENV}: {short(path)} is not UTF-8 text") from None
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
+def corpus() -> str:
+    """The evaluation text ($LOWBIT_EVAL_TEXT's file, else the pydoc topics)."""
+    return _corpus(_text_file())
+
+
+def source() -> dict:
+    """Which text: its name, size and a hash (the same hash means the same text, on any machine)."""
+    text = corpus()
+    path = _text_file()
+    name = f"file {os.path.basename(path)} (${TEXT_ENV})" if path else \
+        f"pydoc_data.topics of Python {platform.python_version()}"
+    return {"name": name, "characters": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def default_tokens(tokenizer) -> int:
+    """DEFAULT_TOKENS, or the whole corpus where it has fewer tokens."""
+    return min(DEFAULT_TOKENS, len(corpus_tokens(tokenizer)))
+
+
 @functools.lru_cache(maxsize=8)
-def _stream(tokenizer) -> tuple[int, ...]:
-    return tuple(tokenizer(corpus(), add_special_tokens=False)["input_ids"])
+def _stream(tokenizer, path: str | None) -> tuple[int, ...]:
+    return tuple(tokenizer(_corpus(path), add_special_tokens=False)["input_ids"])
 
 
 def corpus_tokens(tokenizer) -> tuple[int, ...]:
-    """The whole corpus as token ids, without special tokens (cached per tokenizer)."""
-    return _stream(tokenizer)
+    """The whole corpus as token ids, without special tokens (cached per tokenizer and text)."""
+    return _stream(tokenizer, _text_file())
 
 
 def bos_id(tokenizer) -> int | None:
@@ -45,7 +87,8 @@ def eval_tokens(tokenizer, n_tokens: int, offset: int = 0) -> list[int]:
     if n_tokens < 1 or offset < 0:
         raise LowbitError(f"token count must be >= 1 and offset >= 0 (got {n_tokens}, {offset})")
     if offset + n_tokens > len(stream):
-        raise LowbitError(f"the pydoc corpus has {len(stream)} tokens for this tokenizer; asked for {offset + n_tokens}")
+        raise LowbitError(f"the evaluation text ({source()['name']}) has {len(stream):,} tokens for this tokenizer; "
+                          f"asked for {offset + n_tokens:,}")
     return list(stream[offset : offset + n_tokens])
 
 

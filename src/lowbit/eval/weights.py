@@ -6,6 +6,9 @@ llama.cpp's mix rules (the planner's, as `lowbit quantize` writes them: e.g. the
 Q8_0), the model is rebuilt with the dequantized tensors, and compared on the pydoc text:
 perplexity (context stated), KL divergence and top-1 agreement against the stored model.
 
+Perplexity ratio, KLD and top-1 carry 95% intervals: a bootstrap over windows, paired with the stored
+model on the same windows (lowbit.eval.bootstrap). The model runs in float32 on `device` (cpu or cuda).
+
 Bits per weight are *exact* from what is stored: every scale, offset and rotation seed counted.
 `bits_per_weight` is the whole model (all tensors, embeddings and norms included); `body_bits_per_weight`
 counts only the transformer blocks' matrices.
@@ -30,6 +33,7 @@ from lowbit.safe_read import probe, read_bounded
 from lowbit.safe_write import output_path, write_text
 from lowbit.eval import lm, metrics, text
 from lowbit.eval import protocol as llama_protocol
+from lowbit.eval.bootstrap import interval_fields
 from lowbit.eval.calibration import calibration_hessians
 from lowbit.formats.kv import kv_format
 from lowbit.formats.weights import mix, weight_type
@@ -143,35 +147,45 @@ def _cache_factory(kv: str | None, default=None):
     return make
 
 
-def check_settings(model, tokens: int, context: int, calib_tokens: int, kv: str | None) -> None:
+def check_settings(model, tokens: int | None, context: int, calib_tokens: int, kv: str | None,
+                   device: str = "cpu") -> None:
     """What every row of a run shares, checked before any model loads (a ladder checks it once)."""
-    whole(tokens, "--tokens", EVAL_TOKENS)
+    if tokens is not None:
+        whole(tokens, "--tokens", EVAL_TOKENS)
     whole(context, "--context", EVAL_CONTEXT)
     whole(calib_tokens, "--calib-tokens", CALIB_TOKENS)
-    if tokens < context:
+    if tokens is not None and tokens < context:
         raise LowbitError(f"--tokens ({tokens}) must be at least --context ({context})")
     if kv is not None:
         kv_format(kv)
+    lm.torch_device(device)
     lm.resolve(model)
 
 
 @honours_progress
-def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4096, context: int = 512,
+def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int | None = None, context: int = 512,
                      pure: bool = False, pad: bool = False, calib_tokens: int = 4096, progress: bool = True,
-                     kv: str | None = None, protocol: str = "lowbit") -> dict:
+                     kv: str | None = None, device: str = "cpu", protocol: str = "lowbit") -> dict:
+    """tokens: text tokens to evaluate (None: text.DEFAULT_TOKENS, or the whole text where it is shorter).
+    protocol: "lowbit" (one pass per window, no cache) or "llama.cpp" (lowbit.eval.protocol, an f16 cache)."""
     t0 = time.perf_counter()
     llama_protocol.check(protocol)
     fmt = "stored" if fmt.lower() in ("stored", "shipped") else fmt.upper()
-    check_settings(model, tokens, context, calib_tokens, kv)
+    check_settings(model, tokens, context, calib_tokens, kv, device)
     if fmt != "stored":  # refuse bad names before minutes of model loading
         weights.method_for(own_type(fmt), method)
+    dev = lm.torch_device(device)
     path = lm.resolve(model)
     tok = lm.load_tokenizer(path)
+    if tokens is None:
+        tokens = text.default_tokens(tok)
+        if tokens < context:
+            raise LowbitError(f"the evaluation text has {tokens} tokens, fewer than --context ({context})")
     win = text.windows(tok, n_tokens=tokens, context=context) if protocol == "lowbit" else None
-    base = lm.load_model(path)
+    base = lm.load_model(path, device=str(dev))
     ref = metrics.reference(base, win, progress=progress) if win is not None else None
     replace, bits, own = quantized_weights(path, fmt, method, pure, pad, calib_tokens, progress)
-    net = lm.load_model(path, replace=replace) if replace else base
+    net = lm.load_model(path, replace=replace, device=str(dev)) if replace else base
     extra = {"protocol": protocol}
     if protocol == "llama.cpp":  # llama-perplexity's windows and sums; its default cache is f16 (-ctk f16)
         def f16(config):
@@ -188,7 +202,10 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int = 4
         "bits_per_weight": round(bits["bits_per_weight"], 4),
         "body_bits_per_weight": round(bits["body_bits_per_weight"], 4),
         "tensor_bytes": bits["tensor_bytes"], "tokens": q.tokens, "context": q.context,
+        "text": text.source(), "text_tokens": q.windows * q.context, "windows_count": q.windows,
+        "device": lm.device_name(dev),
         "ppl": q.ppl, "ppl_reference": q.ppl_reference, "kld": q.kld, "top1": q.top1,
+        **interval_fields(q.stats, q.reference_stats),
         "reference_bits_per_weight": round(stored_bits["bits_per_weight"], 4),
         "reference_body_bits_per_weight": round(stored_bits["body_bits_per_weight"], 4),
         "pure": pure, "padded": pad, "kv": kv, "seconds": round(time.perf_counter() - t0, 1), **extra,

@@ -7,12 +7,15 @@
     out = kernels.decode_attention(q, k_packed, v_packed, k_codec, v_codec)
 
 Each implementation declares in KERNELS what it takes, as vLLM's attention backends declare their head sizes
-and KV-cache dtypes: the operation, the device type, the K/V formats (by name), the head dims and the
-settings it cannot honour; the first one that takes a setting runs it.
-- cuda (decode): turbo3 K and V, head_dim 128 or 256, an sm_80+ GPU with NVRTC (`cuda_decode`); at run time
-  it also needs one new token, <= 16 query rows per KV head and token-contiguous caches, else Triton runs;
-- triton (store, dequantize, decode): turbo2/3/4 on CUDA with Triton importable, head_dim one power-of-two
-  block or whole 128-blocks (decode: up to 256), not centered (`turbo_store`, `turbo_attention`);
+and KV-cache dtypes: the operation, the device type, the K and V formats (by name), the head dims and the
+settings it cannot honour; the first one that takes a setting runs it (KERNELS is ordered fastest first).
+- cuda (decode): K turbo3, turbo4 or q8_0 (rotated or not) with V turbo3 or turbo4, head_dim 128 or 256, an
+  sm_80+ GPU with NVRTC (`cuda_decode`); at run time it also needs one new token, <= 16 query rows per KV head
+  and token-contiguous caches, else Triton runs;
+- triton (decode): K turbo2/3/4 or q8_0, V turbo2/3/4, head_dim one power-of-two block or whole 128-blocks up
+  to 256 (q8_0 keys: 128 or 256), not centered (`turbo_attention`);
+- triton (store, dequantize): turbo2/3/4 on CUDA with Triton importable (`turbo_store`, `turbo_attention`);
+- torch (store, dequantize): q8_0 on CUDA, gguf's bytes computed on the device (`q8`);
 - reference (everything): any format with per-token vectors on any device (`reference`: the codec's own
   quantize/dequantize, float32 attention).
 Decode blocks of more than MAX_ROWS query rows per KV head (prefill) take the reference.
@@ -30,8 +33,8 @@ from functools import lru_cache
 import torch
 
 from lowbit.formats.kv import TURBO_BLOCK, KVSpec, parse_kv_spec
-from lowbit.kernels import cuda_decode, reference
-from lowbit.kernels.params import MAX_ROWS, turbo_params
+from lowbit.kernels import cuda_decode, q8, reference
+from lowbit.kernels.params import MAX_ROWS, key_params, q8_params, turbo_params
 
 # turbo_store and turbo_attention import triton: they load on first use, so the reference runs without it.
 
@@ -61,17 +64,19 @@ class Kernel:
     name: str
     ops: frozenset[str]  # "store" (store and dequantize), "decode" (decode attention)
     device_type: str | None  # None: any device
-    formats: frozenset[str] | None  # K/V format names; None: every format with per-token vectors
+    formats: frozenset[str] | None  # K (and V) formats by name; None: every format with per-token vectors
     head_dims: Callable[[int], bool] = field(repr=False)
     refuses: tuple[str, ...] = ()  # settings it cannot honour (they must be off)
     available: Callable[[torch.device], bool] = field(repr=False, default=lambda device: True)
+    value_formats: frozenset[str] | None = None  # decode: V formats when they differ from `formats`
 
-    def takes(self, op: str, spec: KVSpec, head_dim: int, device: torch.device) -> bool:
+    def takes(self, op: str, spec: KVSpec, head_dim: int, device: torch.device, role: str = "k") -> bool:
         if op not in self.ops:
             return False
         if self.device_type is not None and (device.type != self.device_type or not _compiled_kernels()):
             return False
-        if self.formats is not None and spec.fmt.name not in self.formats:
+        formats = self.value_formats if role == "v" and self.value_formats is not None else self.formats
+        if formats is not None and spec.fmt.name not in formats:
             return False
         return (self.head_dims(head_dim) and not any(spec.get(s) for s in self.refuses)
                 and self.available(device))
@@ -83,11 +88,13 @@ def _compiled_kernels() -> bool:
 
 _TURBO_MSE = frozenset({"turbo2", "turbo3", "turbo4"})
 KERNELS: tuple[Kernel, ...] = (
-    Kernel("cuda", frozenset({"decode"}), "cuda", frozenset({"turbo3"}), lambda d: d in (128, 256),
-           refuses=("center",), available=lambda device: _cuda_decode_available(device)),
-    Kernel("triton", frozenset({"decode"}), "cuda", _TURBO_MSE, lambda d: _tiles(d) and d <= 2 * TURBO_BLOCK,
-           refuses=("center",)),
+    Kernel("cuda", frozenset({"decode"}), "cuda", frozenset(cuda_decode.K_FORMATS), lambda d: d in (128, 256),
+           refuses=("center",), available=lambda device: _cuda_decode_available(device),
+           value_formats=frozenset(cuda_decode.V_FORMATS)),
+    Kernel("triton", frozenset({"decode"}), "cuda", _TURBO_MSE | {"q8_0"},
+           lambda d: _tiles(d) and d <= 2 * TURBO_BLOCK, refuses=("center",), value_formats=_TURBO_MSE),
     Kernel("triton", frozenset({"store"}), "cuda", _TURBO_MSE, _tiles, refuses=("center",)),
+    Kernel("torch", frozenset({"store"}), "cuda", frozenset({"q8_0"}), lambda d: d % 32 == 0),
     Kernel("reference", frozenset({"store", "decode"}), None, None, lambda d: True),
 )
 
@@ -104,8 +111,10 @@ class KernelSupport:
 
 
 def _first(op: str, specs, head_dim: int, device) -> Kernel | None:
+    """The first kernel that takes op for every spec (decode: specs are K then V)."""
     device = torch.device(device)
-    return next((k for k in KERNELS if all(k.takes(op, s, head_dim, device) for s in specs)), None)
+    return next((k for k in KERNELS if all(k.takes(op, s, head_dim, device, role)
+                                           for s, role in zip(specs, ("k", "v")))), None)
 
 
 def supports(k: KVSpec | str, v: KVSpec | str, head_dim: int, device) -> KernelSupport:
@@ -126,10 +135,13 @@ def store_kernel(codec, device) -> str:
 
 
 def store(codec, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    if store_kernel(codec, x.device) == "triton":
+    kernel = store_kernel(codec, x.device)
+    if kernel == "triton":
         from lowbit.kernels.turbo_store import turbo_store
 
         return turbo_store(turbo_params(codec, x.device), x, out=out)
+    if kernel == "torch":
+        return q8.store(q8_params(codec, x.device), x, out=out)
     packed = reference.store(codec, x)
     if out is not None:
         out.copy_(packed)
@@ -138,10 +150,13 @@ def store(codec, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
 
 
 def dequantize(codec, packed: torch.Tensor, dtype=torch.float32, seq_len: int | None = None) -> torch.Tensor:
-    if store_kernel(codec, packed.device) == "triton" and packed.dim() == 4:
+    kernel = store_kernel(codec, packed.device)
+    if kernel == "triton" and packed.dim() == 4:
         from lowbit.kernels.turbo_attention import turbo_dequantize
 
         return turbo_dequantize(turbo_params(codec, packed.device), packed, dtype, seq_len)
+    if kernel == "torch":
+        return q8.dequantize(q8_params(codec, packed.device), packed, dtype, seq_len)
     return reference.dequantize(codec, packed, dtype, seq_len)
 
 
@@ -154,6 +169,6 @@ def decode_attention(q, k_packed, v_packed, kcodec, vcodec, scale: float | None 
         from lowbit.kernels.turbo_attention import turbo_decode_attention
 
         # "auto": the CUDA kernel where this step's shape allows it, the Triton kernel otherwise
-        return turbo_decode_attention(q, k_packed, v_packed, turbo_params(kcodec, q.device),
+        return turbo_decode_attention(q, k_packed, v_packed, key_params(kcodec, q.device),
                                       turbo_params(vcodec, q.device), scale, seq_len)
     return reference.decode_attention(q, k_packed, v_packed, kcodec, vcodec, scale, seq_len)

@@ -1,8 +1,11 @@
-"""What a GPU kernel needs to know about one TurboQuant codec, as small device tensors.
+"""What a GPU kernel needs to know about one codec, as small device tensors.
 
-Only the plain mse formats (turbo2/3/4, Hadamard or QR rotation, with or without norm correction) have
-kernels; the byte layout is read from `TurboLayout.fields(block)` (indices, then one fp16 norm, per
-block) so the kernels index the same bytes the CPU packer writes.
+- TurboQuant (`turbo_params`): only the plain mse formats (turbo2/3/4, Hadamard or QR rotation, with or
+  without norm correction) have kernels; the byte layout is read from `TurboLayout.fields(block)` (indices,
+  then one fp16 norm, per block) so the kernels index the same bytes the CPU packer writes.
+- q8_0 keys (`q8_params`): ggml's blocks of 32 values (fp16 scale, then 32 int8), stored after the codec's
+  rotation, if it has one (llama.cpp's Hadamard, or a seeded one); the decode kernels rotate the queries
+  the same way, so q·k is unchanged.
 """
 
 from __future__ import annotations
@@ -50,6 +53,72 @@ class TurboParams:
     centroids: torch.Tensor  # [2**bits] fp32
     thresholds: torch.Tensor  # [2**bits - 1] fp32
     signs: torch.Tensor | None  # [block] fp32 (Hadamard only)
+
+
+Q8_BLOCK, Q8_BLOCK_BYTES = 32, 34  # ggml q8_0: fp16 scale d, then 32 int8 (value = d * q)
+
+
+@dataclass(frozen=True)
+class Q8Params:
+    """q8_0 vectors as a codec stores them: y = x rotated (per `rot_block` values: y_b = x_b @ rot; no rotation
+    when rot is None), then ggml q8_0 blocks of y."""
+
+    head_dim: int
+    vector_bytes: int
+    rot_block: int
+    rot: torch.Tensor | None  # [rot_block, rot_block] fp32 on the device, orthogonal
+    bits: int = 8
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., head_dim] -> the frame the bytes are in (float32); the inverse is `unrotate`."""
+        if self.rot is None:
+            return x.float()
+        xb = x.float().reshape(*x.shape[:-1], self.head_dim // self.rot_block, self.rot_block)
+        return (xb @ self.rot).reshape(*x.shape[:-1], self.head_dim)
+
+    def unrotate(self, y: torch.Tensor) -> torch.Tensor:
+        if self.rot is None:
+            return y
+        yb = y.reshape(*y.shape[:-1], self.head_dim // self.rot_block, self.rot_block)
+        return (yb @ self.rot.T).reshape(*y.shape[:-1], self.head_dim)
+
+
+def _q8_rotation(codec) -> tuple[int, torch.Tensor | None]:
+    """(block, matrix) of the codec's rotation around its q8_0 bytes: x_b -> x_b @ matrix per block of values.
+    Two shapes exist: llama.cpp's Hadamard per block (`rotate`, `H`, `block`) and a seeded rotation of the
+    whole vector (`R`, applied as x @ R.T)."""
+    if getattr(codec, "inner", None) is None:
+        return 0, None
+    if hasattr(codec, "H") and hasattr(codec, "block"):
+        return int(codec.block), codec.H.float()
+    if hasattr(codec, "R"):
+        return codec.head_dim, codec.R.float().T.contiguous()
+    raise LowbitError(f"no GPU kernel for {codec.spec.name}: its rotation is not one the kernels know")
+
+
+def q8_params(codec, device) -> Q8Params:
+    """Kernel parameters of a q8_0 codec (rotated or not), cached per (codec, device)."""
+    device = torch.device(device)
+    cache = codec.__dict__.setdefault("_kernel_params", {})
+    if str(device) in cache:
+        return cache[str(device)]
+    inner = getattr(codec, "inner", None) or codec
+    if inner.fmt.name != "q8_0" or codec.head_dim % Q8_BLOCK:
+        raise LowbitError(f"no q8_0 kernel for KV format {codec.spec.name} at head_dim {codec.head_dim}")
+    block, rot = _q8_rotation(codec)
+    p = Q8Params(head_dim=codec.head_dim, vector_bytes=codec.vector_bytes, rot_block=block,
+                 rot=None if rot is None else rot.to(device=device, dtype=torch.float32).contiguous())
+    assert p.vector_bytes == codec.head_dim // Q8_BLOCK * Q8_BLOCK_BYTES
+    cache[str(device)] = p
+    return p
+
+
+def key_params(codec, device) -> "TurboParams | Q8Params":
+    """The parameters of a key codec the decode kernels read: q8_0 or TurboQuant."""
+    inner = getattr(codec, "inner", None) or codec
+    if getattr(getattr(inner, "fmt", None), "name", None) == "q8_0":
+        return q8_params(codec, device)
+    return turbo_params(codec, device)
 
 
 def turbo_params(codec, device) -> TurboParams:

@@ -13,9 +13,14 @@ rotation once per output row.
 
 Precision: dot operands are fp16 (codebook values, rotated queries, P∘norm), accumulation float32.
 
-`turbo_decode_attention` sends turbo3 K/V decoding to the CUDA split kernel (`cuda_decode`: stage 1 in
-CUDA, after `rotate_queries`; this file's stage 2 merges) where it applies, and runs the Triton stage 1 here
-otherwise (docs/kernels.md: the CUDA kernel is 1.1-2.4x faster on an H100).
+q8_0 keys (ggml blocks of 32 int8 and an fp16 scale, in the frame the codec rotated them to): the queries are
+rotated the same way once, outside the kernel (`Q8Params.rotate`), and stage 1 dequantizes each key tile to
+fp16 (int8 times its block's scale) for one dot over the whole head.
+
+`turbo_decode_attention` sends decoding to the CUDA split kernel (`cuda_decode`: stage 1 in CUDA, after
+`rotate_queries` or `q8_queries`; this file's stage 2 merges) where it applies (K turbo3, turbo4 or q8_0 with V
+turbo3 or turbo4), and runs the Triton stage 1 here otherwise (docs/kernels.md: the CUDA kernel is 1.1-2.4x
+faster on an H100).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import triton.language as tl
 from lowbit.kernels import _interpret, cuda_decode
 
 from lowbit.errors import LowbitError
-from lowbit.kernels.params import MAX_ROWS, TurboParams, cached, sm_count
+from lowbit.kernels.params import MAX_ROWS, Q8Params, TurboParams, cached, sm_count
 from lowbit.kernels.unpack import USE_ASM, load_units, norm_f32, table_words, unit_values
 from lowbit.quant.rotation import sylvester_hadamard
 
@@ -77,16 +82,31 @@ def _norms(n, NBLK: tl.constexpr):
 
 
 @triton.jit
+def _q8_tile(P8, row8, tmask, D: tl.constexpr):
+    """[N, D] fp16 keys (int8 times the block's fp16 scale, rounded once) of a tile of q8_0 vectors starting at
+    byte offsets row8 [N]; the scale's two bytes are read one by one (blocks are only 2-byte aligned)."""
+    d = tl.arange(0, D)
+    blk = (d // 32) * 34
+    m = tmask[:, None]
+    v = tl.load(P8 + row8[:, None] + (blk + 2 + d % 32)[None, :], mask=m, other=0).to(tl.int8, bitcast=True)
+    lo = tl.load(P8 + row8[:, None] + blk[None, :], mask=m, other=0).to(tl.int32)
+    hi = tl.load(P8 + row8[:, None] + (blk + 1)[None, :], mask=m, other=0).to(tl.int32)
+    scale = (lo | (hi << 8)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return (v.to(tl.float32) * scale).to(tl.float16)
+
+
+@triton.jit
 def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
             sqb, sqh, sql, skb, skh, skt, svb, svh, svt, qk_scale,
             KL0, KL1, KL2, KL3, KH0, KH1, KH2, KH3, VL0, VL1, VL2, VL3, VH0, VH1, VH2, VH3,
             HKV: tl.constexpr, GROUP: tl.constexpr, LQ: tl.constexpr, M: tl.constexpr,
             BLK: tl.constexpr, NBLK: tl.constexpr, KBITS: tl.constexpr, VBITS: tl.constexpr,
             KBB2: tl.constexpr, VBB2: tl.constexpr, BLOCK_N: tl.constexpr, HADAMARD: tl.constexpr,
-            ASM_: tl.constexpr, PREFETCH: tl.constexpr, NSPLIT):
+            ASM_: tl.constexpr, PREFETCH: tl.constexpr, KQ8: tl.constexpr, NSPLIT):
     """K, V: the packed caches as 16-bit words (strides in words). NBLK (128-blocks per head) is 1 or 2.
     Per block j the score is norm_j · (q_j · c_j): the codebook values go to the tensor cores as they are and
-    the norms scale M x BLOCK_N scores (and P for V), not every value."""
+    the norms scale M x BLOCK_N scores (and P for V), not every value.
+    KQ8: K is q8_0 bytes (strides in bytes) and Q is already in K's frame (no rotation here)."""
     D: tl.constexpr = NBLK * BLK
     bh = tl.program_id(0)
     sp = tl.program_id(1)
@@ -99,15 +119,18 @@ def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
     dcol = tl.arange(0, D)
     q = tl.load(Q + b * sqb + (h * GROUP + g)[:, None] * sqh + t[:, None] * sql + dcol[None, :],
                 mask=rvalid[:, None], other=0.0).to(tl.float32)
-    # Rotate each 128-block of every row: [M, D] -> [M*NBLK, BLK] rows, one dot with Rᵀ, and back.
-    bc = tl.arange(0, BLK)
-    qb = tl.reshape(q * qk_scale, [M * NBLK, BLK])
-    if HADAMARD:  # q Rᵀ = ((q∘s) H) / sqrt(BLK): H (±1) from registers, no matrix load
-        qb = qb * tl.load(SK + bc)[None, :] * (1.0 / tl.sqrt(BLK * 1.0))
-        qr = tl.dot(qb.to(tl.float16), hadamard_tile(BLK).to(tl.float16))
+    if KQ8:
+        qq = (q * qk_scale).to(tl.float16)
     else:
-        qr = tl.dot(qb.to(tl.float16), tl.load(RKT + bc[:, None] * BLK + bc[None, :]))  # fp16 Rᵀ
-    q0, q1 = _halves(tl.reshape(qr.to(tl.float16), [M, D]), D)
+        # Rotate each 128-block of every row: [M, D] -> [M*NBLK, BLK] rows, one dot with Rᵀ, and back.
+        bc = tl.arange(0, BLK)
+        qb = tl.reshape(q * qk_scale, [M * NBLK, BLK])
+        if HADAMARD:  # q Rᵀ = ((q∘s) H) / sqrt(BLK): H (±1) from registers, no matrix load
+            qb = qb * tl.load(SK + bc)[None, :] * (1.0 / tl.sqrt(BLK * 1.0))
+            qr = tl.dot(qb.to(tl.float16), hadamard_tile(BLK).to(tl.float16))
+        else:
+            qr = tl.dot(qb.to(tl.float16), tl.load(RKT + bc[:, None] * BLK + bc[None, :]))  # fp16 Rᵀ
+        q0, q1 = _halves(tl.reshape(qr.to(tl.float16), [M, D]), D)
 
     start = sp * split_len
     end = tl.minimum(start + split_len, T)
@@ -135,16 +158,21 @@ def _stage1(Q, K, V, RKT, SK, CK, CV, OP, ML, T, split_len,
             kx0, kx1, kx2, kx3, kn2 = load_units(kbase, tok * skt, nmask, KBITS, KBB2, BLK, NBLK)
             vx0, vx1, vx2, vx3, vn2 = load_units(vbase, tok * svt, nmask, VBITS, VBB2, BLK, NBLK)
         else:
-            kw0, kw1, kw2, kw3, kn = load_units(kbase, tok * skt, tmask, KBITS, KBB2, BLK, NBLK)
+            if KQ8:
+                s = tl.dot(qq, tl.trans(_q8_tile(kbase, tok * skt, tmask, D)))
+            else:
+                kw0, kw1, kw2, kw3, kn = load_units(kbase, tok * skt, tmask, KBITS, KBB2, BLK, NBLK)
             vw0, vw1, vw2, vw3, vn = load_units(vbase, tok * svt, tmask, VBITS, VBB2, BLK, NBLK)
             kbase += BLOCK_N * skt
             vbase += BLOCK_N * svt
-        kc0, kc1 = _halves(unit_values(kw0, kw1, kw2, kw3, CK, KL0, KL1, KL2, KL3, KH0, KH1, KH2, KH3, KBITS, ASM_), D)
-        kn0, kn1 = _norms(norm_f32(kn), NBLK)
-        if NBLK == 2:
-            s = tl.dot(q0, tl.trans(kc0)) * kn0[None, :] + tl.dot(q1, tl.trans(kc1)) * kn1[None, :]
-        else:
-            s = tl.dot(q1, tl.trans(kc1), acc=tl.dot(q0, tl.trans(kc0))) * kn0[None, :]
+        if not KQ8:
+            kc0, kc1 = _halves(unit_values(kw0, kw1, kw2, kw3, CK, KL0, KL1, KL2, KL3, KH0, KH1, KH2, KH3, KBITS,
+                                           ASM_), D)
+            kn0, kn1 = _norms(norm_f32(kn), NBLK)
+            if NBLK == 2:
+                s = tl.dot(q0, tl.trans(kc0)) * kn0[None, :] + tl.dot(q1, tl.trans(kc1)) * kn1[None, :]
+            else:
+                s = tl.dot(q1, tl.trans(kc1), acc=tl.dot(q0, tl.trans(kc0))) * kn0[None, :]
         ok = tmask[None, :] & (offs[None, :] <= last[:, None])
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -259,6 +287,19 @@ def rotate_queries(q: torch.Tensor, pk: TurboParams, HKV: int, scale: float) -> 
     return out
 
 
+def q8_queries(q: torch.Tensor, pk: Q8Params, HKV: int, scale: float) -> torch.Tensor:
+    """[B*HKV, 16, D] fp16 queries for `cuda_decode` over q8_0 keys: in K's stored frame (`pk.rotate`), times
+    scale·log2(e), in `kernel_dim_order(D, "q8_0")`, padded to 16 rows per KV head (torch ops: the rotation is
+    whatever the codec applies, per block or to the whole vector)."""
+    B, Hq, LQ, D = q.shape
+    rows = Hq // HKV * LQ
+    perm = cached(pk, "_perm", lambda: cuda_decode.kernel_dim_order(D, "q8_0").to(q.device))
+    y = pk.rotate(q.reshape(B, HKV, rows, D)) * (scale * math.log2(math.e))
+    out = torch.zeros(B, HKV, 16, D, device=q.device, dtype=torch.float16)
+    out[:, :, :rows] = y[..., perm]
+    return out.view(B * HKV, 16, D)
+
+
 def _tables(p: TurboParams):
     """The fp16 codebook (interpreter path) and its 8 table words (PTX path), made once per params."""
     return (cached(p, "_c16", lambda: p.centroids.to(torch.float16)),
@@ -293,7 +334,8 @@ def default_config(batch: int, kv_heads: int, seq_len: int, head_dim: int, sms: 
 
 def _cuda_path(q, k_packed, v_packed, pk: TurboParams, pv: TurboParams, scale: float, T: int,
                splits: int | None) -> torch.Tensor:
-    """Queries rotated once (Triton), the CUDA split kernel, then the Triton merge (stage 2)."""
+    """Queries rotated once (Triton for turbo keys, torch for q8_0 keys), the CUDA split kernel, then the Triton
+    merge (stage 2)."""
     B, Hq, LQ, D = q.shape
     HKV = k_packed.shape[1]
     if splits:
@@ -301,39 +343,46 @@ def _cuda_path(q, k_packed, v_packed, pk: TurboParams, pv: TurboParams, scale: f
     else:
         split_len = cuda_decode.split_length(B * HKV, T, sm_count(str(q.device)))
     splits = math.ceil(T / split_len)
-    qk = rotate_queries(q, pk, HKV, scale)
+    kfmt = cuda_decode.key_format(pk)
+    if kfmt == "q8_0":
+        qk, ktab = q8_queries(q, pk, HKV, scale), (0,) * 8
+    else:
+        qk, ktab = rotate_queries(q, pk, HKV, scale), _tables(pk)[1]
     op = torch.empty(B * HKV * splits * 16 * D, dtype=torch.float32, device=q.device)
     ml = torch.empty(B * HKV * splits * 32, dtype=torch.float32, device=q.device)
-    cuda_decode.stage1(qk, k_packed, v_packed, _tables(pk)[1], _tables(pv)[1], T, split_len, splits, op, ml)
+    cuda_decode.stage1(qk, k_packed, v_packed, kfmt, f"turbo{pv.bits}", ktab, _tables(pv)[1], T, split_len, splits,
+                       op, ml)
     out = torch.empty_like(q)
-    _stage2[(B * HKV, (Hq // HKV) * LQ, pk.n_blocks)](
+    _stage2[(B * HKV, (Hq // HKV) * LQ, pv.n_blocks)](
         op, ml, pv.rot, pv.signs if pv.hadamard else pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
-        HKV=HKV, GROUP=Hq // HKV, LQ=LQ, M=16, BLK=pk.block, NBLK=pk.n_blocks, HADAMARD=pv.hadamard, SC=16,
+        HKV=HKV, GROUP=Hq // HKV, LQ=LQ, M=16, BLK=pv.block, NBLK=pv.n_blocks, HADAMARD=pv.hadamard, SC=16,
         NSPLIT=splits, num_warps=4,
     )
     return out
 
 
 def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor,
-                           pk: TurboParams, pv: TurboParams, scale: float | None = None,
+                           pk: TurboParams | Q8Params, pv: TurboParams, scale: float | None = None,
                            seq_len: int | None = None, block_n: int | None = None, splits: int | None = None,
                            num_warps: int | None = None, prefetch: bool | None = None,
                            backend: str = "auto") -> torch.Tensor:
     """softmax(q kᵀ·scale) v for q [B, Hq, LQ, D] over packed K/V [B, Hkv, >=T, bytes]; the LQ new tokens
     are the last LQ of the T cached ones (causal). Returns [B, Hq, LQ, D] in q's dtype.
 
-    backend: "auto" takes the CUDA split kernel (`cuda_decode`) where it applies (turbo3 K and V, one new
-    token, NVRTC present) and the Triton kernel elsewhere; "triton" or "cuda" force one (the latter raises
-    where it does not apply)."""
+    pk: a TurboQuant key codec's parameters (`turbo_params`) or q8_0's (`q8_params`); pv: TurboQuant's.
+    backend: "auto" takes the CUDA split kernel (`cuda_decode`) where it applies (K turbo3/turbo4/q8_0, V
+    turbo3/turbo4, head_dim 128 or 256, one new token, NVRTC present) and the Triton kernel elsewhere;
+    "triton" or "cuda" force one (the latter raises where it does not apply)."""
     B, Hq, LQ, D = q.shape
     Bk, HKV, cap, vbk = k_packed.shape
     T = cap if seq_len is None else seq_len
-    if pk.head_dim != D or pv.head_dim != D or pk.block != pv.block:
+    kq8 = isinstance(pk, Q8Params)
+    if pk.head_dim != D or pv.head_dim != D or (not kq8 and pk.block != pv.block):
         raise LowbitError(f"K/V formats and queries disagree on head_dim ({pk.head_dim}, {pv.head_dim}, {D})")
     if Hq % HKV or Bk != B or v_packed.shape[:2] != (B, HKV) or vbk != pk.vector_bytes \
             or v_packed.shape[-1] != pv.vector_bytes or T > min(cap, v_packed.shape[2]) or T < LQ:
         raise LowbitError(f"packed K {tuple(k_packed.shape)} / V {tuple(v_packed.shape)} do not fit q {tuple(q.shape)}")
-    if pk.n_blocks > 2:
+    if pv.n_blocks > 2 or D > 256:
         raise LowbitError(f"decode kernel takes head_dim up to 256 (two 128-blocks), got {D}")
     group = Hq // HKV
     if group * LQ > MAX_ROWS:
@@ -347,33 +396,39 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
             and cuda_decode.available(q.device):
         return _cuda_path(q, k_packed, v_packed, pk, pv, scale, T, splits)
     if backend == "cuda":
-        raise LowbitError("the CUDA decode kernel takes turbo3 K and V, head_dim 128/256, one new token, "
-                          "<= 16 query rows per KV head, token-contiguous caches, and NVRTC")
+        raise LowbitError("the CUDA decode kernel takes K turbo3/turbo4/q8_0 with V turbo3/turbo4, head_dim 128/256, "
+                          "one new token, <= 16 query rows per KV head, token-contiguous caches, and NVRTC")
     M = max(16, _pow2(group * LQ))
     bn, sp, nw = default_config(B, HKV, T, D)
     block_n, splits, num_warps = block_n or bn, splits or sp, num_warps or nw
-    prefetch = PREFETCH if prefetch is None else prefetch
+    prefetch = (PREFETCH if prefetch is None else prefetch) and not kq8  # the q8_0 tile has no prefetch variant
     split_len = math.ceil(math.ceil(T / splits) / block_n) * block_n
     splits = math.ceil(T / split_len)
     dev = q.device
-    rkt = cached(pk, "_rkt16", lambda: pk.rot.t().contiguous().to(torch.float16))
-    ck, ktab = _tables(pk)
     cv, vtab = _tables(pv)
-    k16, v16 = _words(k_packed), _words(v_packed)
+    v16 = _words(v_packed)
+    if kq8:  # queries in K's frame (float32), keys as bytes; the turbo K arguments are unused
+        qin, kin, ktab, rkt, ck, sk = pk.rotate(q), k_packed, (0,) * 8, cv, cv, cv
+        kbits, kbb2, khad = 8, 0, False
+    else:
+        rkt = cached(pk, "_rkt16", lambda: pk.rot.t().contiguous().to(torch.float16))
+        ck, ktab = _tables(pk)
+        qin, kin, sk = q, _words(k_packed), pk.signs if pk.hadamard else ck
+        kbits, kbb2, khad = pk.bits, pk.block_bytes // 2, pk.hadamard
     op = torch.empty(B * HKV * splits * M * D, dtype=torch.float32, device=dev)
     ml = torch.empty(B * HKV * splits * 2 * M, dtype=torch.float32, device=dev)
     out = torch.empty_like(q)
     _stage1[(B * HKV, splits)](
-        q, k16, v16, rkt, pk.signs if pk.hadamard else ck, ck, cv, op, ml, T, split_len,
-        q.stride(0), q.stride(1), q.stride(2), k16.stride(0), k16.stride(1), k16.stride(2),
+        qin, kin, v16, rkt, sk, ck, cv, op, ml, T, split_len,
+        qin.stride(0), qin.stride(1), qin.stride(2), kin.stride(0), kin.stride(1), kin.stride(2),
         v16.stride(0), v16.stride(1), v16.stride(2), scale * math.log2(math.e), *ktab, *vtab,
-        HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pk.block, NBLK=pk.n_blocks, KBITS=pk.bits, VBITS=pv.bits,
-        KBB2=pk.block_bytes // 2, VBB2=pv.block_bytes // 2, BLOCK_N=block_n, HADAMARD=pk.hadamard,
-        ASM_=USE_ASM, PREFETCH=prefetch, NSPLIT=splits, num_warps=num_warps,
+        HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pv.block, NBLK=pv.n_blocks, KBITS=kbits, VBITS=pv.bits,
+        KBB2=kbb2, VBB2=pv.block_bytes // 2, BLOCK_N=block_n, HADAMARD=khad,
+        ASM_=USE_ASM, PREFETCH=prefetch, KQ8=kq8, NSPLIT=splits, num_warps=num_warps,
     )
-    _stage2[(B * HKV, group * LQ, pk.n_blocks)](
+    _stage2[(B * HKV, group * LQ, pv.n_blocks)](
         op, ml, pv.rot, pv.signs if pv.hadamard else pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
-        HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pk.block, NBLK=pk.n_blocks, HADAMARD=pv.hadamard, SC=16,
+        HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pv.block, NBLK=pv.n_blocks, HADAMARD=pv.hadamard, SC=16,
         NSPLIT=splits, num_warps=4,
     )
     return out

@@ -75,6 +75,20 @@ class Allocation:
 
 
 @dataclass(frozen=True)
+class GpuShare:
+    """What one GPU of several holds."""
+
+    weights_bytes: int
+    kv_bytes: int
+    state_bytes: int
+    runtime_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.state_bytes + self.runtime_bytes
+
+
+@dataclass(frozen=True)
 class Need:
     """Bytes on the most loaded device, and in host RAM, for one context and user count."""
 
@@ -84,6 +98,7 @@ class Need:
     kv_bytes: int
     state_bytes: int
     runtime_bytes: int
+    per_gpu: tuple[GpuShare, ...] = ()  # each GPU's share when there are several
 
 
 class PlacedTensor(Protocol):
@@ -346,15 +361,19 @@ class LayerSplit:
             return self._need_ngl(self.engine.n_gpu_layers, a, cache)
         n = self.budget.gpus
         per_gpu = [a.runtime_bytes] * n  # estimated: each GPU holds its own compute buffer
-        weights = [0] * n
+        weights, kv, state = [0] * n, [0] * n, [0] * n
+        types = list(self.cfg.layer_types) + [FULL] * (len(cache) - self.cfg.num_layers)  # MTP blocks: attention
         for i, c in enumerate(cache):
             d = min(n - 1, i * n // len(cache))
             per_gpu[d] += self.layer_dense[i] + self.layer_experts[i] + c
             weights[d] += self.layer_dense[i] + self.layer_experts[i]
+            (state if types[i] == LINEAR else kv)[d] += c
         per_gpu[-1] += self.outside
         weights[-1] += self.outside
         worst = max(range(n), key=per_gpu.__getitem__)
-        return Need(per_gpu[worst], self.host_only, weights[worst], a.kv_bytes, a.state_bytes, a.runtime_bytes)
+        shares = tuple(GpuShare(weights[d], kv[d], state[d], a.runtime_bytes) for d in range(n)) if n > 1 else ()
+        return Need(per_gpu[worst], self.host_only, weights[worst], a.kv_bytes, a.state_bytes, a.runtime_bytes,
+                    shares)
 
     def _gpu_blocks(self, ngl: int) -> tuple[range, bool]:
         """llama.cpp -ngl N: the last min(N, layers) blocks on the GPU, and the output layer too when N > layers
@@ -618,8 +637,10 @@ class TensorParallel:
     def need(self, context: int, users: int = 1) -> Need:
         a = self.engine.allocate(self.rank_cfg, self.k, self.v, context, users, self.mtp)
         w = self.rank_weights
+        tp = self.engine.tp
+        shares = (GpuShare(w, a.kv_bytes, a.state_bytes, a.runtime_bytes),) * tp if tp > 1 else ()
         return Need(w + a.kv_bytes + a.state_bytes + a.runtime_bytes, 0, w, a.kv_bytes, a.state_bytes,
-                    a.runtime_bytes)
+                    a.runtime_bytes, shares)
 
     def offload(self, context: int, users: int = 1) -> None:
         return None  # vLLM's CPU offload is not modelled

@@ -136,6 +136,9 @@ class FitResult:
             "host_bytes": self.need.host_bytes,
             "breakdown": {"weights_bytes": self.need.weights_bytes, "kv_bytes": self.need.kv_bytes,
                           "state_bytes": self.need.state_bytes, "runtime_bytes": self.need.runtime_bytes},
+            "per_gpu": [{"gpu": i, "weights_bytes": g.weights_bytes, "kv_bytes": g.kv_bytes, "state_bytes": g.state_bytes,
+                         "runtime_bytes": g.runtime_bytes, "total_bytes": g.total_bytes}
+                        for i, g in enumerate(self.need.per_gpu)],
             "max_context": self.max_context,
             "max_context_limited_by": self.limited_by,
             "max_users": self.max_users,

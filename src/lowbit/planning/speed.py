@@ -210,6 +210,7 @@ class Efficiency:
     host_link_bytes_s: float = 0.0  # GPU: host-to-device copy rate for offloaded weights in a prompt
     host_link_source: str = ""
     notes: dict = field(default_factory=dict)
+    step_seconds_decode: float = 0.0  # fixed cost per decode step, whatever the layers (GPU eager engines: measured)
 
     def _get(self, table: dict, key: str, what: str) -> tuple[float, str]:
         if key in table:
@@ -245,7 +246,8 @@ def efficiency(engine: str, kind: str) -> Efficiency:
     return Efficiency(kind, k["bandwidth"], k["decode"], k["prefill"], k["attention_decode"],
                       k["attention_prefill"], float(k.get("layer_seconds_decode", 0.0)),
                       float(k.get("layer_seconds_prefill", 0.0)), dict(tab.get("fallback", {})), k["source"],
-                      float(k.get("host_link_bytes_s", 0.0)), k.get("host_link_source", ""), k.get("notes", {}))
+                      float(k.get("host_link_bytes_s", 0.0)), k.get("host_link_source", ""), k.get("notes", {}),
+                      float(k.get("step_seconds_decode", 0.0)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +343,8 @@ def _time(items: list[Item], dev: Device, eff: Efficiency, phase: str, layers: i
     notes.update(n for n, b in borrowed.items() if b >= 0.01 * nbytes)
     per_layer = eff.layer_seconds_decode if phase == "decode" else eff.layer_seconds_prefill
     overhead = per_layer * layers * (1 if phase == "decode" else ubatches)
+    if phase == "decode" and layers:
+        overhead += eff.step_seconds_decode
     return Part(dev.name, total + overhead, mem_total, nbytes, flops, overhead)
 
 
@@ -375,38 +379,44 @@ def _split(items: list[Item], n_layers: int, offload: dict | None) -> tuple[list
 
 def estimate(plan: Plan, device: str | Device, offload: dict | None = None, host: str | Device | None = None,
              gpus: int = 1, prompt: int = DEFAULT_PROMPT, context: int | None = None,
-             sequences: int | None = None) -> Speed:
+             sequences: int | None = None, runtime: str | None = None, split: str | None = None) -> Speed:
     """Decode and prefill tokens/s of `plan` on `device` (a name or a lowbit.devices.Device).
 
     `offload`: fit's placement (`FitResult.offload`) for a discrete GPU that does not hold everything;
     `host`: the CPU that runs the offloaded part (default a generic desktop, cpu-64gb; `this-cpu` for this
     machine). `gpus`: llama.cpp splits layers over them and runs them one after the other (one sequence
     sees no speed-up); vLLM splits each matrix (tensor parallel), so each GPU reads its share.
+    `runtime`: the efficiency row to use instead of the plan engine's (e.g. "transformers": eager transformers
+    with flash-linear-attention, measured on an H200); `split`: "layers" or "tensor" over the `gpus` (default:
+    tensor for vLLM, layers otherwise).
     """
     dev = find_device(device) if isinstance(device, str) else device
     if not dev.bandwidth_bytes_s or not dev.flops:
         raise LowbitError(f"{dev.name} has no bandwidth or FLOP rate in the catalog; no speed estimate")
+    if split not in (None, "layers", "tensor"):
+        raise LowbitError(f"split must be 'layers' or 'tensor', got {split!r}")
     engine = plan.engine.name
-    eff_engine = "llama.cpp" if engine not in _table()["engines"] else engine
+    eff_engine = runtime or ("llama.cpp" if engine not in _table()["engines"] else engine)
     eff = efficiency(eff_engine, dev.kind)
     ctx = plan.context if context is None else context
     seqs = plan.sequences if sequences is None else sequences
     n_layers = plan.config.num_layers
     notes: set[str] = set()
-    if eff_engine != engine:
+    if eff_engine != engine and runtime is None:
         notes.add(f"{engine}: no efficiencies measured for it; llama.cpp's are used")
     eng = plan.engine if isinstance(plan.engine, LlamaCpp) else LlamaCpp()
     ubatches = -(-prompt // eng.n_ubatch)
 
     dec = decode_work(plan, ctx, seqs)
     pre = prefill_work(plan, prompt, 0)
-    tp = gpus if engine == "vllm" and gpus > 1 else 1
+    tensor = split == "tensor" or (split is None and engine == "vllm")
+    tp = gpus if tensor and gpus > 1 else 1
     if tp > 1:  # tensor parallel: each GPU reads and computes 1/tp (all-reduce time not counted)
         dec = [Item(i.what, i.type, i.bytes / tp, i.flops / tp, i.layer, i.expert) for i in dec]
         pre = [Item(i.what, i.type, i.bytes / tp, i.flops / tp, i.layer, i.expert) for i in pre]
         notes.add(f"tensor parallel over {tp} GPUs: each reads 1/{tp}; all-reduce time not counted")
     elif gpus > 1:
-        notes.add(f"llama.cpp layer split over {gpus} GPUs: layers run one after the other, so one sequence "
+        notes.add(f"layer split over {gpus} GPUs: layers run one after the other, so one sequence "
                   "decodes as fast as on one GPU holding everything")
     used = {dev.name: _eff_json(eff, dev)}
     dev_dec, host_dec = _split(dec, n_layers, offload if dev.kind == "gpu" else None)
@@ -430,7 +440,7 @@ def estimate(plan: Plan, device: str | Device, offload: dict | None = None, host
     assumption = (f"estimate: {eff_engine} on {dev.name} at the efficiencies measured for {dev.kind} devices "
                   f"({eff.source})")
     return Speed(
-        device=dev.name, engine=engine, context=ctx, sequences=seqs, prompt=prompt,
+        device=dev.name, engine=runtime or engine, context=ctx, sequences=seqs, prompt=prompt,
         decode_tps=1.0 / t_dec if t_dec > 0 else math.inf, prefill_tps=prompt / t_pre if t_pre > 0 else math.inf,
         decode_bound=_bound(dec_parts), prefill_bound=_bound(pre_parts),
         decode_bytes=sum(p.bytes for p in dec_parts), decode_parts=dec_parts, prefill_parts=pre_parts,

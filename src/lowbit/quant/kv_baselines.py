@@ -5,7 +5,8 @@ registered against its family's kind (`lowbit.quant.kv_codec`):
 - f32, f16, bf16 (`NativeCodec`): torch casts, the same bits as gguf's converters (round to nearest even);
 - ggml types (q8_0, q5_0, q5_1, q4_0, q4_1): gguf's reference quantizers (`gguf.quants.quantize/dequantize`),
   so the bytes are llama.cpp's `-ctk/-ctv` blocks; stored rotated as llama.cpp stores them (`HadamardCodec`)
-  unless the spec says `:norot`;
+  unless the spec says `:norot`; q8_0 everywhere, and every ggml type off the CPU, runs gguf's steps in torch
+  on the tensors' device (`lowbit.quant.ggml_torch`: no round trip through host memory), byte for byte gguf's;
 - iq4_nl: gguf has only the dequantizer, so quantization here follows llama.cpp's
   `quantize_row_iq4_nl_ref` (scale search over ±7 steps, weights x², gguf's `kvalues` grid) and
   gguf's dequantizer reads the bytes back;
@@ -32,6 +33,7 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.formats.kv import KIVI_GROUP, KVFormat, KVSpec, parse_kv_spec
+from lowbit.quant import ggml_torch
 from lowbit.quant.kv_codec import KVCodec, codec_class
 from lowbit.quant.packing import bytes_to_fp16, fp16_to_bytes, pack_bits, unpack_bits
 from lowbit.quant.rotation import llamacpp_hadamard
@@ -79,10 +81,24 @@ class GGMLCodec(KVCodec, kind="ggml"):
         codec.spec = spec
         return codec
 
+    @property
+    def on_device(self) -> bool:
+        """q8_0 quantizes and dequantizes in torch on the tensors' own device, wherever they are (the same bytes as
+        gguf's reference, tests/test_turboquant_baselines.py); the other ggml types do so off the CPU and go
+        through gguf's numpy code on it (tests/test_ggml_torch.py)."""
+        from gguf import GGMLQuantizationType as T
+
+        return self.qtype == T.Q8_0
+
+    def in_torch(self, t: torch.Tensor) -> bool:
+        return self.on_device or (t.device.type != "cpu" and ggml_torch.supports(self.qtype.name))
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         from gguf import GGMLQuantizationType as T
         from gguf import quants
 
+        if self.in_torch(x):
+            return ggml_torch.quantize(x.detach(), self.qtype.name)
         a = x.detach().to("cpu", torch.float32).numpy()
         if self.qtype == T.IQ4_NL:
             out = _iq4_nl_quantize(a)
@@ -94,6 +110,8 @@ class GGMLCodec(KVCodec, kind="ggml"):
     def dequantize(self, p: torch.Tensor) -> torch.Tensor:
         from gguf import quants
 
+        if self.in_torch(p):
+            return ggml_torch.dequantize(p, self.qtype.name, self.head_dim)
         a = np.ascontiguousarray(p.detach().to("cpu").numpy())
         out = quants.dequantize(a, self.qtype).reshape(*a.shape[:-1], self.head_dim)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(p.device)

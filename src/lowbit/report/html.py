@@ -27,6 +27,7 @@ from lowbit.models.catalog import resolve
 from lowbit.planning.planner import plan
 from lowbit.planning.simulate import Simulation, simulate
 from lowbit.report.audit import audit
+from lowbit.report.frontier import analyse, frontier_figure, frontier_table, has_intervals
 from lowbit.progress import progress_bar
 from lowbit.report.render import UNITS, fmt_bytes
 from lowbit.safe_write import check_target, write_text
@@ -386,7 +387,8 @@ KV_COLUMNS = [
     Column("kv_v", "V format", _text, False), Column("boundary", "f16 edge layers", _dash(str)),
     Column("bits_per_value", "bits per value (exact)", _dash(fmt_bits)),
     Column("ppl", "perplexity", _dash(fmt_large)), Column("ppl_f16", "perplexity, f16 cache", _dash(fmt_large)),
-    Column("kld", "KL divergence vs f16 (nats)"), Column("top1", "same top token as f16", _dash(fmt_pct)),
+    Column("kld", "KL divergence vs f16 (nats) [95% interval]"),
+    Column("top1", "same top token as f16", _dash(fmt_pct)),
     Column("niah", "needle found", None),
 ]
 WEIGHT_COLUMNS = [
@@ -416,7 +418,9 @@ def _measured_cell(col: Column, r: dict, clamped: list[bool]) -> Cell:
     if col.key == "kld" and v is not None:
         text, flag = fmt_kl(v)
         clamped.append(flag)
-        return Cell(text + ("*" if flag else ""))
+        ci = r.get("kld_ci")
+        interval = f" [{max(ci[0], 0.0):.4f}, {ci[1]:.4f}]" if ci and ci[0] != ci[1] else ""
+        return Cell(text + ("*" if flag else "") + interval)
     if col.key == "niah":
         n = len(r.get("niah_trials", [])) or None
         return Cell("-" if v is None else f"{round(v * n)} of {n}" if n else fmt_pct(v))
@@ -458,22 +462,46 @@ def _kv_quality_section(blocks: list[dict]) -> str:
     models = [b.get("model", "") for b in blocks]
     dates = sorted({b["date"] for b in blocks if "date" in b})
     setup = blocks[0].get("setup", {})
+    text = (blocks[0].get("text") or {}).get("name") or setup.get("text", "text")
+    devices = sorted({str(b.get("device", "CPU")).split(" (")[0] for b in blocks})
     commands = "".join(f"<li><code>{html.escape(public_command(b['command']))}</code></li>" for b in blocks
                        if "command" in b)
     tab, clamped = _measured_table(KV_COLUMNS, rows)
     return f"""<h2 id="kv-quality">KV-cache quality, measured</h2>
 <p>How much each KV-cache format changes the next-token distribution of {html.escape(' and '.join(models))}
 (small models that run on a CPU; no Qwen3.5 model was measured): KL divergence against the same model with an
-f16 cache, {setup.get('tokens', '')} tokens of {html.escape(str(setup.get('text', 'text')))} in windows of
+f16 cache, {setup.get('tokens', '')} tokens of {html.escape(str(text))} in windows of
 {setup.get('context', '')}. Lower is better; f16 itself is the reference (zero) and is left out of the plot.</p>
 {_figure(lambda n: quality_figure(rows, n), "KL divergence against the f16 cache for each KV format and model")}
-<p class=prov>measured {html.escape(', '.join(dates))} on CPU; bits per value: exact, from the format definition
+<p class=prov>measured {html.escape(', '.join(dates))} on {html.escape(', '.join(devices))}; bits per value: exact, from the format definition
 (head dimension {', '.join(str(r['head_dim']) for r in rows if r['kv_k'] == r['kv_v'] == 'f16')}).
 f16 edge layers: the first and last n layers keep an f16 cache. Needle found: a phrase hidden in the text at
-three depths, recalled or not.
+several depths, recalled or not.
 {CLAMP_NOTE if clamped else ''} Commands and discussion: docs/turboquant.md.</p>
 <details><summary>Commands</summary><ul>{commands}</ul></details>
+{_frontier_section(blocks)}
 {tab}"""
+
+
+def _frontier_blocks(blocks: list[dict] | None) -> list[dict]:
+    """The models measured with per-window figures (intervals): each gets a frontier table and plot."""
+    return [b for b in blocks or [] if b.get("rows") and has_intervals(b)]
+
+
+def _frontier_section(blocks: list[dict]) -> str:
+    parts = []
+    for b in _frontier_blocks(blocks):
+        pts = analyse(b)
+        t = frontier_table(b, pts)
+        cells = [[Cell(c, t.right(i)) for i, c in enumerate(r)] for r in t.rows]
+        text = (b.get("text") or {}).get("name", "")
+        parts.append(f"""<h3>{html.escape(str(b['model']))}: which KV format at which size</h3>
+{_figure(lambda n, b=b, pts=pts: frontier_figure(b, n, pts), f"{b['model']}: bits per value against KL divergence and needles found")}
+<p class=prov>measured {html.escape(str(b.get('date', '')))} on {html.escape(str(b.get('device', '')))}, lowbit
+{html.escape(str(b.get('lowbit_commit', '')))}; {html.escape(text)}; <code>{html.escape(public_command(b.get('command', '')))}</code>.
+{html.escape(t.caption)}</p>
+{table([c.replace(chr(10), ' ') for c in t.columns], cells)}""")
+    return "".join(parts)
 
 
 def _weights_section(blocks: list[dict]) -> str:
@@ -602,7 +630,7 @@ def build(out: Path, units: str = "GB", context: int = 262_144, force: bool = Fa
     target is checked before they are drawn, and a bar runs over them on a terminal."""
     out = check_target(out, force, need_bytes=REPORT_ROOM)
     kv_blocks, kernel_blocks = _read("kv_quality.json"), _read("kernels.json")
-    plots = 2 + bool(_rows(kv_blocks)) + bool(_rows(kernel_blocks))
+    plots = 2 + bool(_rows(kv_blocks)) + len(_frontier_blocks(kv_blocks)) + bool(_rows(kernel_blocks))
     bar, task = progress_bar(progress, "drawing the report", plots, unit="plots")
     with bar:
         token = _FIGURE_DRAWN.set(lambda: bar.advance(task))
