@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from lowbit.errors import LowbitError
+from lowbit.eval import PROTOCOLS
 from lowbit.formats.kv import kv_format
 from lowbit.models.local import MODELS
 from lowbit.progress import step
@@ -54,6 +55,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-niah", action="store_true", help="skip needle-in-a-haystack")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the float32 model runs")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="lowbit",
+                        help="lowbit: half prefilled, the rest decoded --chunk tokens at a time through the cache; "
+                        "llama.cpp: llama-perplexity's (its text, tokens and windows, each window one pass through "
+                        "the cache, its PPL/KLD sums and their ±)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
@@ -68,7 +73,7 @@ def run(args) -> int:
     res = evaluate_kv(args.model, kv_k, kv_v, boundary=args.boundary, tokens=args.tokens, context=args.context,
                       chunk=args.chunk, niah_lengths=() if args.no_niah else args.niah_lengths,
                       niah_depths=args.niah_depths, niah_repeats=args.niah_repeats, seed=args.seed,
-                      device=args.device, progress=sys.stderr.isatty())
+                      device=args.device, progress=sys.stderr.isatty(), protocol=args.protocol)
     if args.format == "json":
         print_json(res)
         return 0
@@ -82,7 +87,8 @@ def kv_table(res: dict) -> Table:
     text = res.get("text", {}).get("name", "the evaluation text")
     t = Table(f"{res['model']}: KV cache K={res['kv_k']} V={res['kv_v']}{boundary}, measured on "
               f"{res['tokens']:,} scored tokens of {res.get('text_tokens', res['tokens']):,} text tokens "
-              f"({text}), context {res['context']}, {res.get('device', 'cpu')}",
+              f"({text}), context {res['context']}, {res.get('device', 'cpu')}"
+              + (", llama-perplexity's protocol" if res.get("protocol") == "llama.cpp" else ""),
               ["KV cache (K/V)", "bits/value", "PPL", "PPL / f16\n[95% CI]", "KLD\n[95% CI]", "top-1\n[95% CI]",
                "NIAH"])
     t.add("f16/f16 (baseline)", f"{float(kv_format('f16').bits_per_value(res['head_dim'])):.3f}",

@@ -13,6 +13,7 @@ import sys
 
 from lowbit.commands._common import add_format
 from lowbit.errors import LowbitError
+from lowbit.eval import PROTOCOLS
 from lowbit.progress import step
 from lowbit.eval.bootstrap import MIN_WINDOWS
 from lowbit.eval.text import DEFAULT_TOKENS
@@ -39,6 +40,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens for gptq methods")
     p.add_argument("--kv", default=None, help="also run through a KV cache in this format (f16, turbo3, q8_0, ...): "
                    "the prompt half prefilled, the rest teacher-forced 32 tokens at a time through the cache")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="lowbit",
+                   help="lowbit: one pass per window, no cache; llama.cpp: llama-perplexity's (its text, tokens and "
+                   "windows, an f16 cache as its default -ctk f16, its PPL/KLD sums and their ±)")
     p.add_argument("--ladder", action="store_true", help="run the whole results table for the model")
     p.add_argument("--combined", action="store_true",
                    help="weights x KV cache: stored 4-bit + f16 KV ('today') against 1-bit + turbo3 KV, and the mixed cells")
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 rows.append(evaluate_weights(args.model, row.weights, row.method, args.tokens, args.context, args.pure,
                                              args.pad or row.pad, args.calib_tokens, kv=row.kv or args.kv,
-                                             device=args.device))
+                                             device=args.device, protocol=args.protocol))
                 r = rows[-1]
                 print(f"{printable(r['model'])} {row.weights} {row.method or ''} kv={r['kv']}: bpw {r['bits_per_weight']:.3f} "
                       f"(body {r['body_bits_per_weight']:.3f}) ppl {r['ppl']:.2f} (stored {r['ppl_reference']:.2f}) "
@@ -123,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights.lower() == "shipped":
         print("lowbit: --weights shipped is now called stored", file=sys.stderr)
     r = evaluate_weights(args.model, args.weights, args.method, args.tokens, args.context, args.pure, args.pad,
-                         args.calib_tokens, kv=args.kv, device=args.device)
+                         args.calib_tokens, kv=args.kv, device=args.device, protocol=args.protocol)
     if args.format == "json":
         print_json(r)
     else:

@@ -21,3 +21,6 @@ import sys as _sys
 
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# `--protocol` of `lowbit eval kv|weights` (lowbit.eval.protocol); here so the commands need not import it to parse
+PROTOCOLS = ("lowbit", "llama.cpp")

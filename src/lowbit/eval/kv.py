@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from lowbit.errors import LowbitError
 from lowbit.eval import metrics, niah, text
+from lowbit.eval import protocol as llama_protocol
 from lowbit.eval.bootstrap import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, binomial_interval, interval_fields
 from lowbit.eval.lm import device_name, gguf_info, load_model, load_tokenizer, torch_device
 from lowbit.limits import (EVAL_CHUNK, EVAL_CONTEXT, EVAL_TOKENS, KV_BOUNDARY, NIAH_DEPTH, NIAH_LENGTH,
@@ -37,9 +38,11 @@ def evaluate_kv(model_name: str, kv_k: str, kv_v: str | None = None, *, boundary
                 tokens: int | None = None, context: int = 512, chunk: int = 128, niah_lengths=(1024,),
                 niah_depths=(0.1, 0.5, 0.9), niah_repeats: int = 1, seed: int = 0, device: str = "cpu",
                 bootstrap_samples: int = BOOTSTRAP_SAMPLES, bootstrap_seed: int = BOOTSTRAP_SEED,
-                progress: bool = True) -> dict:
-    """tokens: text tokens to evaluate (None: text.DEFAULT_TOKENS, or the whole text where it is shorter)."""
+                progress: bool = True, protocol: str = "lowbit") -> dict:
+    """tokens: text tokens to evaluate (None: text.DEFAULT_TOKENS, or the whole text where it is shorter).
+    protocol: "lowbit" (half prefilled, the rest decoded `chunk` tokens at a time) or "llama.cpp" (lowbit.eval.protocol)."""
     kv_v = kv_v or kv_k
+    llama_protocol.check(protocol)
     # every number checked before the model loads (seconds) and before any allocation it sizes
     whole(boundary, "--boundary", KV_BOUNDARY)
     if tokens is not None:
@@ -70,12 +73,17 @@ def evaluate_kv(model_name: str, kv_k: str, kv_v: str | None = None, *, boundary
     def f16_cache(config):
         return QuantizedKVCache(config, "f16")
 
-    windows = text.windows(tok, tokens, context)
-    ref = metrics.reference(model, windows, make_cache=f16_cache, chunk=chunk, name=f"f16-cache/chunk{chunk}",
-                            progress=progress)
     label = f"{probe.plan[len(probe.plan) // 2][0].name}/{probe.plan[len(probe.plan) // 2][1].name}"
-    q = metrics.evaluate(model, windows, make_cache=make_cache, chunk=chunk, reference=ref, progress=progress,
-                         description=f"{info.path.name} {label}")
+    extra = {"protocol": protocol}
+    if protocol == "llama.cpp":  # llama-perplexity's windows and sums; the f16 cache is its `-ctk f16` base run
+        q, extra = llama_protocol.quality(info.path, tokens, context, (model, f16_cache), (model, make_cache),
+                                          progress=progress, description=f"{info.path.name} {label} (llama.cpp)")
+    else:
+        windows = text.windows(tok, tokens, context)
+        ref = metrics.reference(model, windows, make_cache=f16_cache, chunk=chunk, name=f"f16-cache/chunk{chunk}",
+                                progress=progress)
+        q = metrics.evaluate(model, windows, make_cache=make_cache, chunk=chunk, reference=ref, progress=progress,
+                             description=f"{info.path.name} {label}")
     result = {
         "model": model_name,
         "kv_k": probe.plan[len(probe.plan) // 2][0].name,
@@ -92,15 +100,16 @@ def evaluate_kv(model_name: str, kv_k: str, kv_v: str | None = None, *, boundary
         "tokens": q.tokens,
         "context": q.context,
         "prefill": q.prefill,
-        "chunk": chunk,
+        "chunk": q.chunk,
         "device": device_name(dev),
         "ppl": q.ppl,
-        "ppl_f16": ref.ppl,
+        "ppl_f16": q.ppl_reference,
         "kld": q.kld,
         "top1": q.top1,
         **interval_fields(q.stats, q.reference_stats, samples=bootstrap_samples, seed=bootstrap_seed),
         "niah": None,
         "seconds": q.seconds,
+        **extra,
     }
     if niah_lengths and niah_depths:
         r = niah.niah(model, tok, lengths=tuple(niah_lengths), depths=tuple(niah_depths), make_cache=make_cache,

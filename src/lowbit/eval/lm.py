@@ -42,6 +42,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
 from lowbit.errors import LowbitError
+from lowbit.eval import llama_tokens
 from lowbit.models.catalog import gguf_path
 from lowbit.models.config import from_gguf_metadata
 from lowbit.models.local import cache_dir
@@ -395,9 +396,11 @@ def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     # Building the tokenizer from GGUF takes ~12 s for Gemma 3 (transformers decodes the whole file's
-    # metadata); a saved copy in the lowbit cache loads in 0.2 s (SmolLM2) to 3 s (Gemma 3).
+    # metadata); a saved copy in the lowbit cache loads in 0.2 s (SmolLM2) to 3 s (Gemma 3). The copy is saved
+    # after llama_tokens.conform (it splits text as llama.cpp does), hence "-llamacpp" in its name.
     st = path.stat()
-    saved = cache_dir() / "tokenizers" / f"{path.stem}-{st.st_size}-{st.st_mtime_ns}-tf{transformers.__version__}"
+    saved = cache_dir() / "tokenizers" / (f"{path.stem}-{st.st_size}-{st.st_mtime_ns}-tf{transformers.__version__}"
+                                          f"-llamacpp{llama_tokens.CONFORM_VERSION}")
     if (saved / "tokenizer_config.json").is_file():
         try:
             return AutoTokenizer.from_pretrained(str(saved))
@@ -407,6 +410,7 @@ def _load_tokenizer(path: Path):
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:
         raise LowbitError(f"cannot build a tokenizer from {path.name}: {e}") from e
+    llama_tokens.conform(tok, path)
     _save_quietly(tok, saved)
     return tok
 

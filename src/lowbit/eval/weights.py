@@ -32,6 +32,7 @@ from lowbit.limits import CALIB_TOKENS, EVAL_CONTEXT, EVAL_TOKENS, whole
 from lowbit.safe_read import probe, read_bounded
 from lowbit.safe_write import output_path, write_text
 from lowbit.eval import lm, metrics, text
+from lowbit.eval import protocol as llama_protocol
 from lowbit.eval.bootstrap import interval_fields
 from lowbit.eval.calibration import calibration_hessians
 from lowbit.formats.kv import kv_format
@@ -133,11 +134,11 @@ def _bits(nbytes: dict[str, int], n: dict[str, int]) -> dict:
     }
 
 
-def _cache_factory(kv: str | None):
+def _cache_factory(kv: str | None, default=None):
     if kv is None:
-        return None
+        return default
     if kv.lower() == "f16":
-        return metrics.dynamic_cache
+        return default or metrics.dynamic_cache
 
     def make(config, _kv=kv.lower()):
         return QuantizedKVCache(config, _kv)
@@ -164,9 +165,11 @@ def check_settings(model, tokens: int | None, context: int, calib_tokens: int, k
 @honours_progress
 def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int | None = None, context: int = 512,
                      pure: bool = False, pad: bool = False, calib_tokens: int = 4096, progress: bool = True,
-                     kv: str | None = None, device: str = "cpu") -> dict:
-    """tokens: text tokens to evaluate (None: text.DEFAULT_TOKENS, or the whole text where it is shorter)."""
+                     kv: str | None = None, device: str = "cpu", protocol: str = "lowbit") -> dict:
+    """tokens: text tokens to evaluate (None: text.DEFAULT_TOKENS, or the whole text where it is shorter).
+    protocol: "lowbit" (one pass per window, no cache) or "llama.cpp" (lowbit.eval.protocol, an f16 cache)."""
     t0 = time.perf_counter()
+    llama_protocol.check(protocol)
     fmt = "stored" if fmt.lower() in ("stored", "shipped") else fmt.upper()
     check_settings(model, tokens, context, calib_tokens, kv, device)
     if fmt != "stored":  # refuse bad names before minutes of model loading
@@ -178,13 +181,21 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int | N
         tokens = text.default_tokens(tok)
         if tokens < context:
             raise LowbitError(f"the evaluation text has {tokens} tokens, fewer than --context ({context})")
-    win = text.windows(tok, n_tokens=tokens, context=context)
+    win = text.windows(tok, n_tokens=tokens, context=context) if protocol == "lowbit" else None
     base = lm.load_model(path, device=str(dev))
-    ref = metrics.reference(base, win, progress=progress)
+    ref = metrics.reference(base, win, progress=progress) if win is not None else None
     replace, bits, own = quantized_weights(path, fmt, method, pure, pad, calib_tokens, progress)
     net = lm.load_model(path, replace=replace, device=str(dev)) if replace else base
-    q = metrics.evaluate(net, win, reference=ref, progress=progress, make_cache=_cache_factory(kv),
-                         description=f"{fmt} {method or ''} {kv or ''}".strip())
+    extra = {"protocol": protocol}
+    if protocol == "llama.cpp":  # llama-perplexity's windows and sums; its default cache is f16 (-ctk f16)
+        def f16(config):
+            return QuantizedKVCache(config, "f16")
+
+        q, extra = llama_protocol.quality(path, tokens, context, (base, f16), (net, _cache_factory(kv, f16)),
+                                          progress=progress, description=f"{fmt} {method or ''} {kv or ''} (llama.cpp)")
+    else:
+        q = metrics.evaluate(net, win, reference=ref, progress=progress, make_cache=_cache_factory(kv),
+                             description=f"{fmt} {method or ''} {kv or ''}".strip())
     _, stored_bits, _ = quantized_weights(path, "stored", None)  # the baseline's bits: header only
     return {
         "model": str(model), "weights": fmt, "method": method or ("ref" if fmt != "stored" else None),
@@ -197,7 +208,7 @@ def evaluate_weights(model, fmt: str, method: str | None = None, tokens: int | N
         **interval_fields(q.stats, q.reference_stats),
         "reference_bits_per_weight": round(stored_bits["bits_per_weight"], 4),
         "reference_body_bits_per_weight": round(stored_bits["body_bits_per_weight"], 4),
-        "pure": pure, "padded": pad, "kv": kv, "seconds": round(time.perf_counter() - t0, 1),
+        "pure": pure, "padded": pad, "kv": kv, "seconds": round(time.perf_counter() - t0, 1), **extra,
     }
 
 

@@ -252,3 +252,47 @@ def _read_header(path: Path, size: int, mtime_ns: int, file_size: int | None = N
     if infos and data_offset + end > size:
         raise LowbitError(f"{path.name} is truncated: its tensors need {data_offset + end} bytes, the file has {size}")
     return header
+
+
+def read_array(path: str | Path, key: str) -> list | None:
+    """One metadata array of the GGUF file in full (e.g. "tokenizer.ggml.token_type"), None if the key is absent.
+
+    read_header keeps long arrays only as their length; this walks the same header under the same budgets
+    and keeps just the one asked for.
+    """
+    path = require_file(input_path(path), "GGUF file")
+    f = open_regular(path, "GGUF file")
+    size = os.fstat(f.fileno()).st_size
+    if size < 24:
+        f.close()
+        raise LowbitError(f"{path.name} is truncated: {size} bytes cannot hold a GGUF header")
+    with f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        cur = _Cursor(mm, size)
+        if cur.read(4) != struct.pack("<I", GGUF_MAGIC):
+            raise LowbitError(f"{path.name} is not a GGUF file (bad magic)")
+        if cur.unpack("<I") not in (2, 3):
+            raise LowbitError(f"{path.name}: GGUF version is not supported (2 or 3)")
+        _, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
+        if n_kv > MAX_KV:
+            raise LowbitError(f"{path.name} declares {n_kv} metadata keys: implausible")
+        for _ in range(n_kv):
+            name = cur.string(MAX_KEY, "metadata key")
+            vtype = cur.unpack("<I")
+            if name != key:
+                cur.value(vtype)
+                continue
+            if vtype != GGUFValueType.ARRAY:
+                raise LowbitError(f"{path.name}: {short(key)} is not an array")
+            item_type, n = cur.unpack("<I"), cur.unpack("<Q")
+            if n > MAX_ARRAY:
+                raise LowbitError(f"GGUF array of {n:,} items is implausible")
+            cur._walk(n)
+            if item_type in _SCALAR_IDS:
+                fmt = _SCALARS[GGUFValueType(item_type)]
+                width = struct.calcsize(fmt)
+                data = cur.read(n * width)
+                return list(struct.unpack(f"<{n}{fmt[1:]}", data))
+            if item_type == GGUFValueType.STRING:
+                return [cur.string() for _ in range(n)]
+            raise LowbitError(f"{path.name}: {short(key)} is an array of arrays")
+    return None
