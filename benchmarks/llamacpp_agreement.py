@@ -186,9 +186,12 @@ def lowbit_side(args, path, kvs: list[tuple[str, str]], wfiles: dict[str, Path],
             stored[:, 0] = bos
         out[f"same_token_ids_as_llama_cpp_{key}"] = bool((stored == win.ids.numpy()).all())
 
+    t0 = time.perf_counter()
+
     def on_base(w, logits):
         for key, read in readers.items():
             cross[key].add(logits, win.ids[w, win.prefill + 1:], read(w))
+        print(f"  window {w + 1}/{win.n_windows} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
 
     print(f"lowbit: {win.n_windows} windows x {1 + len(tests)} series", file=sys.stderr, flush=True)
     base, results = protocol.compare(win, (model, f16), tests, progress=sys.stderr.isatty(), on_base=on_base)
