@@ -34,6 +34,8 @@ from lowbit.cache import cache_kwarg
 from lowbit.errors import LowbitError
 from lowbit.eval import PROTOCOLS, llama_tokens, text
 from lowbit.eval.bootstrap import WindowStats
+from lowbit.eval.lm import load_tokenizer
+from lowbit.eval.metrics import Quality
 from lowbit.eval.text import Windows
 from lowbit.models.gguf_header import read_header
 from lowbit.progress import progress_bar
@@ -52,7 +54,6 @@ def check(protocol: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _stream(path, escape: bool) -> tuple[int, ...]:
-    from lowbit.eval.lm import load_tokenizer
 
     data = llama_tokens.perplexity_text(text.corpus(), escape)
     return tuple(llama_tokens.tokenize(load_tokenizer(path), path, data))
@@ -325,7 +326,6 @@ def quality(path, n_tokens: int, n_ctx: int, base: Run, test: Run, *, progress: 
     stats feed lowbit's bootstrap intervals; "llama_cpp_sums" holds the figures with the ± llama.cpp prints
     (`ppl_base_stored`: the base as the KL-divergence run reads it back, uint16, which its `ppl_ratio` divides by).
     """
-    from lowbit.eval.metrics import Quality
 
     win = windows(path, n_tokens, n_ctx, escape)
     b, (r,) = compare(win, base, [test], progress=progress, description=description)
