@@ -68,17 +68,19 @@ def llama_case(args, exe: str, model: str, kv: str, base: str, kld: bool, tag: s
     return case
 
 
-def reused(args, model_name: str, kv: str, base: str) -> dict | None:
-    """A case measured before with the same -c, --chunks and base logits file (the text is checked by the caller)."""
+def reused(args, model_name: str, kind: str, name: str, base: str) -> dict | None:
+    """A case measured before with the same -c, --chunks and base logits file (the text is checked by the caller):
+    from llamacpp_perplexity.py's "cases" (KV types) or this script's own output (any kind)."""
     for f in args.reuse or []:
-        data = json.loads(Path(f).read_text())  # llamacpp_perplexity.py's "cases", or this script's own output
-        cases = data.get("cases") or [{**c, "model": data.get("model"), "returncode": 0}
-                                      for c in data.get("llama_cpp", []) if c.get("kind") == "kv"]
+        data = json.loads(Path(f).read_text())
+        cases = [{**c, "kind": "kv", "name": c["kv"]} for c in data.get("cases", [])] + \
+                [{**c, "model": data.get("model"), "returncode": 0} for c in data.get("llama_cpp", [])]
         for c in cases:
             cmd = c["command"] + " "
-            if (c.get("model") == model_name and c["ctx"] == args.ctx and c["kv"] == kv and c.get("returncode") == 0
-                    and f"--chunks {args.tokens // args.ctx} " in cmd and f"--kl-divergence-base {base} " in cmd):
-                return {**c, "reused_from": f}
+            if (c.get("model") == model_name and c["ctx"] == args.ctx and c["kind"] == kind and c["name"] == name
+                    and c.get("returncode") == 0 and f"--chunks {args.tokens // args.ctx} " in cmd
+                    and f"--kl-divergence-base {base} " in cmd):
+                return {k: v for k, v in c.items() if k not in ("kind", "name", "model", "gguf")} | {"reused_from": f}
     return None
 
 
@@ -298,7 +300,7 @@ def main() -> int:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
     for llama_kv, _ in kvs:
-        case = reused(args, args.model, llama_kv, base) if Path(base).exists() else None
+        case = reused(args, args.model, "kv", llama_kv, base) if Path(base).exists() else None
         if case is None:
             case = llama_case(args, exe, str(path), llama_kv, base, llama_kv != "f16", f"kv-{llama_kv}")
         result["llama_cpp"].append({"kind": "kv", "name": llama_kv, **case})
@@ -306,14 +308,19 @@ def main() -> int:
     wfiles = {}
     for wtype in [w for w in args.weights.split(",") if w]:
         wfiles[wtype] = quantize(args, str(path), wtype)
-        case = llama_case(args, exe, str(wfiles[wtype]), "f16", base, True, f"weights-{wtype}")
+        case = reused(args, args.model, "weights", wtype, base) if Path(base).exists() else None
+        if case is None:
+            case = llama_case(args, exe, str(wfiles[wtype]), "f16", base, True, f"weights-{wtype}")
         result["llama_cpp"].append({"kind": "weights", "name": wtype, "gguf": wfiles[wtype].name, **case})
         save()
     bases = {"stored": base}
     if args.f32:  # llama.cpp on F32 weights: its matmuls then take f32 activations, not q8_1/q8_0 ones
         fpath, bases["f32"] = quantize(args, str(path), "F32"), str(Path(args.work) / f"{args.model}.c{args.ctx}.F32.f16.kld")
         for llama_kv in args.f32.split(","):
-            case = llama_case(args, exe, str(fpath), llama_kv, bases["f32"], llama_kv != "f16", f"f32-kv-{llama_kv}")
+            case = reused(args, args.model, "kv-f32", llama_kv, bases["f32"]) if Path(bases["f32"]).exists() else None
+            if case is None:
+                case = llama_case(args, exe, str(fpath), llama_kv, bases["f32"], llama_kv != "f16",
+                                  f"f32-kv-{llama_kv}")
             result["llama_cpp"].append({"kind": "kv-f32", "name": llama_kv, "gguf": fpath.name, **case})
             save()
     result["lowbit"] = lowbit_side(args, path, kvs, wfiles, bases)
