@@ -1,4 +1,4 @@
-"""Write tests/data/llamacpp_tokens.json: llama.cpp's own token ids for slices of lowbit's evaluation text.
+"""Write src/lowbit/eval/llamacpp_tokens.json: llama.cpp's own token ids for slices of lowbit's evaluation text.
 
 The slices hold what lowbit's tokenizer once got wrong against llama.cpp (a run of 33 spaces, spaces before a
 digit, "\\n\\n" before a list number, escapes such as \\x1d and \\x85 that llama-perplexity's -f turns into bytes).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 # (start, end) character ranges of lowbit.eval.text.corpus() (CPython 3.11.7's pydoc_data.topics)
 SLICES = [(10400, 10700), (19100, 19400), (345600, 345800), (349000, 350400)]
-OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "llamacpp_tokens.json"
+OUT = Path(__file__).resolve().parents[1] / "src" / "lowbit" / "eval" / "llamacpp_tokens.json"
 
 
 def main() -> int:

@@ -14,7 +14,7 @@ from lowbit.eval import llama_tokens, protocol
 
 torch = pytest.importorskip("torch")
 
-FIXTURE = Path(__file__).parent / "data" / "llamacpp_tokens.json"
+FIXTURE = Path(__file__).parents[1] / "src" / "lowbit" / "eval" / "llamacpp_tokens.json"
 
 
 # ------------------------------------------------------------------------------------------------------- text
@@ -70,6 +70,10 @@ def test_fixture_catches_transformers_own_splitting(smollm2_gguf):
     tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     ids = llama_tokens.tokenize(tok, smollm2_gguf, llama_tokens.escapes(data["text"].encode("utf-8")))
     assert ids != case["ids"]
+    # and the evaluation refuses to measure with it (a tokenizer built by another transformers once did this)
+    with pytest.raises(LowbitError, match="does not tokenize as llama.cpp"):
+        llama_tokens.check(tok, smollm2_gguf)
+    llama_tokens.check(lm.load_tokenizer(smollm2_gguf), smollm2_gguf)  # the conformed one passes
 
 
 # ---------------------------------------------------------------------------------------------------- windows

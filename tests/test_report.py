@@ -163,6 +163,8 @@ def test_no_internal_paths(page):
     assert report.public_command("python b.py --x 1 --out /tmp/kvq/a.json ; python b.py --x 1 --out /tmp/b.json") \
         == "python b.py --x 1"
     assert report.public_command("python d.py --out decode.json") == "python d.py --out decode.json"
+    assert report.public_command("python k.py --model gemma3-270m=/tmp/m/g.gguf --device cuda") \
+        == "python k.py --model gemma3-270m --device cuda"
 
 
 # ------------------------------------------------------------------------------------------------ the plots

@@ -20,7 +20,10 @@ by default (`--escape`), turns \\n \\r \\t \\' \\" \\\\ and \\xHH in the text in
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+from pathlib import Path
 
 from lowbit.errors import LowbitError
 from lowbit.models.gguf_header import read_array, read_header
@@ -28,6 +31,7 @@ from lowbit.models.gguf_header import read_array, read_header
 # llama.cpp's pre-tokenizer types that split with exactly these two regexes (llama-vocab.cpp, "smollm" group)
 DIGIT_FIRST_PRE = ("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva", "mellum2")
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+PROBE = Path(__file__).with_name("llamacpp_tokens.json")  # llama-tokenize's ids (benchmarks/llamacpp_tokens_fixture.py)
 CONFORM_VERSION = 2  # part of the saved tokenizer's name: a change to `conform` must not reuse old copies
 USER_DEFINED = 4  # llama_token_type LLAMA_TOKEN_TYPE_USER_DEFINED
 
@@ -133,3 +137,30 @@ def tokenize(tok, path, data: bytes, add_special: bool = True) -> list[int]:
 
 def _encode(tok, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> dict:
+    return json.loads(PROBE.read_text(encoding="utf-8"))
+
+
+def check(tok, path) -> None:
+    """Refuse a tokenizer that does not tokenize as llama.cpp on the probe slices, for a GGUF the probe knows.
+
+    transformers builds the tokenizer from the GGUF, and versions differ: transformers 5.17 builds Gemma 3's with
+    runs of spaces as separate tokens and no BOS (8,667 ids for 20,000 characters where llama.cpp has 4,666),
+    which measured f16 perplexity 84.7 instead of about 12. Measuring with such a tokenizer gives wrong figures
+    without a word, so it is an error."""
+    probe = _probe()
+    name = Path(path).name
+    case = next((c for c in probe["models"].values() if c["gguf"] == name), None)
+    if case is None:
+        return
+    ids = tokenize(tok, path, escapes(probe["text"].encode("utf-8")))
+    if ids != case["ids"]:
+        import transformers
+
+        first = next((i for i, (a, b) in enumerate(zip(ids, case["ids"])) if a != b), min(len(ids), len(case["ids"])))
+        raise LowbitError(f"the tokenizer transformers {transformers.__version__} builds from {name} does not tokenize "
+                          f"as llama.cpp {probe['llama_cpp_commit']} does (the probe text: {len(ids)} ids against "
+                          f"{len(case['ids'])}, first difference at id {first}); its measurements would be wrong")

@@ -403,14 +403,18 @@ def _load_tokenizer(path: Path):
                                           f"-llamacpp{llama_tokens.CONFORM_VERSION}")
     if (saved / "tokenizer_config.json").is_file():
         try:
-            return AutoTokenizer.from_pretrained(str(saved))
+            tok = AutoTokenizer.from_pretrained(str(saved))
         except Exception:  # a damaged copy: rebuild it from the GGUF below
-            pass
+            tok = None
+        if tok is not None:
+            llama_tokens.check(tok, path)
+            return tok
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:
         raise LowbitError(f"cannot build a tokenizer from {path.name}: {e}") from e
     llama_tokens.conform(tok, path)
+    llama_tokens.check(tok, path)
     _save_quietly(tok, saved)
     return tok
 

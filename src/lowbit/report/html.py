@@ -30,6 +30,7 @@ from lowbit.report.audit import audit
 from lowbit.report.frontier import analyse, frontier_figure, frontier_table, has_intervals
 from lowbit.progress import progress_bar
 from lowbit.report.render import UNITS, fmt_bytes
+from lowbit.report.speed_table import simulate_speed_table
 from lowbit.safe_write import check_target, write_text
 
 PARTS = [("weights_bytes", "weights", "#3b6ea8"), ("kv_bytes", "KV cache", "#e08a2c"),
@@ -330,6 +331,25 @@ QUANTITY = {"weights": "weights", "kv": "KV cache", "weights+kv": "weights + KV 
             "weights+kv+state": "weights + KV cache + state"}
 
 
+SPEED_DEVICES = ["rtx-4090", "h100-80gb", "m4-max-128gb", "cpu-64gb"]
+
+
+def _speed_section(sim: Simulation) -> str:
+    """Decode tokens/s of each model and scenario on a few devices: the speed model's estimate and its bounds."""
+    t = simulate_speed_table(sim, sim.speeds(SPEED_DEVICES), SPEED_DEVICES)
+    columns = [c.replace("\n", " ") for c in t.columns]
+    rows = [[r[0]] + [Cell(c.replace("\n", " ")) for c in r[1:]] for r in t.rows]
+    caption = "<br>".join(html.escape(line) for line in t.caption.split("\n"))
+    return f"""<h2 id="speed">How fast: decode tokens/s, estimated</h2>
+<p>One sequence at {sim.context:,} tokens: the bytes each new token reads (active weights, KV cache, state) over
+each device's effective bandwidth, checked against its compute; efficiencies measured on real runs (docs/speed.md,
+where the estimate is checked against llama-bench on a CPU and real-size runs on an H200).</p>
+{table(columns, rows)}
+<p class=prov>estimated. {caption}<br>The same table in a terminal:
+<code>lowbit simulate --context {sim.context} --speed {','.join(SPEED_DEVICES)}</code>.</p>
+"""
+
+
 def _audit_table(result: dict, units: str) -> str:
     """The audit's own comparison (lowbit.report.audit), formatted with units and a verdict per claim."""
     rows = []
@@ -436,10 +456,12 @@ def _measured_table(columns: list[Column], rows: list[dict]) -> tuple[str, bool]
 
 def public_command(cmd: str) -> str:
     """A recorded command as a reader can run it: without output files outside the repository (the measuring
-    machine's temporary folders), each command once."""
+    machine's temporary folders) and with a known model named, not its copy there (`--model NAME=/path`), each
+    command once."""
     parts = []
     for c in cmd.split(" ; "):
         c = re.sub(r"\s+--out\s+/\S+", "", c.strip())
+        c = re.sub(r"(--models?\s+[\w.-]+)=/\S+", r"\1", c)
         if c and c not in parts:
             parts.append(c)
     return " ; ".join(parts)
@@ -666,6 +688,7 @@ own scale; the label on a bar is its total in {units}, the panel's title the sav
 {_family_table(sim, units)}
 <p class=prov>weights, KV cache, state: exact. runtime: {html.escape(sim.plans[0].provenance()['runtime_bytes'])}.
 The same table in a terminal: <code>lowbit simulate --context {context}</code>.</p>
+{_speed_section(sim)}
 <h2 id="kv-context">KV cache against context</h2>
 <p>{KV_MODEL}: KV-cache bytes for one sequence by format (exact). Only the {cfg.count('full_attention')}
 full-attention layers of {cfg.num_layers} hold a KV cache ({max(cfg.num_kv_heads)} KV heads of {cfg.head_dim}
