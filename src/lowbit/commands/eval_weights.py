@@ -76,7 +76,8 @@ def weights_table(rows: list[dict]) -> Table:
               ci_text(r["kld"], r.get("kld_ci"), 3), ci_text(r["top1"], r.get("top1_ci"), 3))
     t.caption = ("Bits per weight are exact (every scale and offset counted; body = the transformer blocks' "
                  "matrices); PPL, KLD (nats) and top-1 are measured, KLD and top-1 against the model as stored, "
-                 "with no KV cache. "
+                 + ("under llama-perplexity's protocol (its windows and sums, an f16 KV cache as its default). "
+                    if r0.get("protocol") == "llama.cpp" else "with no KV cache. ")
                  + ("[a, b]: 95% interval, bootstrap over windows paired with the stored model; '~' marks a PPL ratio "
                     "whose interval holds 1." if any(r.get("ppl_ratio_ci") for r in rows)
                     else f"No intervals: fewer than {MIN_WINDOWS} windows."))
