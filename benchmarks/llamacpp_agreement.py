@@ -12,7 +12,7 @@ compared directly with the base log-probabilities llama.cpp stored (KLD(llama.cp
     nice -n 10 python benchmarks/llamacpp_agreement.py --bin /work/llamacpp-build/bin --model smollm2-135m \
         --ctx 512 --tokens 32768 --kv f16,q8_0:norot=q8_0,q4_0:norot=q4_0 --weights Q8_0,Q4_0,Q4_K_M \
         --work /work/lq --reuse docs/quality_results/llamacpp_0c1e57098_smollm2_c512.json --f32 f16,q8_0,q4_0 \
-        --out docs/quality_results/agreement_smollm2_c512.json
+        --out docs/quality_results/llamacpp_agreement_smollm2_c512.json
 
 --kv takes LLAMA[=LOWBIT] pairs: the llama.cpp cache type and the lowbit KV format that does the same
 (default: the same name). --reuse: llama.cpp cases already measured by benchmarks/llamacpp_perplexity.py with the

@@ -76,6 +76,39 @@ def test_fixture_catches_transformers_own_splitting(smollm2_gguf):
     llama_tokens.check(lm.load_tokenizer(smollm2_gguf), smollm2_gguf)  # the conformed one passes
 
 
+def test_a_wrongly_built_tokenizer_falls_back_to_a_conforming_saved_copy(smollm2_gguf, tmp_path, monkeypatch):
+    """When this transformers builds a tokenizer that fails the probe, a copy saved for the same GGUF under another
+    version that passes is used (the device's transformers 5.17 builds Gemma 3's wrongly); without one, an error."""
+    pytest.importorskip("transformers")
+    import shutil
+
+    from tokenizers import pre_tokenizers
+
+    from lowbit.eval import lm
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LOWBIT_CACHE", str(cache))
+    good = lm.load_tokenizer(smollm2_gguf)
+    shutil.rmtree(cache, ignore_errors=True)  # whatever loading it saved: this version's own copy must not exist
+
+    def build_wrongly(tok, path):  # stands in for a transformers version that splits as GPT-2 does
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        return True
+
+    monkeypatch.setattr(llama_tokens, "conform", build_wrongly)
+    with pytest.raises(LowbitError, match="does not tokenize as llama.cpp"):
+        lm._load_tokenizer(Path(smollm2_gguf))
+
+    size = Path(smollm2_gguf).stat().st_size
+    other = cache / "tokenizers" / f"{Path(smollm2_gguf).stem}-{size}-1-tf0.0-llamacpp{llama_tokens.CONFORM_VERSION}"
+    good.save_pretrained(str(other))
+    tok = lm._load_tokenizer(Path(smollm2_gguf))
+    llama_tokens.check(tok, smollm2_gguf)
+    # and nothing wrong was saved under this version's name for a later run to pick up
+    assert [p.name for p in (cache / "tokenizers").iterdir()] == [other.name]
+    shutil.rmtree(other)
+
+
 # ---------------------------------------------------------------------------------------------------- windows
 
 def test_windows_contiguous_remainder_dropped():

@@ -163,4 +163,5 @@ def check(tok, path) -> None:
         first = next((i for i, (a, b) in enumerate(zip(ids, case["ids"])) if a != b), min(len(ids), len(case["ids"])))
         raise LowbitError(f"the tokenizer transformers {transformers.__version__} builds from {name} does not tokenize "
                           f"as llama.cpp {probe['llama_cpp_commit']} does (the probe text: {len(ids)} ids against "
-                          f"{len(case['ids'])}, first difference at id {first}); its measurements would be wrong")
+                          f"{len(case['ids'])}, first difference at id {first}); its measurements would be wrong (a copy that "
+                          f"another transformers version saved in $LOWBIT_CACHE/tokenizers is used if it passes)")

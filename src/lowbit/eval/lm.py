@@ -20,7 +20,9 @@ Devices: `load_model(..., device="cuda")` moves the float32 model to the GPU wit
 and cuDNN in full float32, so a GPU figure differs from the CPU's by float rounding only); everything the
 model needs comes from the GGUF file alone (no hub, no network). The tokenizer is built from the GGUF
 too; a saved copy goes to $LOWBIT_CACHE/tokenizers (default ~/.cache/lowbit), which only saves time: a
-missing or read-only cache directory costs the ~12 s of building it again.
+missing or read-only cache directory costs the ~12 s of building it again. Where this transformers version
+builds a tokenizer that does not tokenize as llama.cpp (the probe in llama_tokens.check), a copy of the same GGUF's
+tokenizer saved under another version that passes the probe is used instead; without one it is an error.
 """
 
 from __future__ import annotations
@@ -414,9 +416,32 @@ def _load_tokenizer(path: Path):
     except Exception as e:
         raise LowbitError(f"cannot build a tokenizer from {path.name}: {e}") from e
     llama_tokens.conform(tok, path)
-    llama_tokens.check(tok, path)
+    try:
+        llama_tokens.check(tok, path)
+    except LowbitError:
+        # transformers versions build some GGUF tokenizers wrongly (5.17: Gemma 3 as a Unigram model without
+        # BOS); a copy that another version saved for this same file and that passes the probe is the fix.
+        tok = _conforming_copy(path, st.st_size)
+        if tok is None:
+            raise
+        return tok
     _save_quietly(tok, saved)
     return tok
+
+
+def _conforming_copy(path: Path, size: int):
+    """A saved tokenizer of this GGUF (same name and size, any transformers version) that tokenizes as llama.cpp."""
+    from transformers import AutoTokenizer
+
+    pattern = f"{path.stem}-{size}-*-llamacpp{llama_tokens.CONFORM_VERSION}"
+    for saved in sorted((cache_dir() / "tokenizers").glob(pattern)):
+        try:
+            tok = AutoTokenizer.from_pretrained(str(saved))
+            llama_tokens.check(tok, path)
+        except Exception:  # damaged, or built wrongly too: try the next
+            continue
+        return tok
+    return None
 
 
 def _save_quietly(tok, target: Path) -> None:
