@@ -78,6 +78,25 @@ def test_name_map_covers_every_tensor_once(smollm2_gguf, gemma3_gguf):
         assert lm.hf_to_gguf_names(p)[g2h["blk.0.attn_q.weight"]] == "blk.0.attn_q.weight"
 
 
+def test_one_tensor_read_alone_equals_ggufs_reader(smollm2_gguf):
+    """lm.gguf_tensor (header offsets + memory map) against gguf's own GGUFReader, on each GGML type the file holds."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(smollm2_gguf)
+    seen = set()
+    for t in reader.tensors:
+        if t.tensor_type in seen:
+            continue
+        seen.add(t.tensor_type)
+        want = dequantize(t.data, t.tensor_type).astype(np.float32)
+        got = lm.gguf_tensor(smollm2_gguf, t.name)
+        assert got.shape == want.shape and np.array_equal(got, want), t.name
+    assert len(seen) >= 2  # Q4_1 matrices and F32 norms at least
+    with pytest.raises(LowbitError, match="no tensor"):
+        lm.gguf_tensor(smollm2_gguf, "blk.0.nonexistent.weight")
+
+
 def test_gemma3_config_from_gguf(gemma3_gguf):
     c = lm.hf_config(gemma3_gguf)
     # Gemma 3 270M: 18 layers, every 6th global, 512-token local window, 32k context

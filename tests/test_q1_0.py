@@ -114,14 +114,9 @@ def test_refuses_scale_overflowing_fp16():
 @pytest.fixture(scope="module")
 def gemma3_tensor(gemma3_gguf) -> np.ndarray:
     """blk.0.ffn_gate.weight of the real Gemma 3 270M file (640 columns: whole Q1_0 blocks)."""
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
+    from lowbit.eval.lm import gguf_tensor
 
-    from lowbit.models.local import model_path
-
-    reader = GGUFReader(model_path("gemma3-270m"))
-    t = next(t for t in reader.tensors if t.name == "blk.0.ffn_gate.weight")
-    return dequantize(t.data, t.tensor_type).astype(np.float32)
+    return np.array(gguf_tensor(gemma3_gguf, "blk.0.ffn_gate.weight"))
 
 
 def test_real_gemma3_tensor_round_trip(gemma3_tensor):

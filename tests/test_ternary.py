@@ -15,14 +15,9 @@ from lowbit.quant import weights
 @pytest.fixture(scope="module")
 def real(gemma3_gguf) -> dict[str, np.ndarray]:
     """Two real Gemma 3 270M tensors and a calibration-like Hessian for the first."""
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
+    from lowbit.eval.lm import gguf_tensor
 
-    from lowbit.models.local import model_path
-
-    reader = GGUFReader(model_path("gemma3-270m"))
-    want = {"blk.3.attn_output.weight", "blk.0.ffn_gate.weight"}
-    return {t.name: dequantize(t.data, t.tensor_type).astype(np.float32) for t in reader.tensors if t.name in want}
+    return {name: np.array(gguf_tensor(gemma3_gguf, name)) for name in ("blk.3.attn_output.weight", "blk.0.ffn_gate.weight")}
 
 
 def test_absmean_by_hand():

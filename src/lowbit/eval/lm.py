@@ -193,6 +193,16 @@ def gguf_weights(model: str | os.PathLike) -> dict[str, np.ndarray]:
     return dict(_gguf_weights(resolve(model)))
 
 
+def gguf_tensor(model: str | os.PathLike, name: str) -> np.ndarray:
+    """One tensor dequantized to float32 as gguf_weights gives it, read alone (no other tensor is decoded)."""
+    path = resolve(model)
+    header = _header(path)
+    t = next((t for t in header.tensors if t.name == name), None)
+    if t is None:
+        raise LowbitError(f"{path.name} has no tensor {name!r}")
+    return _dequantized(np.memmap(path, dtype=np.uint8, mode="r"), header, t)
+
+
 def gguf_tensor_types(model: str | os.PathLike) -> dict[str, str]:
     """GGUF tensor name -> its GGML type name as shipped (e.g. "Q4_K")."""
     return {t.name: t.type_name for t in _header(resolve(model)).tensors}
