@@ -255,15 +255,18 @@ def quality_figure(rows: list[dict], narrow: bool):
 
 
 def kernels_figure(rows: list[dict], narrow: bool):
-    """Speedup over bf16 attention per layer shape and context, one bar per batch size (linear axis)."""
-    groups = list(dict.fromkeys((r["shape"], r["context"]) for r in rows))
+    """Speedup over bf16 attention per layer shape, context and K/V format, one bar per batch size (linear axis)."""
+    groups = list(dict.fromkeys((r["shape"], r["context"], r["kv"]) for r in rows))
     batches = sorted({r["batch"] for r in rows})
     width = 0.8 / len(batches)
-    fig = _new_figure(narrow, 3.8, 0.55 * len(groups) + 1.6)
+    tall = 0.55 * len(groups) + 1.6
+    # more than six groups: horizontal bars on a wide page too, or their labels run into each other
+    fig = _new_figure(narrow, 3.8 if len(groups) <= 6 else tall, tall)
+    narrow = narrow or len(groups) > 6
     ax = fig.subplots()
-    labels = [f"{s}\n{fmt_tokens(c)} tokens" for s, c in groups]
+    labels = [f"{s}, {fmt_tokens(c)}\n{kv}" for s, c, kv in groups]
     for i, (b, color) in enumerate(zip(batches, MODEL_COLORS)):
-        vals = [next((r["speedup"] for r in rows if (r["shape"], r["context"]) == g and r["batch"] == b), 0)
+        vals = [next((r["speedup"] for r in rows if (r["shape"], r["context"], r["kv"]) == g and r["batch"] == b), 0)
                 for g in groups]
         pos = [k + (i - (len(batches) - 1) / 2) * width for k in range(len(groups))]
         (ax.barh if narrow else ax.bar)(pos, vals, width, color=color, label=f"batch {b}")
@@ -278,7 +281,7 @@ def kernels_figure(rows: list[dict], narrow: bool):
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(groups)), labels)
         ax.set_ylabel(label)
-        ax.set_xlabel("layer shape and context")
+        ax.set_xlabel("layer shape, context and K/V format")
         ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     fig.legend(loc="outside upper center", ncol=len(batches), frameon=False)
@@ -426,7 +429,7 @@ KERNEL_COLUMNS = [
     Column("baseline", "fastest bf16 SDPA", _text, False),
     Column("baseline_ms", "bf16 SDPA (ms)", _dash(lambda v: fmt_sig(v, 3))),
     Column("speedup", "speedup", _dash(lambda v: f"{v:.2f}x")),
-    Column("triton_speedup", "Triton kernel's speedup", _dash(lambda v: f"{v:.2f}x")),
+    Column("gbps", "packed bytes read (GB/s)", _dash(lambda v: f"{v:,.0f}")),
 ]
 
 CLAMP_NOTE = ("0.0000*: measured as a tiny negative number (float rounding: the model against itself, or a format "
@@ -544,10 +547,11 @@ def _kernels_section(blocks: list[dict]) -> str:
     b = blocks[0]
     tab, _ = _measured_table(KERNEL_COLUMNS, rows)
     return f"""<h2 id="kernels">GPU decode attention over the packed cache, measured</h2>
-<p>Time for one attention layer to attend one new token per sequence, reading the turbo3 cache in its
-packed form (CUDA kernel), against the fastest bf16 SDPA backend on the same GPU. Above 1x the packed cache is
-faster.</p>
-{_figure(lambda n: kernels_figure(rows, n), "decode attention speedup over bf16 per layer shape, context and batch")}
+<p>Time for one attention layer to attend one new token per sequence, reading the cache in its packed form
+(one CUDA kernel for turbo3 keys and values and for q8_0 keys with turbo3 or turbo4 values, the settings the quality
+tables recommend), against the fastest bf16 SDPA backend on the same GPU. Above 1x the packed cache is faster.
+At batch 1 the kernel is bound by latency at low occupancy, not by memory (docs/kernels.md).</p>
+{_figure(lambda n: kernels_figure(rows, n), "decode attention speedup over bf16 per layer shape, context, K/V format and batch")}
 <p class=prov>{html.escape(b.get('description', ''))}; measured {html.escape(b.get('date', ''))} on {html.escape(b.get('device', ''))} by
 <code>{html.escape(public_command(b.get('command', '')))}</code>. Per-row notes and the targets: docs/kernels.md.</p>
 {tab}"""
