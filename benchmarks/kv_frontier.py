@@ -176,9 +176,20 @@ def measure(args, model_name: str, path: str, rows: list[tuple], command: str) -
     tokens = args.tokens or text.default_tokens(tok)
     depths = [round(float(x), 4) for x in args.niah_depths.split(",") if x.strip()]
     probe = None
+    old = next((d for d in load(args.out) if d.get("model") == model_name), None)
     if args.niah_length == "auto":
-        niah_length, probe = niah_probe(model_name, path, depths, args.niah_repeats, args.seed, str(dev),
-                                        info.context_length)
+        # a resumed run keeps its probe (a minute of GPU time) when the probe would be the same
+        same_probe = old is not None and not args.fresh and old.get("niah_probe") and \
+            all(old["setup"].get(k) == v for k, v in (("niah_depths", depths), ("niah_repeats", args.niah_repeats),
+                                                       ("seed", args.seed))) and \
+            (old.get("text") or {}).get("sha256") == text.source()["sha256"] and \
+            old.get("device", "").split(" ")[0].split(":")[0] == dev.type
+        if same_probe:
+            niah_length, probe = old["setup"]["niah_length"], old["niah_probe"]
+            print(f"{model_name} NIAH probe kept from the earlier run: {niah_length:,}", file=sys.stderr)
+        else:
+            niah_length, probe = niah_probe(model_name, path, depths, args.niah_repeats, args.seed, str(dev),
+                                            info.context_length)
     elif args.niah_length == "max":
         niah_length = info.context_length
     else:
@@ -190,7 +201,6 @@ def measure(args, model_name: str, path: str, rows: list[tuple], command: str) -
              "seed": args.seed, "bootstrap": {"samples": args.bootstrap_samples, "seed": args.bootstrap_seed,
                                               "level": LEVEL},
              "reference": "f16 QuantizedKVCache on the same windows"}
-    old = next((d for d in load(args.out) if d.get("model") == model_name), None)
     resumable = old is not None and old.get("schema") == SCHEMA and same_setup(old["setup"], setup) \
         and (old.get("text") or {}).get("sha256") == text.source()["sha256"] \
         and old.get("device", "").split(" ")[0].split(":")[0] == dev.type  # one device's figures per document

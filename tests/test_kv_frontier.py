@@ -202,6 +202,31 @@ def test_measure_saves_each_row_resumes_and_keeps_other_models(tmp_path, monkeyp
     assert len(calls) == 4 and json.loads(out.read_text())[1]["setup"]["tokens"] == 2048
 
 
+def test_a_resumed_auto_run_keeps_its_niah_probe(tmp_path, monkeypatch, smollm2_gguf):
+    """--niah-length auto probes once; a rerun with the same probe settings keeps it, --fresh or others probe again."""
+    kf = _script()
+    import lowbit.eval.kv as kv
+
+    probes = []
+
+    def fake_probe(model_name, path, depths, repeats, seed, device, top, need=0.8):
+        probes.append(seed)
+        return 2048, {"8192": "1/10", "4096": "7/10", "2048": "9/10"}
+
+    monkeypatch.setattr(kf, "niah_probe", fake_probe)
+    monkeypatch.setattr(kv, "evaluate_kv", lambda path, k, v, **kw: {**_row(k, v, 4.0, 0.0), "niah": None,
+                                                                      "niah_trials": []})
+    out = tmp_path / "kv.json"
+    argv = ["--model", f"toy={smollm2_gguf}", "--rows", "q8_0", "--tokens", "1024", "--niah-length", "auto",
+            "--out", str(out), "--commit", "abc123"]
+    assert kf.main(argv) == 0 and probes == [0]
+    assert kf.main(argv) == 0 and probes == [0]  # kept
+    doc = json.loads(out.read_text())[0]
+    assert doc["setup"]["niah_length"] == 2048 and doc["niah_probe"]["2048"] == "9/10"
+    assert kf.main(argv + ["--fresh"]) == 0 and probes == [0, 0]
+    assert kf.main(argv + ["--seed", "1"]) == 0 and probes == [0, 0, 1]  # another probe
+
+
 def test_merge_joins_runs_with_the_same_settings(tmp_path):
     kf = _script()
     setup = {"tokens": 32768, "context": 512, "chunk": 128, "niah_length": 8192, "niah_depths": [0.5],
