@@ -181,6 +181,10 @@ def _figures():
         out.append(("quality", lambda n: report.quality_figure([r for b in kv for r in b["rows"]], n)))
     if kernels:
         out.append(("kernels", lambda n: report.kernels_figure([r for b in kernels for r in b["rows"]], n)))
+    from lowbit.report.frontier import frontier_figure
+
+    for b in report._frontier_blocks(kv or []):
+        out.append((f"frontier {b['model']}", lambda n, b=b: frontier_figure(b, n)))
     return out
 
 

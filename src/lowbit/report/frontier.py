@@ -198,7 +198,8 @@ def frontier_markdown(block: dict, points: list[Point] | None = None) -> str:
 
 def frontier_figure(block: dict, narrow: bool = False, points: list[Point] | None = None):
     """Two panels: bits per value against KL divergence (log axis, 95% bars; f16 is the reference, left out)
-    and against the fraction of needles found (Wilson bars). Frontier rows in colour and joined, the rest grey."""
+    and against the fraction of needles found (Wilson bars). Frontier rows in colour, named and joined; the rest
+    grey."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -218,9 +219,9 @@ def frontier_figure(block: dict, narrow: bool = False, points: list[Point] | Non
             color = FAMILY_COLORS[p.family] if on else "#b9b9b9"
             ax.errorbar([p.bits], [y], yerr=err, fmt="o" if on else ".", color=color, ms=5 if on else 4,
                         elinewidth=0.8, capsize=2, zorder=3 if on else 2)
-            if on or not narrow:
+            if on:  # grey points stay unnamed: the table beside the plot names every row
                 ax.annotate(p.label, (p.bits, y), xytext=(3, 2), textcoords="offset points",
-                            fontsize=6.5 if narrow else 7, color="#222" if on else "#888")
+                            fontsize=8 if narrow else 7, color="#222")
         line = sorted((p.bits, max(p.kld.value, floor) if what == "kld" else p.niah.value) for p in best
                       if not (what == "kld" and p.family == "f16"))
         if line:
@@ -233,14 +234,45 @@ def frontier_figure(block: dict, narrow: bool = False, points: list[Point] | Non
             ax.set_ylabel("KL divergence vs f16 (nats, log)")
         else:
             ax.set_ylim(-0.05, 1.05)
-            ax.set_ylabel(f"needles found ({niah_setting(block)})" if not narrow else "needles found")
+            ax.set_ylabel("needles found (share)")
+            ax.set_title(niah_setting(block), fontsize=8)
     handles = [Line2D([], [], marker="o", ls="", color=c, label=f) for f, c in FAMILY_COLORS.items()
                if any(p.family == f for p in pts)]
     handles.append(Line2D([], [], marker=".", ls="", color="#b9b9b9", label="dominated"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4 if narrow else len(handles), frameon=False,
                fontsize=8)
-    fig.suptitle(f"{block.get('model')}: KV formats, best at their size in colour", fontsize=10)
+    fig.suptitle(f"{block.get('model')}:{chr(10) if narrow else ' '}KV formats, best at their size in colour", fontsize=10)
+    _declutter(fig, (ax_k, ax_n))
     return fig
+
+
+def _declutter(fig, axes) -> None:
+    """Move each point's label up until it overlaps no label placed before it; drop a label that would leave its
+    panel (the tables carry every value). Formats of equal size and score share a point, so labels pile up."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    px_to_pt = 72.0 / fig.dpi
+    for ax in axes:
+        inside = ax.get_window_extent(renderer)
+        labels = sorted(ax.texts, key=lambda t: tuple(ax.transData.transform(t.xy)))
+        placed = []
+        for t in labels:
+            box = t.get_window_extent(renderer).padded(2)
+            if box.x1 > inside.x1:  # the rightmost points: the label goes to the left of its point
+                t.set_horizontalalignment("right")
+                t.xyann = (-t.xyann[0], t.xyann[1])
+                box = t.get_window_extent(renderer).padded(2)
+            for _ in range(40):
+                hit = next((b for b in placed if b.overlaps(box)), None)
+                if hit is None:
+                    break
+                dx, dy = t.xyann
+                t.xyann = (dx, dy + (hit.y1 - box.y0 + 1) * px_to_pt)
+                box = t.get_window_extent(renderer).padded(2)
+            if hit is not None or box.y1 > inside.y1 or box.x1 > inside.x1 or box.x0 < inside.x0:
+                t.remove()
+                continue
+            placed.append(box)
 
 
 def save_figure(block: dict, path, points: list[Point] | None = None, dpi: int = 150) -> None:
