@@ -417,6 +417,7 @@ KV_COLUMNS = [
 WEIGHT_COLUMNS = [
     Column("model", "model", _text, False), Column("weights", "weights", _text, False),
     Column("method", "method", _text, False), Column("kv", "KV cache", _text, False),
+    Column("tokens", "tokens scored", _dash(lambda v: f"{v:,}")),
     Column("bits_per_weight", "bits per weight, whole model (exact)", _dash(fmt_bits)),
     Column("body_bits_per_weight", "bits per weight, blocks (exact)", _dash(fmt_bits)),
     Column("ppl", "perplexity", _dash(fmt_large)), Column("ppl_reference", "perplexity as shipped", _dash(fmt_large)),
