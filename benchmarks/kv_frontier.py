@@ -177,13 +177,13 @@ def measure(args, model_name: str, path: str, rows: list[tuple], command: str) -
     depths = [round(float(x), 4) for x in args.niah_depths.split(",") if x.strip()]
     probe = None
     old = next((d for d in load(args.out) if d.get("model") == model_name), None)
+    same_source = old is not None and (old.get("text") or {}).get("sha256") == text.source()["sha256"] \
+        and old.get("device", "").split(" ")[0].split(":")[0] == dev.type  # one device's figures per document
     if args.niah_length == "auto":
         # a resumed run keeps its probe (a minute of GPU time) when the probe would be the same
-        same_probe = old is not None and not args.fresh and old.get("niah_probe") and \
+        same_probe = same_source and not args.fresh and old.get("niah_probe") and \
             all(old["setup"].get(k) == v for k, v in (("niah_depths", depths), ("niah_repeats", args.niah_repeats),
-                                                       ("seed", args.seed))) and \
-            (old.get("text") or {}).get("sha256") == text.source()["sha256"] and \
-            old.get("device", "").split(" ")[0].split(":")[0] == dev.type
+                                                       ("seed", args.seed)))
         if same_probe:
             niah_length, probe = old["setup"]["niah_length"], old["niah_probe"]
             print(f"{model_name} NIAH probe kept from the earlier run: {niah_length:,}", file=sys.stderr)
@@ -201,9 +201,7 @@ def measure(args, model_name: str, path: str, rows: list[tuple], command: str) -
              "seed": args.seed, "bootstrap": {"samples": args.bootstrap_samples, "seed": args.bootstrap_seed,
                                               "level": LEVEL},
              "reference": "f16 QuantizedKVCache on the same windows"}
-    resumable = old is not None and old.get("schema") == SCHEMA and same_setup(old["setup"], setup) \
-        and (old.get("text") or {}).get("sha256") == text.source()["sha256"] \
-        and old.get("device", "").split(" ")[0].split(":")[0] == dev.type  # one device's figures per document
+    resumable = same_source and old.get("schema") == SCHEMA and same_setup(old["setup"], setup)
     keep = old["rows"] if resumable and not args.fresh else []
     doc = {"model": model_name, "gguf": Path(info.path).name, "schema": SCHEMA, "command": command,
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -74,13 +74,16 @@ def weights_table(rows: list[dict]) -> Table:
               f"{r['body_bits_per_weight']:.3f}", f"{r['ppl']:,.2f}",
               ci_text(ratio, r.get("ppl_ratio_ci"), 3, same=1.0) if ratio < 100 else _ratio(ratio),
               ci_text(r["kld"], r.get("kld_ci"), 3), ci_text(r["top1"], r.get("top1_ci"), 3))
+    if r0.get("protocol") == "llama.cpp":
+        how = "under llama-perplexity's protocol (its windows and sums, an f16 KV cache as its default). "
+    elif any(r.get("kv") for r in rows):
+        how = ("each through its KV cache (the first half of a window prefilled, the rest decoded through the cache), "
+               "the stored model with an f16 cache as the baseline. ")
+    else:
+        how = "with no KV cache. "
     t.caption = ("Bits per weight are exact (every scale and offset counted; body = the transformer blocks' "
                  "matrices); PPL, KLD (nats) and top-1 are measured, KLD and top-1 against the model as stored, "
-                 + ("under llama-perplexity's protocol (its windows and sums, an f16 KV cache as its default). "
-                    if r0.get("protocol") == "llama.cpp" else
-                    "each through its KV cache (the first half of a window prefilled, the rest decoded through the "
-                    "cache), the stored model with an f16 cache as the baseline. " if any(r.get("kv") for r in rows)
-                    else "with no KV cache. ")
+                 + how
                  + ("[a, b]: 95% interval, bootstrap over windows paired with the stored model; '~' marks a PPL ratio "
                     "whose interval holds 1." if any(r.get("ppl_ratio_ci") for r in rows)
                     else f"No intervals: fewer than {MIN_WINDOWS} windows."))

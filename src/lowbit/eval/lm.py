@@ -413,19 +413,14 @@ def _load_tokenizer(path: Path):
     st = path.stat()
     saved = cache_dir() / "tokenizers" / (f"{path.stem}-{st.st_size}-{st.st_mtime_ns}-tf{transformers.__version__}"
                                           f"-llamacpp{llama_tokens.CONFORM_VERSION}")
-    if (saved / "tokenizer_config.json").is_file():
+    tok = _saved_copy(saved)
+    built = tok is None
+    if built:
         try:
-            tok = AutoTokenizer.from_pretrained(str(saved))
-        except Exception:  # a damaged copy: rebuild it from the GGUF below
-            tok = None
-        if tok is not None:
-            llama_tokens.check(tok, path)
-            return tok
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:
-        raise LowbitError(f"cannot build a tokenizer from {path.name}: {e}") from e
-    llama_tokens.conform(tok, path)
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        except Exception as e:
+            raise LowbitError(f"cannot build a tokenizer from {path.name}: {e}") from e
+        llama_tokens.conform(tok, path)
     try:
         llama_tokens.check(tok, path)
     except LowbitError:
@@ -435,20 +430,33 @@ def _load_tokenizer(path: Path):
         if tok is None:
             raise
         return tok
-    _save_quietly(tok, saved)
+    if built:
+        _save_quietly(tok, saved)
     return tok
+
+
+def _saved_copy(saved: Path):
+    """A tokenizer saved in the lowbit cache, or None where there is none or it is damaged (then it is rebuilt)."""
+    from transformers import AutoTokenizer
+
+    if not (saved / "tokenizer_config.json").is_file():
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(saved))
+    except Exception:
+        return None
 
 
 def _conforming_copy(path: Path, size: int):
     """A saved tokenizer of this GGUF (same name and size, any transformers version) that tokenizes as llama.cpp."""
-    from transformers import AutoTokenizer
-
     pattern = f"{path.stem}-{size}-*-llamacpp{llama_tokens.CONFORM_VERSION}"
     for saved in sorted((cache_dir() / "tokenizers").glob(pattern)):
+        tok = _saved_copy(saved)
+        if tok is None:
+            continue
         try:
-            tok = AutoTokenizer.from_pretrained(str(saved))
             llama_tokens.check(tok, path)
-        except Exception:  # damaged, or built wrongly too: try the next
+        except LowbitError:  # built wrongly too: try the next
             continue
         return tok
     return None

@@ -257,18 +257,21 @@ def _declutter(fig, axes) -> None:
         labels = sorted(ax.texts, key=lambda t: tuple(ax.transData.transform(t.xy)))
         placed = []
         for t in labels:
-            box = t.get_window_extent(renderer).padded(2)
+            def extent(t=t):
+                return t.get_window_extent(renderer).padded(2)
+
+            box = extent()
             if box.x1 > inside.x1:  # the rightmost points: the label goes to the left of its point
                 t.set_horizontalalignment("right")
                 t.xyann = (-t.xyann[0], t.xyann[1])
-                box = t.get_window_extent(renderer).padded(2)
+                box = extent()
             for _ in range(40):
                 hit = next((b for b in placed if b.overlaps(box)), None)
                 if hit is None:
                     break
                 dx, dy = t.xyann
                 t.xyann = (dx, dy + (hit.y1 - box.y0 + 1) * px_to_pt)
-                box = t.get_window_extent(renderer).padded(2)
+                box = extent()
             if hit is not None or box.y1 > inside.y1 or box.x1 > inside.x1 or box.x0 < inside.x0:
                 t.remove()
                 continue
