@@ -25,6 +25,7 @@ differing blocks of a failing case; then a verdict. All of it goes to --out as J
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -58,6 +59,18 @@ def copy_gbps(nbytes: int, rep_ms: int) -> float:
     return 2 * nbytes / do_bench(lambda: b.copy_(a), rep_ms) / 1e6
 
 
+def parse_variant(spec: str) -> dict:
+    """'SLOW/STAGES/MAXNREG' -> turbo_store keywords: SLOW auto|inline|defer (where the slow exact path runs),
+    STAGES Triton's num_stages, MAXNREG its register cap; '-' keeps turbo_store's own choice."""
+    slow, stages, maxnreg = spec.split("/")
+    kw = {"defer": {"auto": None, "inline": False, "defer": True}[slow]}
+    if stages != "-":
+        kw["num_stages"] = int(stages)
+    if maxnreg != "-":
+        kw["maxnreg"] = int(maxnreg)
+    return kw
+
+
 def run(args) -> dict:
     from lowbit.kernels.params import turbo_params
     from lowbit.kernels.store_check import check_store
@@ -81,19 +94,20 @@ def run(args) -> dict:
         out = torch.empty(x.shape[0], p.vector_bytes, dtype=torch.uint8, device="cuda")
         nbytes = x.numel() * x.element_size() + out.numel()
         torch_ms = do_bench(lambda: tq.quantize(x), args.rep_ms)
-        for bt, w in tiles:
+        for (bt, w), variant in itertools.product(tiles, args.variants):
+            kw = dict(block_t=bt, num_warps=w, **parse_variant(variant))
             try:
-                ties = check_store(tq, x[:CHECK_VECTORS], turbo_store(p, x[:CHECK_VECTORS], block_t=bt, num_warps=w))
-                ms = do_bench(lambda: turbo_store(p, x, out=out, block_t=bt, num_warps=w), args.rep_ms)
+                ties = check_store(tq, x[:CHECK_VECTORS], turbo_store(p, x[:CHECK_VECTORS], **kw))
+                ms = do_bench(lambda: turbo_store(p, x, out=out, **kw), args.rep_ms)
             except Exception as e:  # e.g. out of shared memory or registers for one tile choice
-                print(f"{fmt} {D} {dt} block_t={bt} warps={w}: {type(e).__name__}: {e}", file=sys.stderr)
+                print(f"{fmt} {D} {dt} block_t={bt} warps={w} {variant}: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
             gbps = nbytes / ms / 1e6
-            row = {"fmt": fmt, "head_dim": D, "dtype": dt, "block_t": bt, "warps": w, "vectors": x.shape[0],
-                   "ms": round(ms, 4), "gbps": round(gbps, 1), "peak_frac": round(gbps / peak, 3),
-                   "ratio_vs_torch": round(torch_ms / ms, 2), "torch_ms": round(torch_ms, 4), "check_ties": ties}
+            row = {"fmt": fmt, "head_dim": D, "dtype": dt, "block_t": bt, "warps": w, "variant": variant,
+                   "vectors": x.shape[0], "ms": round(ms, 4), "gbps": round(gbps, 1),
+                   "peak_frac": round(gbps / peak, 3), "ratio_vs_torch": round(torch_ms / ms, 2), "torch_ms": round(torch_ms, 4), "check_ties": ties}
             result["rows"].append(row)
-            print(f"{fmt} {D} {dt} {bt}/{w}: {ms:.4f} ms {gbps:.0f} GB/s ({row['peak_frac']:.1%}) "
+            print(f"{fmt} {D} {dt} {bt}/{w} {variant}: {ms:.4f} ms {gbps:.0f} GB/s ({row['peak_frac']:.1%}) "
                   f"torch {torch_ms:.3f} ms, ties {ties}", file=sys.stderr)
         del x, out
         torch.cuda.empty_cache()
@@ -106,10 +120,10 @@ def table(result: dict) -> None:
 
     t = Table(title=f"store kernel, {result['device']} (datasheet {result['peak_gbps']} GB/s, "
                     f"device copy {result['copy_gbps']} GB/s), measured")
-    for c in ("format", "head_dim", "dtype", "block_t/warps", "ms", "GB/s", "of peak", "of copy", "vs torch"):
+    for c in ("format", "head_dim", "dtype", "block_t/warps", "variant", "ms", "GB/s", "of peak", "of copy", "vs torch"):
         t.add_column(c, justify="right")
     for r in result["rows"]:
-        t.add_row(r["fmt"], str(r["head_dim"]), r["dtype"], f"{r['block_t']}/{r['warps']}", f"{r['ms']:.4f}",
+        t.add_row(r["fmt"], str(r["head_dim"]), r["dtype"], f"{r['block_t']}/{r['warps']}", r["variant"], f"{r['ms']:.4f}",
                   f"{r['gbps']:.0f}", f"{r['peak_frac']:.1%}", f"{r['gbps'] / result['copy_gbps']:.1%}",
                   f"{r['ratio_vs_torch']:.1f}x")
     Console().print(t)
@@ -299,9 +313,10 @@ def _verdict(cases: list[dict]) -> list[str]:
 
 # -- SASS (no GPU) ---------------------------------------------------------------------------------
 def compile_store(D: int, bits: int, block_t: int, warps: int, dtype: str = "bf16", safe: bool = True,
-                  **overrides):
+                  options: dict | None = None, **overrides):
     """The store kernel compiled for sm_90a with the specializations the JIT gives real calls (16-byte
-    aligned pointers, stride divisible by 16); `overrides` set constexprs (e.g. DEBUG=True, SYM=False)."""
+    aligned pointers, stride divisible by 16); `overrides` set constexprs (e.g. DEBUG=True, DEFER=True),
+    `options` Triton's (num_stages, maxnreg)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -311,9 +326,9 @@ def compile_store(D: int, bits: int, block_t: int, warps: int, dtype: str = "bf1
     k = ts._store_kernel
     blk = min(128, D)
     sig = {"X": f"*{dtype}", "OUT": "*u8", "OUT16": "*i16", "MAT": f"*{dtype}", "CENT": "*fp32", "THR": "*fp32",
-           "DBG": "*fp32", "n_rows": "i32", "stride_x": "i32", "y_scale": "fp32", "inv_scale2": "fp32"}
+           "DBG": "*fp32", "FLAGS": "*i8", "n_rows": "i32", "stride_x": "i32", "y_scale": "fp32", "inv_scale2": "fp32"}
     const = dict(BLK=blk, NBLK=D // blk, BITS=bits, VB=(blk * bits // 8 + 2) * (D // blk), BB=blk * bits // 8 + 2,
-                 NC=True, SYM=True, DOT_NATIVE=dtype != "fp32", FAST_PACK=True, SAFE=safe, NAN16=0x7FFF,
+                 NC=True, SYM=True, DOT_NATIVE=dtype != "fp32", FAST_PACK=True, SAFE=safe, DEFER=False, NAN16=0x7FFF,
                  DEBUG=False, BLOCK_T=block_t)
     const.update(overrides)
     sig["MAT"] = f"*{dtype}" if const["DOT_NATIVE"] else "*fp32"  # as turbo_store's _prepared
@@ -321,9 +336,9 @@ def compile_store(D: int, bits: int, block_t: int, warps: int, dtype: str = "bf1
     params = list(k.arg_names)
     sig = {n: sig[n] for n in params}
     attrs = {(params.index(n),): [["tt.divisibility", 16]] for n in ("X", "OUT", "OUT16", "MAT", "CENT", "THR",
-                                                                       "DBG", "stride_x")}
+                                                                       "DBG", "FLAGS", "stride_x")}
     src = ASTSource(fn=k, signature=sig, constexprs={(params.index(n),): v for n, v in const.items()}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, **(options or {})})
 
 
 def sass_report(configs) -> list[dict]:
@@ -331,7 +346,7 @@ def sass_report(configs) -> list[dict]:
 
     rows = []
     for D, bits, bt, w, dtype in configs:
-        ck = compile_store(D, bits, bt, w, dtype, safe=False)  # the slow path sits inside the loop: count without
+        ck = compile_store(D, bits, bt, w, dtype, safe=False, DEFER=True)  # what large stores run
         cubin = ck.asm["cubin"]
         regs = ks.registers(cubin)
         ops = ks.loop_body(ks.sass(cubin))
@@ -375,6 +390,8 @@ def main(argv=None) -> int:
     ap.add_argument("--format", choices=("table", "json"), default="table")
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--tiles", nargs="+", metavar="BLOCK_T/WARPS", help=f"tile choices (default {TILES})")
+    ap.add_argument("--variants", nargs="+", default=["auto/-/-"], metavar="SLOW/STAGES/MAXNREG",
+                    help="launch variants to time (parse_variant), e.g. inline/3/- defer/1/128; default auto/-/-")
     ap.add_argument("--only", nargs="+", choices=("turbo2", "turbo3", "turbo4"), help="formats to time")
     ap.add_argument("--rep-ms", type=int, default=200, help="do_bench time per measurement")
     ap.add_argument("--sass", action="store_true", help="no GPU: compile for sm_90a and count the loop's SASS")

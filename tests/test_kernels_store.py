@@ -70,6 +70,29 @@ def test_non_finite_and_overflowing_rows_take_the_exact_path():
     assert f["norm"][10, 1].isnan() and f["norm"][11].isinf().all() and (f["norm"][12] == 0).all()
 
 
+@pytest.mark.parametrize("fmt,head_dim,dtype", [("turbo4", 256, torch.float32), ("turbo3", 128, torch.float16)])
+def test_deferred_slow_path_equals_the_inline_one(fmt, head_dim, dtype):
+    """Large stores leave rows with a non-finite norm to a second launch (`defer`): the same bytes as the
+    inline slow path, byte for byte, whichever tiles hold such rows (first, middle, last partial tile, and
+    several tiles in one flag chunk); clean tiles are never rewritten (a poisoned output shows it)."""
+    tq = TurboQuant(fmt, head_dim, norm_correction=True, seed=9)
+    p = turbo_params(tq, DEV)
+    x = _x(16 * 7 + 3, head_dim, 7, dtype)  # 8 tiles of 16, the last partial
+    x[0, 1] = float("nan")
+    x[40, -1] = float("inf")
+    if dtype == torch.float32:
+        x[41] = 1e30  # finite values whose norm overflows float32
+    x[16 * 7 + 2, 5] = float("-inf")
+    inline = turbo_store(p, x.to(DEV), block_t=16, defer=False)
+    poisoned = torch.full_like(inline, 0xAB)
+    deferred = turbo_store(p, x.to(DEV), out=poisoned, block_t=16, programs=3, defer=True)
+    assert torch.equal(deferred.cpu(), inline.cpu())
+    assert check_store(tq, x, deferred) <= 2
+    clean = x[16:32].clone()  # no non-finite row: the deferred pass has nothing to do
+    assert torch.equal(turbo_store(p, clean.to(DEV), block_t=16, defer=True).cpu(),
+                       turbo_store(p, clean.to(DEV), block_t=16, defer=False).cpu())
+
+
 @pytest.mark.parametrize("block_t,programs,warps", [(16, 2, 4), (64, None, 4), (128, 1, 8)])
 def test_tiles_tails_and_persistent_grid(block_t, programs, warps):
     tq = TurboQuant("turbo3", 128, norm_correction=True, seed=6)

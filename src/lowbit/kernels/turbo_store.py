@@ -198,29 +198,40 @@ def _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK: tl.constexpr, BITS:
 
 
 @triton.jit
-def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, n_rows, stride_x, y_scale, inv_scale2,
+def _rotate(x, mat, y_scale, inv_scale2, DOT_NATIVE: tl.constexpr):
+    """(y = x @ M, Σ of squares the norm comes from, ‖y‖, ‖x‖) of one block of rows."""
+    if DOT_NATIVE:  # bf16/fp16 values times ±1: exact products; the norm from y (one FMA a value)
+        y = tl.dot(x, mat)
+        ss = tl.sum(y * y, axis=1)
+        ry = tl.sqrt_rn(ss)
+        nrm = tl.sqrt_rn(ss * inv_scale2)
+    else:
+        xf = x.to(tl.float32)
+        y = tl.dot(xf, mat, input_precision="tf32x3")
+        ss = tl.sum(xf * xf, axis=1)
+        nrm = tl.sqrt_rn(ss)
+        ry = nrm * y_scale
+    return y, ss, ry, nrm
+
+
+@triton.jit
+def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y_scale, inv_scale2,
                   BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr, BB: tl.constexpr,
                   NC: tl.constexpr, SYM: tl.constexpr, DOT_NATIVE: tl.constexpr, FAST_PACK: tl.constexpr,
-                  SAFE: tl.constexpr, NAN16: tl.constexpr, DEBUG: tl.constexpr, BLOCK_T: tl.constexpr):
+                  SAFE: tl.constexpr, DEFER: tl.constexpr, NAN16: tl.constexpr, DEBUG: tl.constexpr,
+                  BLOCK_T: tl.constexpr):
+    """SAFE: rows with a non-finite norm take the slow exact path here. DEFER: they are left unwritten and their
+    tile flagged in FLAGS (one byte a tile) for `_deferred_kernel`, so this loop carries no slow-path registers."""
     cols = tl.arange(0, BLK)
     mat = tl.load(MAT + cols[:, None] * BLK + cols[None, :])  # [k, p], loaded once per program
     for tile in range(tl.program_id(0), tl.cdiv(n_rows, BLOCK_T), tl.num_programs(0)):
         rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
         rmask = rows < n_rows
         rows64 = rows.to(tl.int64)
+        flagged = tl.zeros([BLOCK_T], tl.int32)
         for j in tl.static_range(NBLK):
             x = tl.load(X + rows64[:, None] * stride_x + j * BLK + cols[None, :], mask=rmask[:, None], other=0.0)
-            if DOT_NATIVE:  # bf16/fp16 values times ±1: exact products; the norm from y (one FMA a value)
-                y = tl.dot(x, mat)
-                ss = tl.sum(y * y, axis=1)
-                ry = tl.sqrt_rn(ss)
-                nrm = tl.sqrt_rn(ss * inv_scale2)
-            else:
-                xf = x.to(tl.float32)
-                y = tl.dot(xf, mat, input_precision="tf32x3")
-                ss = tl.sum(xf * xf, axis=1)
-                nrm = tl.sqrt_rn(ss)
-                ry = nrm * y_scale
+            y, ss, ry, nrm = _rotate(x, mat, y_scale, inv_scale2, DOT_NATIVE)
             ok = ss < float("inf")  # false for NaN too
             rs = tl.where(ry > 0, ry, 1.0)  # a zero vector compares y = 0 with the bare thresholds
             idx, cn2 = _codes(y, rs, THR, CENT, BITS, SYM, NC)
@@ -232,6 +243,38 @@ def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, n_rows, stride_x, y_scale,
                 if tl.min((ok | ~rmask).to(tl.int32)) == 0:  # rare: NaN/Inf or overflow in this tile
                     _slow_rows(x, mat, rows64, rmask & ~ok, j, OUT, OUT16, CENT, THR, DBG, y_scale, BLK, NBLK,
                                BITS, VB, BB, NC, SYM, DOT_NATIVE, FAST_PACK, NAN16, DEBUG, BLOCK_T)
+            if DEFER:
+                flagged |= (rmask & ~ok).to(tl.int32)
+        if DEFER:
+            tl.store(FLAGS + tile, tl.max(flagged).to(tl.int8))
+
+
+@triton.jit
+def _deferred_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y_scale,
+                     inv_scale2, BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr,
+                     BB: tl.constexpr, NC: tl.constexpr, SYM: tl.constexpr, DOT_NATIVE: tl.constexpr,
+                     FAST_PACK: tl.constexpr, NAN16: tl.constexpr, DEBUG: tl.constexpr, BLOCK_T: tl.constexpr,
+                     CHUNK: tl.constexpr):
+    """The slow exact path for the rows `_store_kernel` (DEFER) left: each program scans CHUNK tile flags at a
+    time and redoes only the flagged tiles' non-finite rows (the same `_rotate` decides which)."""
+    cols = tl.arange(0, BLK)
+    n_tiles = tl.cdiv(n_rows, BLOCK_T)
+    for c in range(tl.program_id(0), tl.cdiv(n_tiles, CHUNK), tl.num_programs(0)):
+        offs = c * CHUNK + tl.arange(0, CHUNK)
+        if tl.max(tl.load(FLAGS + offs, mask=offs < n_tiles, other=0).to(tl.int32)) > 0:
+            mat = tl.load(MAT + cols[:, None] * BLK + cols[None, :])
+            for tile in range(c * CHUNK, tl.minimum(c * CHUNK + CHUNK, n_tiles)):
+                if tl.load(FLAGS + tile) != 0:
+                    rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+                    rmask = rows < n_rows
+                    rows64 = rows.to(tl.int64)
+                    for j in tl.static_range(NBLK):
+                        x = tl.load(X + rows64[:, None] * stride_x + j * BLK + cols[None, :], mask=rmask[:, None],
+                                    other=0.0)
+                        _, ss, _, _ = _rotate(x, mat, y_scale, inv_scale2, DOT_NATIVE)
+                        _slow_rows(x, mat, rows64, rmask & ~(ss < float("inf")), j, OUT, OUT16, CENT, THR, DBG,
+                                   y_scale, BLK, NBLK, BITS, VB, BB, NC, SYM, DOT_NATIVE, FAST_PACK, NAN16, DEBUG,
+                                   BLOCK_T)
 
 
 @triton.jit
@@ -299,13 +342,21 @@ def default_tile(block: int, n_blocks: int, native: bool) -> tuple[int, int]:
     return (32 if n_blocks == 1 else 16), 4
 
 
+DEFER_MIN_ROWS = 16384  # from this many head vectors, the slow exact path runs as a second launch (`defer`)
+DEFER_CHUNK = 1024  # tile flags the deferred pass scans at once
+
+
 def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None, block_t: int | None = None,
-                programs: int | None = None, num_warps: int | None = None, *, sym: bool | None = None,
+                programs: int | None = None, num_warps: int | None = None, *, defer: bool | None = None,
+                num_stages: int | None = None, maxnreg: int | None = None, sym: bool | None = None,
                 fast_pack: bool | None = None, dot_native: bool | None = None, nan16: int | None = None,
                 debug: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize head vectors x [..., head_dim] to packed uint8 [..., vector_bytes] (into `out` if given).
 
     block_t / num_warps: head vectors per tile and warps per program; None takes `default_tile`.
+    defer: rows with a non-finite norm are redone by a second launch instead of inside the main loop, which
+    then needs far fewer registers (more programs per SM); None defers from DEFER_MIN_ROWS rows (a decode
+    step's few rows keep one launch). num_stages / maxnreg: Triton's load pipelining depth and register cap.
 
     Diagnosis only: sym / fast_pack / dot_native = False turn the kernel's shortcuts off (None: its own
     choice; True where it cannot apply is an error), nan16 overrides the NaN norm bits, and a float32
@@ -339,14 +390,20 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
     tiles = triton.cdiv(n, block_t)
     if programs is None:
         programs = tiles if x.device.type != "cuda" else min(tiles, 8 * sm_count(str(x.device)))
-    _store_kernel[(programs,)](
-        x2, o2, o2.view(torch.int16) if fast_pack else o2, mat, p.centroids, p.thresholds,
-        o2 if debug is None else debug, n, x2.stride(0), y_scale, 1.0 / p.block if p.hadamard else 1.0,
-        BLK=p.block, NBLK=p.n_blocks, BITS=p.bits, VB=p.vector_bytes, BB=p.block_bytes, NC=p.norm_correction,
-        SYM=sym, DOT_NATIVE=native, FAST_PACK=fast_pack, SAFE=True,
-        NAN16=torch_nan16(x2.device, p.norm_correction) if nan16 is None else nan16, DEBUG=debug is not None,
-        BLOCK_T=block_t, num_warps=num_warps,
-    )
+    defer = n >= DEFER_MIN_ROWS if defer is None else defer
+    flags = torch.empty(tiles if defer else 1, dtype=torch.int8, device=x.device)
+    args = (x2, o2, o2.view(torch.int16) if fast_pack else o2, mat, p.centroids, p.thresholds,
+            o2 if debug is None else debug, flags, n, x2.stride(0), y_scale, 1.0 / p.block if p.hadamard else 1.0)
+    consts = dict(BLK=p.block, NBLK=p.n_blocks, BITS=p.bits, VB=p.vector_bytes, BB=p.block_bytes,
+                  NC=p.norm_correction, SYM=sym, DOT_NATIVE=native, FAST_PACK=fast_pack,
+                  NAN16=torch_nan16(x2.device, p.norm_correction) if nan16 is None else nan16,
+                  DEBUG=debug is not None, BLOCK_T=block_t, num_warps=num_warps)
+    tuning = {k: v for k, v in (("num_stages", num_stages), ("maxnreg", maxnreg)) if v is not None}
+    _store_kernel[(programs,)](*args, SAFE=not defer, DEFER=defer, **consts, **tuning)
+    if defer:
+        chunks = triton.cdiv(tiles, DEFER_CHUNK)
+        _deferred_kernel[(chunks if x.device.type != "cuda" else min(chunks, sm_count(str(x.device))),)](
+            *args, CHUNK=DEFER_CHUNK, **consts)
     return out
 
 
