@@ -60,10 +60,14 @@ def copy_gbps(nbytes: int, rep_ms: int) -> float:
 
 
 def parse_variant(spec: str) -> dict:
-    """'SLOW/STAGES/MAXNREG' -> turbo_store keywords: SLOW auto|inline|defer (where the slow exact path runs),
-    STAGES Triton's num_stages, MAXNREG its register cap; '-' keeps turbo_store's own choice."""
-    slow, stages, maxnreg = spec.split("/")
+    """'SLOW/STAGES/MAXNREG[/STORE]' -> turbo_store keywords: SLOW auto|inline|defer (where the slow exact path
+    runs), STAGES Triton's num_stages, MAXNREG its register cap ('-' keeps turbo_store's own choice), STORE
+    rows|lanes (`coalesce`: each row's units gathered for contiguous stores, or stored from the accumulator's
+    lanes)."""
+    slow, stages, maxnreg, *store = spec.split("/")
     kw = {"defer": {"auto": None, "inline": False, "defer": True}[slow]}
+    if store:
+        kw["coalesce"] = {"rows": True, "lanes": False}[store[0]]
     if stages != "-":
         kw["num_stages"] = int(stages)
     if maxnreg != "-":
@@ -328,7 +332,8 @@ def compile_store(D: int, bits: int, block_t: int, warps: int, dtype: str = "bf1
     sig = {"X": f"*{dtype}", "OUT": "*u8", "OUT16": "*i16", "MAT": f"*{dtype}", "CENT": "*fp32", "THR": "*fp32",
            "DBG": "*fp32", "FLAGS": "*i8", "n_rows": "i32", "stride_x": "i32", "y_scale": "fp32", "inv_scale2": "fp32"}
     const = dict(BLK=blk, NBLK=D // blk, BITS=bits, VB=(blk * bits // 8 + 2) * (D // blk), BB=blk * bits // 8 + 2,
-                 NC=True, SYM=True, DOT_NATIVE=dtype != "fp32", FAST_PACK=True, SAFE=safe, DEFER=False, NAN16=0x7FFF,
+                 NC=True, SYM=True, DOT_NATIVE=dtype != "fp32", FAST_PACK=True, COALESCE=True, SAFE=safe, DEFER=False,
+                 NAN16=0x7FFF,
                  DEBUG=False, BLOCK_T=block_t)
     const.update(overrides)
     sig["MAT"] = f"*{dtype}" if const["DOT_NATIVE"] else "*fp32"  # as turbo_store's _prepared

@@ -147,8 +147,23 @@ def _debug_store(DBG, rows64, j, smask, nrm, cn2, stored, ss, NBLK: tl.constexpr
 
 
 @triton.jit
+def _unit(g, h: tl.constexpr, GPT: tl.constexpr, BITS: tl.constexpr, NH: tl.constexpr):
+    """16-bit unit h (int16 [R, 4]) of each thread's packed codes; group g[k] holds 8·BITS bits; 0 past NH."""
+    v = tl.zeros(g[0].shape, tl.int32)
+    if h < NH:
+        for k in tl.static_range(GPT):
+            # group k's bit 0 lands at bit 8·BITS·k - 16·h of unit h
+            if 8 * BITS * k - 16 * h > -8 * BITS and 8 * BITS * k - 16 * h < 16:
+                if 8 * BITS * k >= 16 * h:
+                    v = v | (g[k] << (8 * BITS * k - 16 * h))
+                else:
+                    v = v | (g[k] >> (16 * h - 8 * BITS * k))
+    return (v & 0xFFFF).to(tl.int16)
+
+
+@triton.jit
 def _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr,
-                BB: tl.constexpr, BLOCK_T: tl.constexpr, FAST_PACK: tl.constexpr):
+                BB: tl.constexpr, BLOCK_T: tl.constexpr, FAST_PACK: tl.constexpr, COALESCE: tl.constexpr):
     """Write the codes idx [R, BLK] (in M's column order) and the fp16 norm bits n16 [R] of block j."""
     if FAST_PACK:
         # column p = 32·jh + 8·jl + 2·q + e holds code (BLK/4)·q + 8·jh + 2·jl + e, so group jh of thread q
@@ -171,17 +186,31 @@ def _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK: tl.constexpr, BITS:
             g = (g0, g1, g2, g3)
         q = tl.arange(0, 4)
         base = OUT16 + rows64 * (VB // 2) + j * (BB // 2)
-        ptr = base[:, None] + q[None, :] * NH
-        for h in tl.static_range(NH):
-            v = tl.zeros([BLOCK_T, 4], tl.int32)
-            for k in tl.static_range(GPT):
-                # group k's bit 0 lands at bit 8·BITS·k - 16·h of unit h
-                if 8 * BITS * k - 16 * h > -8 * BITS and 8 * BITS * k - 16 * h < 16:
-                    if 8 * BITS * k >= 16 * h:
-                        v = v | (g[k] << (8 * BITS * k - 16 * h))
-                    else:
-                        v = v | (g[k] >> (16 * h - 8 * BITS * k))
-            tl.store(ptr + h, (v & 0xFFFF).to(tl.int16), mask=smask[:, None])
+        if COALESCE:
+            # units [R, q, h] padded to NHP per thread, then one store of each row's BLK·BITS/16 units
+            NHP: tl.constexpr = 2 if NH <= 2 else (4 if NH <= 4 else 8)
+            u01 = tl.join(_unit(g, 0, GPT, BITS, NH), _unit(g, 1, GPT, BITS, NH))
+            if NHP == 2:
+                units = u01
+            else:
+                u23 = tl.join(_unit(g, 2, GPT, BITS, NH), _unit(g, 3, GPT, BITS, NH))
+                if NHP == 4:
+                    units = tl.reshape(tl.permute(tl.join(u01, u23), (0, 1, 3, 2)), [BLOCK_T, 4, 4])
+                else:
+                    u45 = tl.join(_unit(g, 4, GPT, BITS, NH), _unit(g, 5, GPT, BITS, NH))
+                    u67 = tl.join(_unit(g, 6, GPT, BITS, NH), _unit(g, 7, GPT, BITS, NH))
+                    units = tl.reshape(tl.permute(tl.join(tl.join(u01, u23), tl.join(u45, u67)), (0, 1, 4, 3, 2)),
+                                       [BLOCK_T, 4, 8])
+            # thread q's unit h sits at q·NH + h of the row: gather the row's units into that order, so the
+            # store's addresses run contiguously along the lanes (Triton's layout for it: one row per warp)
+            u = tl.arange(0, 4 * NHP)
+            src = tl.broadcast_to(((u // NH) * NHP + u % NH)[None, :], [BLOCK_T, 4 * NHP])
+            row_units = tl.gather(tl.reshape(units, [BLOCK_T, 4 * NHP]), tl.where(src < 4 * NHP, src, 0), 1)
+            tl.store(base[:, None] + u[None, :], row_units, mask=smask[:, None] & (u < 4 * NH)[None, :])
+        else:
+            ptr = base[:, None] + q[None, :] * NH
+            for h in tl.static_range(NH):
+                tl.store(ptr + h, _unit(g, h, GPT, BITS, NH), mask=smask[:, None])
         tl.store(base + BLK * BITS // 16, n16.to(tl.int16), mask=smask)
     else:
         G: tl.constexpr = BLK // 8
@@ -218,8 +247,8 @@ def _rotate(x, mat, y_scale, inv_scale2, DOT_NATIVE: tl.constexpr):
 def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y_scale, inv_scale2,
                   BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr, BB: tl.constexpr,
                   NC: tl.constexpr, SYM: tl.constexpr, DOT_NATIVE: tl.constexpr, FAST_PACK: tl.constexpr,
-                  SAFE: tl.constexpr, DEFER: tl.constexpr, NAN16: tl.constexpr, DEBUG: tl.constexpr,
-                  BLOCK_T: tl.constexpr):
+                  COALESCE: tl.constexpr, SAFE: tl.constexpr, DEFER: tl.constexpr, NAN16: tl.constexpr,
+                  DEBUG: tl.constexpr, BLOCK_T: tl.constexpr):
     """SAFE: rows with a non-finite norm take the slow exact path here. DEFER: they are left unwritten and their
     tile flagged in FLAGS (one byte a tile) for `_deferred_kernel`, so this loop carries no slow-path registers."""
     cols = tl.arange(0, BLK)
@@ -236,13 +265,13 @@ def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y
             rs = tl.where(ry > 0, ry, 1.0)  # a zero vector compares y = 0 with the bare thresholds
             idx, cn2 = _codes(y, rs, THR, CENT, BITS, SYM, NC)
             n16, stored = _norm16(nrm, cn2, ss != ss, NC, NAN16)
-            _pack_store(idx, n16, OUT, OUT16, rows64, rmask & ok, j, BLK, BITS, VB, BB, BLOCK_T, FAST_PACK)
+            _pack_store(idx, n16, OUT, OUT16, rows64, rmask & ok, j, BLK, BITS, VB, BB, BLOCK_T, FAST_PACK, COALESCE)
             if DEBUG:
                 _debug_store(DBG, rows64, j, rmask & ok, nrm, cn2, stored, ss, NBLK)
             if SAFE:
                 if tl.min((ok | ~rmask).to(tl.int32)) == 0:  # rare: NaN/Inf or overflow in this tile
                     _slow_rows(x, mat, rows64, rmask & ~ok, j, OUT, OUT16, CENT, THR, DBG, y_scale, BLK, NBLK,
-                               BITS, VB, BB, NC, SYM, DOT_NATIVE, FAST_PACK, NAN16, DEBUG, BLOCK_T)
+                               BITS, VB, BB, NC, SYM, DOT_NATIVE, FAST_PACK, COALESCE, NAN16, DEBUG, BLOCK_T)
             if DEFER:
                 flagged |= (rmask & ~ok).to(tl.int32)
         if DEFER:
@@ -253,8 +282,8 @@ def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y
 def _deferred_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y_scale,
                      inv_scale2, BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr,
                      BB: tl.constexpr, NC: tl.constexpr, SYM: tl.constexpr, DOT_NATIVE: tl.constexpr,
-                     FAST_PACK: tl.constexpr, NAN16: tl.constexpr, DEBUG: tl.constexpr, BLOCK_T: tl.constexpr,
-                     CHUNK: tl.constexpr):
+                     FAST_PACK: tl.constexpr, COALESCE: tl.constexpr, NAN16: tl.constexpr, DEBUG: tl.constexpr,
+                     BLOCK_T: tl.constexpr, CHUNK: tl.constexpr):
     """The slow exact path for the rows `_store_kernel` (DEFER) left: each program scans CHUNK tile flags at a
     time and redoes only the flagged tiles' non-finite rows (the same `_rotate` decides which)."""
     cols = tl.arange(0, BLK)
@@ -273,15 +302,15 @@ def _deferred_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x
                                     other=0.0)
                         _, ss, _, _ = _rotate(x, mat, y_scale, inv_scale2, DOT_NATIVE)
                         _slow_rows(x, mat, rows64, rmask & ~(ss < float("inf")), j, OUT, OUT16, CENT, THR, DBG,
-                                   y_scale, BLK, NBLK, BITS, VB, BB, NC, SYM, DOT_NATIVE, FAST_PACK, NAN16, DEBUG,
-                                   BLOCK_T)
+                                   y_scale, BLK, NBLK, BITS, VB, BB, NC, SYM, DOT_NATIVE, FAST_PACK, COALESCE, NAN16,
+                                   DEBUG, BLOCK_T)
 
 
 @triton.jit
 def _slow_rows(x, mat, rows64, smask, j, OUT, OUT16, CENT, THR, DBG, y_scale, BLK: tl.constexpr,
                NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr, BB: tl.constexpr, NC: tl.constexpr,
-               SYM: tl.constexpr, DOT_NATIVE: tl.constexpr, FAST_PACK: tl.constexpr, NAN16: tl.constexpr,
-               DEBUG: tl.constexpr, BLOCK_T: tl.constexpr):
+               SYM: tl.constexpr, DOT_NATIVE: tl.constexpr, FAST_PACK: tl.constexpr, COALESCE: tl.constexpr,
+               NAN16: tl.constexpr, DEBUG: tl.constexpr, BLOCK_T: tl.constexpr):
     """The reference's order for the rows in smask: zero non-finite blocks, norm from x, divide, compare."""
     xf = x.to(tl.float32)
     bad = (xf != xf) | (tl.abs(xf) == float("inf"))
@@ -297,7 +326,7 @@ def _slow_rows(x, mat, rows64, smask, j, OUT, OUT16, CENT, THR, DBG, y_scale, BL
     y = tl.math.div_rn(y, (safe * y_scale)[:, None])
     idx, cn2 = _codes(y, tl.full(nrm.shape, 1.0, tl.float32), THR, CENT, BITS, SYM, NC)
     n16, stored = _norm16(nrm, cn2, row_bad, NC, NAN16)
-    _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK, BITS, VB, BB, BLOCK_T, FAST_PACK)
+    _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK, BITS, VB, BB, BLOCK_T, FAST_PACK, COALESCE)
     if DEBUG:
         _debug_store(DBG, rows64, j, smask, nrm, cn2, stored, ss, NBLK)
 
@@ -348,7 +377,8 @@ DEFER_CHUNK = 1024  # tile flags the deferred pass scans at once
 
 def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None, block_t: int | None = None,
                 programs: int | None = None, num_warps: int | None = None, *, defer: bool | None = None,
-                num_stages: int | None = None, maxnreg: int | None = None, sym: bool | None = None,
+                num_stages: int | None = None, maxnreg: int | None = None, coalesce: bool = True,
+                sym: bool | None = None,
                 fast_pack: bool | None = None, dot_native: bool | None = None, nan16: int | None = None,
                 debug: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize head vectors x [..., head_dim] to packed uint8 [..., vector_bytes] (into `out` if given).
@@ -396,7 +426,7 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
             o2 if debug is None else debug, flags, n, x2.stride(0), y_scale, 1.0 / p.block if p.hadamard else 1.0)
     consts = dict(BLK=p.block, NBLK=p.n_blocks, BITS=p.bits, VB=p.vector_bytes, BB=p.block_bytes,
                   NC=p.norm_correction, SYM=sym, DOT_NATIVE=native, FAST_PACK=fast_pack,
-                  NAN16=torch_nan16(x2.device, p.norm_correction) if nan16 is None else nan16,
+                  COALESCE=coalesce, NAN16=torch_nan16(x2.device, p.norm_correction) if nan16 is None else nan16,
                   DEBUG=debug is not None, BLOCK_T=block_t, num_warps=num_warps)
     tuning = {k: v for k, v in (("num_stages", num_stages), ("maxnreg", maxnreg)) if v is not None}
     _store_kernel[(programs,)](*args, SAFE=not defer, DEFER=defer, **consts, **tuning)
