@@ -371,7 +371,7 @@ def default_tile(block: int, n_blocks: int, native: bool) -> tuple[int, int]:
     return (32 if n_blocks == 1 else 16), 4
 
 
-DEFER_MIN_ROWS = 16384  # from this many head vectors, the slow exact path runs as a second launch (`defer`)
+DEFER_MIN_ROWS = 16384  # from this many float32 head vectors, the slow exact path runs as a second launch
 DEFER_CHUNK = 1024  # tile flags the deferred pass scans at once
 
 
@@ -385,8 +385,12 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
 
     block_t / num_warps: head vectors per tile and warps per program; None takes `default_tile`.
     defer: rows with a non-finite norm are redone by a second launch instead of inside the main loop, which
-    then needs far fewer registers (more programs per SM); None defers from DEFER_MIN_ROWS rows (a decode
-    step's few rows keep one launch). num_stages / maxnreg: Triton's load pipelining depth and register cap.
+    then carries fewer registers. None: only for float32 input from DEFER_MIN_ROWS rows, where it measured
+    faster on the H200 (2.41 against 3.26 ms for 2 M turbo3 vectors); bf16 measured faster inline (0.41 against
+    0.57 ms), and a decode step's few rows keep one launch. num_stages / maxnreg: Triton's pipelining depth and
+    register cap. coalesce: each row's packed units are gathered so that a warp stores a row's bytes in one
+    contiguous run (H200, turbo3/128 bf16: 0.41 ms against 0.66 for the accumulator's scattered 16-bit stores,
+    which kept L2 at 62 % while DRAM ran at 18 %; docs/kernels.md §R7).
 
     Diagnosis only: sym / fast_pack / dot_native = False turn the kernel's shortcuts off (None: its own
     choice; True where it cannot apply is an error), nan16 overrides the NaN norm bits, and a float32
@@ -420,7 +424,7 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
     tiles = triton.cdiv(n, block_t)
     if programs is None:
         programs = tiles if x.device.type != "cuda" else min(tiles, 8 * sm_count(str(x.device)))
-    defer = n >= DEFER_MIN_ROWS if defer is None else defer
+    defer = (not native and n >= DEFER_MIN_ROWS) if defer is None else defer
     flags = torch.empty(tiles if defer else 1, dtype=torch.int8, device=x.device)
     args = (x2, o2, o2.view(torch.int16) if fast_pack else o2, mat, p.centroids, p.thresholds,
             o2 if debug is None else debug, flags, n, x2.stride(0), y_scale, 1.0 / p.block if p.hadamard else 1.0)
