@@ -5,6 +5,8 @@
     python benchmarks/store_kernel.py --sass               # no GPU: compile for sm_90a, count loop SASS,
                                                            # and check every default tile's shared memory
     python benchmarks/store_kernel.py --diagnose --out diag.json   # GPU: why the correctness check fails
+    python benchmarks/store_kernel.py --variants inline/-/-/lanes defer/2/-/rows   # launch variants side by side
+    ncu -k regex:_store_kernel -s 2 -c 1 python benchmarks/store_kernel.py --once auto/-/-   # one target for ncu
 
 Inputs: 2 M bf16 head vectors of 128 values and 1 M of 256 (512 MB, beyond the 50 MB L2), turbo2/3/4 with
 norm correction, plus one float32 row (turbo3, 128). Each setting is timed with `triton.testing.do_bench`
@@ -73,6 +75,19 @@ def parse_variant(spec: str) -> dict:
     if maxnreg != "-":
         kw["maxnreg"] = int(maxnreg)
     return kw
+
+
+def store_once(variant: str) -> int:
+    from lowbit.kernels.params import turbo_params
+    from lowbit.kernels.turbo_store import turbo_store
+    from lowbit.quant.turboquant import TurboQuant
+
+    p = turbo_params(TurboQuant("turbo3", 128, norm_correction=True, seed=11, device="cuda"), "cuda")
+    x = torch.randn(VALUES // 128, 128, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        turbo_store(p, x, block_t=64, num_warps=4, **parse_variant(variant))
+    torch.cuda.synchronize()
+    return 0
 
 
 def run(args) -> dict:
@@ -397,6 +412,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tiles", nargs="+", metavar="BLOCK_T/WARPS", help=f"tile choices (default {TILES})")
     ap.add_argument("--variants", nargs="+", default=["auto/-/-"], metavar="SLOW/STAGES/MAXNREG",
                     help="launch variants to time (parse_variant), e.g. inline/3/- defer/1/128; default auto/-/-")
+    ap.add_argument("--once", metavar="SLOW/STAGES/MAXNREG[/STORE]",
+                    help="GPU: store 2 M bf16 turbo3/128 vectors three times with this variant, nothing else "
+                         "(a target for ncu -k regex:_store_kernel)")
     ap.add_argument("--only", nargs="+", choices=("turbo2", "turbo3", "turbo4"), help="formats to time")
     ap.add_argument("--rep-ms", type=int, default=200, help="do_bench time per measurement")
     ap.add_argument("--sass", action="store_true", help="no GPU: compile for sm_90a and count the loop's SASS")
@@ -410,6 +428,8 @@ def main(argv=None) -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # before lowbit.kernels is imported
         result = diagnose(args)
         return _emit(args, result)
+    if args.once:
+        return store_once(args.once)
     if args.sass:
         result = {"sass": sass_report(SASS_CONFIGS), "default_tile_shared_memory": smem_report()}
         if not all(r["fits"] for r in result["default_tile_shared_memory"]):
