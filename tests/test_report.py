@@ -85,6 +85,24 @@ def test_the_report_is_written_whole(report_html):
     assert report_html.read_text().rstrip().endswith("</html>")
 
 
+def test_whole_model_decode_shows_every_run_and_what_did_not_fit(page):
+    """Each shipped end-to-end run is a row; a run whose bf16 baseline did not fit shows no speedup but says why."""
+    e2e = _json("decode_e2e.json")
+    if not e2e:
+        pytest.skip("no end-to-end measurements ship")
+    rows = [r for b in e2e for r in b["rows"]]
+    part = page[page.index("<h3>Whole-model decode</h3>"):]
+    table = part[part.index("<table>"):part.index("</table>")]
+    assert table.count("<tr>") == len(rows) + 1
+    assert table.count("bf16 cache does not fit") == sum("note" in r for r in rows) > 0
+    for r in rows:
+        if "speedup" in r:
+            assert f"{r['speedup']:.2f}x" in table
+        assert ("speedup" in r) != ("note" in r) or r["kv"] == "bf16"
+    for b in e2e:  # each run names its date, device, commit and command
+        assert f"lowbit {b['commit']}" in part and b["command"].split(" --out")[0][:60] in part
+
+
 def test_page_is_self_contained_and_made_for_phones(page, parsed):
     assert any(m.get("name") == "viewport" and "width=device-width" in m.get("content", "") for m in parsed.meta)
     assert not re.search(r'(src|srcset|href)="(https?:)?//', page)  # nothing fetched from elsewhere

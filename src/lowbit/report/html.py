@@ -433,6 +433,17 @@ KERNEL_COLUMNS = [
     Column("gbps", "packed bytes read (GB/s)", _dash(lambda v: f"{v:,.0f}")),
 ]
 
+E2E_COLUMNS = [
+    Column("model", "model (random weights)", _text, False),
+    Column("context", "context (tokens)", _dash(lambda v: f"{v:,}")),
+    Column("batch", "batch (sequences)", _dash(str)), Column("kv", "KV format (K/V)", _text, False),
+    Column("step_ms", "step (ms)", _dash(lambda v: fmt_sig(v, 3))),
+    Column("tok_s", "tokens/s", _dash(lambda v: f"{v:,.0f}")),
+    Column("speedup", "speedup over bf16", _dash(lambda v: f"{v:.2f}x")),
+    Column("peak_gb", "peak GPU memory (GB)", _dash(lambda v: f"{v:.1f}")),
+    Column("cache_gb", "KV cache (GB)", _dash(lambda v: f"{v:.2f}")), Column("note", "note", _text, False),
+]
+
 CLAMP_NOTE = ("0.0000*: measured as a tiny negative number (float rounding: the model against itself, or a format "
               "that stores the same values); a KL divergence cannot be negative, so it is shown as zero.")
 
@@ -543,7 +554,7 @@ A row with a KV format ran with that KV cache too.</p>
 {tab}"""
 
 
-def _kernels_section(blocks: list[dict]) -> str:
+def _kernels_section(blocks: list[dict], e2e_blocks: list[dict] | None = None) -> str:
     rows = _rows(blocks)
     b = blocks[0]
     tab, _ = _measured_table(KERNEL_COLUMNS, rows)
@@ -552,10 +563,27 @@ def _kernels_section(blocks: list[dict]) -> str:
 (one CUDA kernel for turbo3 keys and values and for q8_0 keys with turbo3 or turbo4 values, the settings the quality
 tables recommend), against the fastest bf16 SDPA backend on the same GPU. Above 1x the packed cache is faster.
 The kernel is bound by latency at low occupancy, not by memory: Nsight Compute measured 41.5% of DRAM bandwidth
-and 5.4 of 7 warps per SM for q8_0/turbo3 on the 27B shape at 32K, batch 8 (ncu, docs/kernels.md §R4).</p>
+and 5.4 of 7 warps per SM for q8_0/turbo3 on the 27B shape at 32K, batch 8 (ncu, docs/kernels.md §R4).
+Writing new tokens into the cache is one fused kernel too (rotate, quantize, pack): 2 M turbo3 head vectors of
+128 in 0.41 ms on the H200, 32% of its memory bandwidth and 60x the PyTorch reference (docs/kernels.md §R7).</p>
 {_figure(lambda n: kernels_figure(rows, n), "decode attention speedup over bf16 per layer shape, context, K/V format and batch")}
 <p class=prov>{html.escape(b.get('description', ''))}; measured {html.escape(b.get('date', ''))} on {html.escape(b.get('device', ''))} by
 <code>{html.escape(public_command(b.get('command', '')))}</code>. Per-row notes and the targets: docs/kernels.md.</p>
+{tab}{_e2e_part(e2e_blocks) if _rows(e2e_blocks) else ""}"""
+
+
+def _e2e_part(blocks: list[dict]) -> str:
+    tab, _ = _measured_table(E2E_COLUMNS, _rows(blocks))
+    runs = "".join(f"<li>{html.escape(b.get('description', ''))}: {html.escape(b.get('date', ''))}, "
+                   f"{html.escape(b.get('device', ''))}, lowbit {html.escape(b.get('commit', ''))}, "
+                   f"<code>{html.escape(public_command(b.get('command', '')))}</code></li>" for b in blocks)
+    return f"""<h3>Whole-model decode</h3>
+<p>What a user sees is the whole step, not one layer: the kernel's gain shrinks by the share of the step that
+attention takes. Llama-3.1-8B attends in all 32 layers; Qwen3.5-27B in 16 of 64 (the rest are Gated DeltaNet
+layers, whose state does not grow with the context). Where the bf16 cache does not fit in the GPU, the packed
+cache still decodes: the row has no speedup and says so. q8_0 keys lose end to end at batch 1 because their store
+runs as several small torch kernels per layer (docs/kernels.md §R5b).</p>
+<ul class=prov>{runs}</ul>
 {tab}"""
 
 
@@ -671,12 +699,12 @@ def build(out: Path, units: str = "GB", context: int = 262_144, force: bool = Fa
 def _build(out: Path, units: str, context: int, force: bool) -> Path:
     sim = simulate(context=context)
     result = audit()
-    kv_blocks, weight_blocks, kernel_blocks = (_read(n) for n in ("kv_quality.json", "weights_quality.json",
-                                                                   "kernels.json"))
+    kv_blocks, weight_blocks, kernel_blocks, e2e_blocks = (_read(n) for n in (
+        "kv_quality.json", "weights_quality.json", "kernels.json", "decode_e2e.json"))
     cfg = resolve(KV_MODEL).config
     measured = "".join([_kv_quality_section(kv_blocks) if _rows(kv_blocks) else "",
                         _weights_section(weight_blocks) if _rows(weight_blocks) else "",
-                        _kernels_section(kernel_blocks) if _rows(kernel_blocks) else ""])
+                        _kernels_section(kernel_blocks, e2e_blocks) if _rows(kernel_blocks) else ""])
     scen = sim.scenarios
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
