@@ -18,13 +18,17 @@ One program walks tiles of BLOCK_T head vectors (persistent grid); per 128-value
 
 Why the column permutation: the tensor-core accumulator gives each thread the columns 8j + 2q + {0,1} of
 its rows (q = lane % 4). Ordering M's columns so that these are the logical codes (block/4)·q + 2j + {0,1}
-puts block/4 consecutive codes in each thread: packing them is a shift-and-add inside the thread, and each
-thread writes its (block/32)·bits bytes as 16-bit stores (rows are 2-byte aligned: vector_bytes is even).
-The permutation only changes which thread holds which value, never a result; blocks under 64 values use
-the plain order and a generic byte packer.
+puts block/4 consecutive codes in each thread: packing them is a shift-and-add inside the thread, giving
+(block/32)·bits bytes of 16-bit units per thread (rows are 2-byte aligned: vector_bytes is even). Stored as
+they lie, those units went out one per lane of 32 different rows, and L2's partial writes bounded the kernel
+(ncu: L2 62 %, DRAM 18 %); so by default (`coalesce`) each row's units are gathered within the tile and a warp
+writes a row's bytes contiguously (1.2-1.7x on the H200, docs/kernels.md §R7). The permutation only changes
+which thread holds which value, never a result; blocks under 64 values use the plain order and a generic
+byte packer.
 
 Rows with a non-finite ‖y‖ (NaN/Inf input, or overflow) are rare: the tile then takes a slow exact path
-(the reference's order: zero the block, normalize, divide, compare) for just those rows; their blocks
+(the reference's order: zero the block, normalize, divide, compare) for just those rows — inside the main
+loop, or (`defer`) in a second launch over the tiles the main loop flagged; their blocks
 store a NaN norm with the bits torch writes on the same device (0x7E00 on CPU, the canonical 0x7FFF on
 NVIDIA GPUs: `store_check.torch_nan16`), so they equal `TurboQuant.quantize` run where the kernel runs.
 
