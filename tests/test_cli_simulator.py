@@ -117,6 +117,8 @@ BAD_FILES = [
     ("config.json", b'{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 10}',
      "num_hidden_layers"),
     ("config.json", b'{"model_type": "mamba9", "hidden_size": 64}', "unsupported architecture"),
+    ("config.json", b'{"architectures": ["Qwen3ForCausalLM"], "hidden_size": 64}',
+     "no model_type (architectures: ['Qwen3ForCausalLM'])"),
     ("config.json", b'{"model_type": "llama", "hidden_size": -64, "num_hidden_layers": 2, "num_attention_heads": 4,'
                     b' "vocab_size": 10, "intermediate_size": 8}', "hidden_size"),
     ("config.json", b'{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1e12, "num_attention_heads": 4,'

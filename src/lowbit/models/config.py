@@ -132,9 +132,9 @@ def from_hf_config(cfg: Any, name: str = "model") -> ModelConfig:
         raise LowbitError("config field 'text_config' must be an object")
     model_type = str(top.get("model_type") or text.get("model_type") or "")
     if model_type not in HF_TO_GGUF_ARCH:
-        raise LowbitError(
-            f"unsupported architecture {model_type!r}; supported model_type values: {', '.join(sorted(HF_TO_GGUF_ARCH))}"
-        )
+        what = (f"unsupported architecture {model_type!r}" if model_type else
+                f"config has no model_type (architectures: {top.get('architectures')!r})")
+        raise LowbitError(f"{what}; supported model_type values: {', '.join(sorted(HF_TO_GGUF_ARCH))}")
     arch = HF_TO_GGUF_ARCH[model_type]
     if arch == "mamba2":
         return _mamba2_from_hf(text, name)
