@@ -48,7 +48,6 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 # Idle OpenMP threads sleep rather than spin (the CPU run shares a small machine; see lowbit/eval/__init__.py).
@@ -60,6 +59,7 @@ from lowbit.errors import LowbitError  # noqa: E402
 from lowbit.formats.kv import parse_kv_spec  # noqa: E402
 from lowbit.models.catalog import ResolvedModel, resolve  # noqa: E402
 from lowbit.models.config import FULL, LINEAR, from_hf_config  # noqa: E402
+from lowbit.planning.engines import Transformers  # noqa: E402
 from lowbit.planning.planner import plan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,16 +187,15 @@ def gdn_kernels(model) -> dict:
 
 # --- predictions --------------------------------------------------------------------------------------------
 def transformers_rule(cfg, kv: str, tokens: int, batch: int, model_dtype_bytes: int) -> dict:
-    """What transformers holds by its own rules: K/V per token exactly (lowbit's format bytes for a
-    QuantizedKVCache), the conv window at kernel-size columns in the model dtype, the recurrent state in float32
-    (the Gated DeltaNet kernels, flash-linear-attention's and transformers' fallback, return it in float32)."""
+    """What transformers holds by its own rules: `lowbit plan --engine transformers` (the tokens held, in
+    lowbit's format bytes for a QuantizedKVCache; the conv window at kernel-size columns in the model dtype;
+    the recurrent state in float32, as the Gated DeltaNet kernels return it)."""
     k, v = kv_formats(kv)
-    heads = sum(h for h, t in zip(cfg.num_kv_heads, cfg.layer_types) if t == FULL)
-    kv_bytes = heads * tokens * batch * (k.fmt.vector_bytes(cfg.head_dim) + v.fmt.vector_bytes(cfg.head_dim))
-    conv = cfg.linear_conv_kernel_dim * cfg.gdn_conv_dim * model_dtype_bytes
-    ssm = cfg.linear_num_value_heads * cfg.linear_key_head_dim * cfg.linear_value_head_dim * 4
-    return {"kv_bytes": kv_bytes, "state_bytes": cfg.count(LINEAR) * (conv + ssm) * batch,
-            "conv_bytes_per_layer": conv, "ssm_bytes_per_layer": ssm}
+    engine = Transformers(dtype_bytes=model_dtype_bytes)
+    a = engine.allocate(cfg, k.fmt, v.fmt, tokens, batch)
+    conv, ssm = engine.state_parts(cfg)
+    return {"kv_bytes": a.kv_bytes, "state_bytes": a.state_bytes, "conv_bytes_per_layer": conv,
+            "ssm_bytes_per_layer": ssm}
 
 
 def kv_formats(kv: str):

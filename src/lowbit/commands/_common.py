@@ -63,7 +63,9 @@ def add_kv(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def add_engine(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", default="llama.cpp", help="allocation model: llama.cpp (default) or vllm (estimated)")
+    p.add_argument("--engine", default="llama.cpp",
+                   help="allocation model: llama.cpp (default), vllm (estimated) or transformers (Hugging Face's "
+                        "cache, or lowbit's QuantizedKVCache; one device)")
     p.add_argument("-b", "--batch-size", dest="batch_size", type=count, default=None, metavar="N",
                    help=f"llama.cpp logical batch (default {LLAMA_BATCH}); the micro-batch is at most this")
     p.add_argument("-ub", "--ubatch-size", dest="ubatch_size", type=count, default=None, metavar="N",
@@ -125,8 +127,7 @@ def engine_from(args: argparse.Namespace) -> str | Engine:
         return args.engine
     engine = engine_model(args.engine)
     if not isinstance(engine, LlamaCpp):
-        raise LowbitError("-b/--batch-size and -ub/--ubatch-size are llama.cpp's; the vLLM model sizes its "
-                          "activations from max_num_batched_tokens")
+        raise LowbitError(f"-b/--batch-size and -ub/--ubatch-size are llama.cpp's, not {engine.name}'s")
     batch = LLAMA_BATCH if args.batch_size is None else args.batch_size
     ubatch = LLAMA_UBATCH if args.ubatch_size is None else args.ubatch_size
     if min(batch, ubatch) < 1:

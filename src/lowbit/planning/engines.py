@@ -10,6 +10,11 @@ owns its rules; `plan()` asks the chosen one for the KV cache, recurrent state a
   sequence count as llama.cpp reserves them (`runtime_parts`); the input embedding table stays in host memory; over several
   GPUs whole layers are split evenly, and a model that does not fit on one GPU keeps MoE expert
   tensors, then whole layers, in CPU RAM (`LayerSplit`).
+- transformers (`Transformers`): Hugging Face transformers' DynamicCache, or lowbit's QuantizedKVCache (the same
+  rules, K/V in lowbit's format bytes): exactly the tokens held, no padding; a sliding-window layer keeps the
+  last `window - 1` tokens; a Gated DeltaNet layer keeps `kernel` conv columns in the model dtype and the
+  recurrent state in float32 (what the kernels return). Checked to the byte against the cache on an H200
+  (docs/real-size.md). For `plan` only: its placement (`device_map`) is not modelled.
 - vLLM (`VLLM`): paged KV in blocks of 16 tokens from one shared pool; hybrid models group layers into
   equally sized groups sharing one page size, and for GDN/Mamba hybrids the attention block is
   raised until an attention page holds a whole recurrent state (the state page padded to match);
@@ -38,7 +43,7 @@ from lowbit.models.config import FULL, LINEAR, SLIDING, ModelConfig
 from lowbit.models.tensors import EXPERTS, VISION
 from lowbit.planning.search import largest, smallest
 
-ENGINES = ("llama.cpp", "vllm")
+ENGINES = ("llama.cpp", "vllm", "transformers")
 GIB = 1 << 30
 
 
@@ -306,6 +311,91 @@ class LlamaCpp(Engine):
     def place(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, tensors: Sequence[PlacedTensor], budget: Budget,
               mtp: bool = False, pad: Callable[[int], int] = aligned) -> LayerSplit:
         return LayerSplit(self, cfg, k, v, tensors, budget, mtp, pad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face transformers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transformers(Engine):
+    name: str = "transformers"
+    dtype_bytes: int = 2  # the model's dtype (bf16): the conv window's
+
+    def __post_init__(self):
+        if self.dtype_bytes not in (2, 4):
+            raise LowbitError(f"transformers dtype_bytes must be 2 (bf16/fp16) or 4 (float32), "
+                              f"got {self.dtype_bytes!r}")
+
+    @staticmethod
+    def layer_tokens(cfg: ModelConfig, context: int) -> list[int]:
+        """Tokens each layer holds per sequence: all of them, the last window - 1 in a sliding layer
+        (DynamicSlidingWindowLayer, and lowbit's QuantizedKVLayer), none in a recurrent one."""
+        window = min(context, cfg.sliding_window - 1) if cfg.sliding_window else context
+        return [0 if t == LINEAR else window if t == SLIDING else context for t in cfg.layer_types]
+
+    def state_parts(self, cfg: ModelConfig) -> tuple[int, int]:
+        """(conv, recurrent) bytes per recurrent layer and sequence: `kernel` conv columns x conv_dim in the
+        model dtype, and the heads x dk x dv state in float32."""
+        conv = cfg.linear_conv_kernel_dim * cfg.gdn_conv_dim * self.dtype_bytes
+        return conv, cfg.linear_num_value_heads * cfg.linear_key_head_dim * cfg.linear_value_head_dim * 4
+
+    def recurrent_state_bytes(self, cfg: ModelConfig, sequences: int) -> int:
+        return cfg.count(LINEAR) * sum(self.state_parts(cfg)) * sequences
+
+    def allocate(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, context: int, sequences: int,
+                 mtp: bool = False) -> Allocation:
+        if mtp:
+            raise LowbitError("the transformers engine plans the text model without its MTP layer")
+        held = sum(t * h for t, h in zip(self.layer_tokens(cfg, context), cfg.num_kv_heads)) * sequences
+        cells = {FULL: context * sequences}
+        if SLIDING in cfg.layer_types:
+            cells[SLIDING] = min(context, cfg.sliding_window - 1) * sequences
+        return Allocation(held * k.vector_bytes(cfg.head_dim), held * v.vector_bytes(cfg.head_dim),
+                          self.recurrent_state_bytes(cfg, sequences), cfg.vocab_size * sequences * 4, cells)
+
+    def assumptions(self) -> dict[str, str]:
+        return {
+            "kv": "exact for transformers' DynamicCache and lowbit's QuantizedKVCache: the tokens held, no padding; "
+                  "sliding-window layers keep window - 1; lowbit's packed stores grow by doubling, so after a "
+                  "power of two they hold up to twice this until reserved (VectorStore.reserve)",
+            "state": "exact for Gated DeltaNet under transformers with flash-linear-attention (H200, Qwen3.5-27B and "
+                     "35B-A3B): kernel conv columns in the model dtype + float32 recurrent state; Mamba-2 counted "
+                     "the same way, not measured",
+            "runtime": "estimated: the float32 logits of one position per sequence (generate keeps the last); a "
+                       "prefill's transient activations are not counted (1.1-5.1 GB over the cache for a "
+                       "4,096-token chunk on the H200, docs/real-size.md)",
+            "weights": "transformers holds the checkpoint's dtype for every tensor (for BF16, the F32 routers and "
+                       "norms counted here are half as large there: 44 MB for the 35B-A3B)",
+        }
+
+    def place(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, tensors: Sequence[PlacedTensor], budget: Budget,
+              mtp: bool = False, pad: Callable[[int], int] = aligned) -> "OneDevice":
+        if budget.gpus > 1:
+            raise LowbitError("the transformers engine places a model on one device; its device_map and tp_plan "
+                              "over several GPUs are not modelled (--engine llama.cpp or vllm plan those)")
+        return OneDevice(self, cfg, k, v, tensors, budget, mtp, pad)
+
+
+class OneDevice:
+    """transformers' placement as `lowbit` models it: the whole model and its cache on one device, no offload."""
+
+    split_assumption = "transformers: the whole model on one device (no device_map split or offload modelled)"
+
+    def __init__(self, engine: Transformers, cfg: ModelConfig, k: KVFormat, v: KVFormat,
+                 tensors: Sequence[PlacedTensor], budget: Budget, mtp: bool, pad: Callable[[int], int]):
+        self.engine, self.cfg, self.k, self.v, self.mtp = engine, cfg, k, v, mtp
+        self.limit = budget.usable_bytes
+        self.weights = sum(pad(t.bytes) for t in tensors)
+
+    def need(self, context: int, users: int = 1) -> Need:
+        a = self.engine.allocate(self.cfg, self.k, self.v, context, users, self.mtp)
+        return Need(self.weights + a.kv_bytes + a.state_bytes + a.runtime_bytes, 0, self.weights, a.kv_bytes,
+                    a.state_bytes, a.runtime_bytes)
+
+    def offload(self, context: int, users: int = 1) -> None:
+        return None
 
 
 _LAYER = re.compile(r"^(?:blk|model\.layers|layers)\.(\d+)\.")
@@ -655,4 +745,6 @@ def engine_model(engine: str | Engine, **options) -> Engine:
         return LlamaCpp(**options)
     if key == "vllm":
         return VLLM(**options)
+    if key in ("transformers", "hf", "huggingface"):
+        return Transformers(**options)
     raise LowbitError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")

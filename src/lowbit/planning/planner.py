@@ -85,7 +85,7 @@ class Plan:
         """Where each figure comes from: exact (format definitions) or estimated (assumption named)."""
         notes = self.engine.assumptions()
         return {
-            "weights_bytes": self.weights_provenance,
+            "weights_bytes": self.weights_provenance + (f"; {notes['weights']}" if "weights" in notes else ""),
             "kv_bytes": notes["kv"],
             "state_bytes": notes["state"],
             "runtime_bytes": notes["runtime"],
