@@ -57,6 +57,21 @@ def test_plan_json_shape(capsys):
     assert "estimated" in data["provenance"]["runtime_bytes"] and "exact" in data["provenance"]["kv_bytes"]
 
 
+def test_kv_takes_a_k_v_pair_as_simulate_scenarios_do(capsys):
+    """--kv q8_0/turbo4 is --kv-k q8_0 --kv-v turbo4 (plan and fit); --kv-k/--kv-v still override one side."""
+    def planned(*kv):
+        code, out, _ = run(capsys, "plan", "qwen3.5-27b", "--context", "32k", "--format", "json", *kv)
+        assert code == 0
+        data = json.loads(out)
+        return data["scenario"]["kv_k"], data["scenario"]["kv_v"], data["kv_bytes"]
+
+    pair = planned("--kv", "q8_0/turbo4")
+    assert pair == planned("--kv-k", "q8_0", "--kv-v", "turbo4") != planned("--kv", "q8_0")
+    assert planned("--kv", "q8_0/turbo4", "--kv-v", "f16") == planned("--kv-k", "q8_0", "--kv-v", "f16")
+    code, out, _ = run(capsys, "fit", "qwen3.5-27b", "--device", "h200", "--kv", "q8_0/turbo4", "--format", "json")
+    assert code == 0 and (json.loads(out)["kv_k"], json.loads(out)["kv_v"]) == ("q8_0", "turbo4")
+
+
 def test_formats_lists_weights_mixes_and_kv(capsys):
     code, out, _ = run(capsys, "formats", "--format", "json")
     data = json.loads(out)
@@ -83,6 +98,9 @@ BAD_ARGS = [
     (["plan", "no-such-model"], "unknown model"),
     (["plan", "qwen3.5-4b", "--weights", "Q3_X"], "unknown weight format"),
     (["plan", "qwen3.5-4b", "--kv", "turbo9"], "unknown KV-cache format"),
+    (["plan", "qwen3.5-4b", "--kv", "q8_0/"], "K/V"),
+    (["fit", "qwen3.5-4b", "--device", "h200", "--kv", "q8_0/turbo4/f16"], "K/V"),
+    (["fit", "qwen3.5-4b", "--engine", "transformers", "--gpus", "2", "--device", "h200"], "one device"),
     (["plan", "qwen3.5-4b", "--context", "0"], "context"),
     (["plan", "qwen3.5-4b", "--context", "99999999999"], "context"),
     (["plan", "qwen3.5-4b", "--context", "-5"], "context"),

@@ -54,7 +54,8 @@ def add_sequences(p: argparse.ArgumentParser, name: str = "--sequences", help_te
 
 
 def add_kv(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--kv", default=default, help="KV-cache format for K and V (f16, q8_0, turbo3, ...)"
+    p.add_argument("--kv", default=default, help="KV-cache format for K and V (f16, q8_0, turbo3, ...), or K/V "
+                                                 "apart (q8_0/turbo4)"
                    + (f"; default {default}" if default else ""))
     p.add_argument("--kv-k", "-ctk", "--cache-type-k", dest="kv_k", default=None, metavar="TYPE",
                    help="KV-cache format for K only (llama.cpp -ctk)")
@@ -100,9 +101,13 @@ def add_wide(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--wide", action="store_true", help=f"every column ({what}); the default table fits 80 columns")
 
 
-def kv_pair(args: argparse.Namespace, default: str) -> tuple[str, str]:
-    base = args.kv or default
-    return (args.kv_k or base).lower(), (args.kv_v or base).lower()
+def kv_pair(args: argparse.Namespace, default: str | None) -> tuple[str | None, str | None]:
+    """(K format, V format) from --kv (one format, or K/V as in `q8_0/turbo4`), --kv-k and --kv-v."""
+    k, pair, v = (args.kv or "").partition("/")
+    if pair and (not k or not v or "/" in v):
+        raise LowbitError(f"--kv takes one format or K/V (e.g. q8_0/turbo4), got {args.kv!r}")
+    k, v = k or default, v or k or default
+    return tuple(None if f is None else f.lower() for f in (args.kv_k or k, args.kv_v or v))
 
 
 def context_arg(args: argparse.Namespace, parallel: int) -> int | None:

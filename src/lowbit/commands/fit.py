@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lowbit.commands._common import CONTEXT_POLICY, add_context, add_engine, add_kv, add_sequences, add_weights, \
-    add_wide, context_arg, count, engine_from
+    add_wide, context_arg, count, engine_from, kv_pair
 from lowbit.devices import budget
 from lowbit.errors import LowbitError
 from lowbit.models.catalog import QWEN35_FAMILY
@@ -57,12 +57,13 @@ def _engine(args: argparse.Namespace):
     try:
         return engine_model(engine, n_gpu_layers=args.n_gpu_layers)
     except TypeError:  # an engine without layer offload
-        raise LowbitError("-ngl/--n-gpu-layers is llama.cpp's; the vLLM model has no layer offload") from None
+        raise LowbitError(f"-ngl/--n-gpu-layers is llama.cpp's; the {engine_model(engine).name} model has no layer "
+                          "offload") from None
 
 
 def run(args: argparse.Namespace) -> int:
     b = budget(args.device, args.memory, args.gpus)
-    kv_k, kv_v = (args.kv_k or args.kv), (args.kv_v or args.kv)
+    kv_k, kv_v = kv_pair(args, "f16")
     engine = _engine(args)
     context = context_arg(args, args.users)
     if args.family:
