@@ -14,7 +14,7 @@ owns its rules; `plan()` asks the chosen one for the KV cache, recurrent state a
   rules, K/V in lowbit's format bytes): exactly the tokens held, no padding; a sliding-window layer keeps the
   last `window - 1` tokens; a Gated DeltaNet layer keeps `kernel` conv columns in the model dtype and the
   recurrent state in float32 (what the kernels return). Checked to the byte against the cache on an H200
-  (docs/real-size.md). For `plan` only: its placement (`device_map`) is not modelled.
+  (docs/real-size.md). The whole model on one device (`OneDevice`): device_map splits are not modelled.
 - vLLM (`VLLM`): paged KV in blocks of 16 tokens from one shared pool; hybrid models group layers into
   equally sized groups sharing one page size, and for GDN/Mamba hybrids the attention block is
   raised until an attention page holds a whole recurrent state (the state page padded to match);
@@ -348,10 +348,10 @@ class Transformers(Engine):
                  mtp: bool = False) -> Allocation:
         if mtp:
             raise LowbitError("the transformers engine plans the text model without its MTP layer")
-        held = sum(t * h for t, h in zip(self.layer_tokens(cfg, context), cfg.num_kv_heads)) * sequences
-        cells = {FULL: context * sequences}
-        if SLIDING in cfg.layer_types:
-            cells[SLIDING] = min(context, cfg.sliding_window - 1) * sequences
+        tokens = self.layer_tokens(cfg, context)
+        held = sum(t * h for t, h in zip(tokens, cfg.num_kv_heads)) * sequences
+        cells = {FULL: context * sequences, **{kind: t * sequences for kind, t in zip(cfg.layer_types, tokens)
+                                               if kind == SLIDING}}
         return Allocation(held * k.vector_bytes(cfg.head_dim), held * v.vector_bytes(cfg.head_dim),
                           self.recurrent_state_bytes(cfg, sequences), cfg.vocab_size * sequences * 4, cells)
 
