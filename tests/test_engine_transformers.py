@@ -124,3 +124,18 @@ def test_one_device_only_and_named_in_every_figure():
     assert all(p.provenance()[key] for key in ("kv_bytes", "state_bytes", "runtime_bytes"))
     assert "estimated" in p.provenance()["runtime_bytes"] and "exact" in p.provenance()["kv_bytes"]
     assert engine_model("hf").name == engine_model("Transformers").name == "transformers"
+
+
+def test_float_checkpoints_only_and_bf16_by_default():
+    """transformers runs a checkpoint's float weights (a GGUF it loads dequantized), so a llama.cpp mix is refused
+    rather than planned at a size transformers never holds; with no --weights it plans BF16, in fit too."""
+    assert plan("qwen3.5-4b", context=1000, engine="transformers").scenario.mix.name == "BF16"
+    assert plan("qwen3.5-4b", context=1000).scenario.mix.name == "Q4_K_M"  # llama.cpp keeps its default
+    for weights in ("Q4_K_M", "Q1_0"):
+        with pytest.raises(LowbitError, match="float checkpoints"):
+            plan("qwen3.5-4b", weights=weights, engine="transformers")
+    engine = engine_model("transformers")
+    engine.check_weights("stored", gguf=False)  # a checkpoint's own safetensors: as stored
+    with pytest.raises(LowbitError, match="dequantizes a GGUF"):
+        engine.check_weights("stored", gguf=True)
+    assert fit("qwen3.5-4b", "h200", kv_k="turbo3", context=8192, engine="transformers").weights == "BF16"

@@ -132,6 +132,10 @@ class Engine:
     """An inference engine's allocation and placement rules."""
 
     name: str
+    default_weights: ClassVar[str | None] = None  # None: a GGUF's own types, else Q4_K_M (the planner's default)
+
+    def check_weights(self, mix_name: str, gguf: bool) -> None:
+        """Refuse a weight format this engine does not run (`mix_name` "stored": the file's own types)."""
 
     def allocate(self, cfg: ModelConfig, k: KVFormat, v: KVFormat, context: int, sequences: int,
                  mtp: bool = False) -> Allocation:
@@ -322,6 +326,15 @@ class LlamaCpp(Engine):
 class Transformers(Engine):
     name: str = "transformers"
     dtype_bytes: int = 2  # the model's dtype (bf16): the conv window's
+    default_weights: ClassVar[str] = "BF16"
+    FLOAT_WEIGHTS: ClassVar[frozenset[str]] = frozenset({"BF16", "F16", "F32"})
+
+    def check_weights(self, mix_name: str, gguf: bool) -> None:
+        if mix_name in self.FLOAT_WEIGHTS or (mix_name == "stored" and not gguf):
+            return
+        raise LowbitError(f"the transformers engine runs float checkpoints (--weights BF16, F16, F32, or a "
+                          f"checkpoint's own safetensors as `stored`), not {mix_name}: transformers dequantizes a "
+                          f"GGUF when it loads one")
 
     def __post_init__(self):
         if self.dtype_bytes not in (2, 4):

@@ -48,7 +48,7 @@ class Costs:
         eng = engine_model(engine)
         # `stored`: the file's own tensors (lowbit.planning.stored) instead of a mix's
         self.plan1: Plan = plan(self.resolved, weights, kv_k=self.k.name, kv_v=self.v.name, context=1, sequences=1,
-                                mtp=mtp, vision=vision)
+                                mtp=mtp, vision=vision, engine=eng)
         self.weights = "stored" if self.plan1.scenario.mix is STORED else self.plan1.scenario.mix.name
         self.tensors = self.plan1.tensors
         self.placement = eng.place(self.cfg, self.k, self.v, self.tensors, budget, mtp, pad=self.plan1.padded)
@@ -172,7 +172,8 @@ def fit(model: str | ResolvedModel, budget: Budget | str, weights: str | None = 
         mtp: bool = False, vision: bool = False, force_context: bool = False, host: str | None = None) -> FitResult:
     """Everything `lowbit fit` answers for one model on one budget (a lowbit.devices.Budget or a device name).
 
-    `weights` defaults to the file's own types for a GGUF (a .gguf path or a local real model), else Q4_K_M.
+    `weights` defaults to the file's own types for a GGUF (a .gguf path or a local real model), else Q4_K_M (BF16
+    for the transformers engine).
 
     `context` defaults to 32,768 tokens or the model's trained maximum if smaller; a larger one than that
     maximum is refused unless `force_context` (as vLLM refuses it). On a catalog device the result carries a

@@ -226,10 +226,11 @@ def plan(
     cfg = resolved.config
     _check_counts(DEFAULT_CONTEXT if context is None else context, sequences)
     context = context_for(cfg, context, force_context)
-    if weights is None:
-        weights = "stored" if resolved.gguf is not None else "Q4_K_M"
-    scenario = _scenario(weights, kv, kv_k, kv_v, pure, scenario_name)
     eng = engine_model(engine)
+    if weights is None:
+        weights = eng.default_weights or ("stored" if resolved.gguf is not None else "Q4_K_M")
+    scenario = _scenario(weights, kv, kv_k, kv_v, pure, scenario_name)
+    eng.check_weights("stored" if scenario.mix is STORED else scenario.mix.name, resolved.gguf is not None)
     if recipe is None:
         recipe = Recipe.of(tensor_types, output_tensor_type, token_embedding_type, leave_output_tensor,
                            scenario.pure, imatrix)
