@@ -103,6 +103,20 @@ def test_whole_model_decode_shows_every_run_and_what_did_not_fit(page):
         assert f"lowbit {b['commit']}" in part and b["command"].split(" --out")[0][:60] in part
 
 
+def test_real_size_rows_equal_the_plan_to_the_byte(page):
+    """Every shipped GPU measurement is a row, and each shows the plan's K/V and state equal to the held bytes
+    (the page computes the plan when it is built: a change to the engine's rules would show here)."""
+    runs = _json("real_size.json")
+    if not runs:
+        pytest.skip("no real-size measurements ship")
+    part = page[page.index('id="real-size"'):]
+    table = part[part.index("<table>"):part.index("</table>")]
+    rows = [r for b in runs for r in b["rows"]]
+    assert table.count("<tr>") == len(rows) + 1 and table.count(">0 / 0<") == len(rows)
+    for r in rows:
+        assert f"{r['kv_held']:,}" in table and f"{r['state_held']:,}" in table
+
+
 def test_page_is_self_contained_and_made_for_phones(page, parsed):
     assert any(m.get("name") == "viewport" and "width=device-width" in m.get("content", "") for m in parsed.meta)
     assert not re.search(r'(src|srcset|href)="(https?:)?//', page)  # nothing fetched from elsewhere

@@ -314,6 +314,32 @@ def table(columns: list[str], rows: list[list[Cell | str]], groups: list[tuple[s
     return f'<div class="scroll"><table><thead>{head}</thead><tbody>{body}</tbody></table></div>'
 
 
+def _real_size_section(blocks: list[dict]) -> str:
+    """The plan beside what a GPU's cache really held: K/V and recurrent state, byte for byte."""
+    rows, runs = [], []
+    for b in blocks:
+        runs.append(f"<li>{html.escape(b['date'])}, {html.escape(b['device'])}, lowbit {html.escape(b['commit'])}: "
+                    f"<code>{html.escape(public_command(b['command']))}</code></li>")
+        for r in b["rows"]:
+            k, _, v = r["kv"].partition("/")
+            p = plan(r["model"], weights="BF16", kv_k=k, kv_v=v or k, context=r["tokens"], engine="transformers")
+            diff = (r["kv_held"] - p.kv_bytes, r["state_held"] - p.state_bytes)
+            rows.append([r["model"], Cell(f"{r['context']:,}"), r["kv"], Cell(f"{p.kv_bytes:,}"),
+                         Cell(f"{r['kv_held']:,}"), Cell(f"{p.state_bytes:,}"), Cell(f"{r['state_held']:,}"),
+                         Cell("0 / 0" if diff == (0, 0) else f"{diff[0]:+,} / {diff[1]:+,}")])
+    columns = ["model", "prompt (tokens)", "KV format (K/V)", "K/V planned (bytes)", "K/V held (bytes)",
+               "state planned (bytes)", "state held (bytes)", "held − planned (K/V / state)"]
+    return f"""<h2 id="real-size">Exact, and checked on a GPU</h2>
+<p>The plan beside what the cache really held after the prompt, on one H200: Qwen3.5 models at full size (random
+weights: only shapes matter), transformers with its own cache (bf16) or lowbit's packed one, K/V and the Gated
+DeltaNet state counted tensor by tensor. The plan is <code>lowbit plan MODEL --weights BF16 --kv K/V --context N
+--engine transformers</code>; llama.cpp's plan gives the same K/V at these contexts (whole 256-cell blocks) and
+a state 1-2 MB larger (it keeps the conv window in f32). Method and the allocator's own figures:
+docs/real-size.md.</p>
+<ul class=prov>{''.join(runs)}</ul>
+{table(columns, rows)}"""
+
+
 def _family_table(sim: Simulation, units: str) -> str:
     parts = [("weights", "weights_bytes"), ("KV cache", "kv_bytes"), ("state", "state_bytes"),
              ("runtime, est.", "runtime_bytes"), ("total", "total_bytes")]
@@ -699,8 +725,8 @@ def build(out: Path, units: str = "GB", context: int = 262_144, force: bool = Fa
 def _build(out: Path, units: str, context: int, force: bool) -> Path:
     sim = simulate(context=context)
     result = audit()
-    kv_blocks, weight_blocks, kernel_blocks, e2e_blocks = (_read(n) for n in (
-        "kv_quality.json", "weights_quality.json", "kernels.json", "decode_e2e.json"))
+    kv_blocks, weight_blocks, kernel_blocks, e2e_blocks, size_blocks = (_read(n) for n in (
+        "kv_quality.json", "weights_quality.json", "kernels.json", "decode_e2e.json", "real_size.json"))
     cfg = resolve(KV_MODEL).config
     measured = "".join([_kv_quality_section(kv_blocks) if _rows(kv_blocks) else "",
                         _weights_section(weight_blocks) if _rows(weight_blocks) else "",
@@ -730,6 +756,7 @@ values each; the others keep a fixed-size recurrent state); llama.cpp pads the c
 {_figure(lambda n: kv_figure(KV_MODEL, KV_FORMATS, units, n), f"KV cache of {KV_MODEL} against context by format")}
 <p class=prov>exact. One point: <code>lowbit plan {KV_MODEL} --kv turbo3 --context 131072</code>.
 The formats: docs/turboquant.md.</p>
+{_real_size_section(size_blocks) if _rows(size_blocks) else ""}
 <h2 id="audit">The post's claims, one by one</h2>
 <p>Each figure from the post beside lowbit's exact figure at {result['context']:,} tokens (today =
 {html.escape(result['scenarios']['today'])}, 1-bit = {html.escape(result['scenarios']['1bit-turbo'])}). A claim
