@@ -377,8 +377,8 @@ class Transformers(Engine):
                      "35B-A3B): kernel conv columns in the model dtype + float32 recurrent state; Mamba-2 counted "
                      "the same way, not measured",
             "runtime": "estimated: the float32 logits of one position per sequence (generate keeps the last); a "
-                       "prefill's transient activations are not counted (1.1-5.1 GB over the cache for a "
-                       "4,096-token chunk on the H200, docs/real-size.md)",
+                       "prefill's transient memory is not counted (1.1-9.0 GB above the cache with 4,096-token "
+                       "chunks at 32K-128K on an H200, more with a packed cache: docs/real-size.md)",
             "weights": "transformers holds the checkpoint's dtype for every tensor (for BF16, the F32 routers and "
                        "norms counted here are half as large there: 44 MB for the 35B-A3B)",
         }
