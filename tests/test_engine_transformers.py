@@ -139,3 +139,19 @@ def test_float_checkpoints_only_and_bf16_by_default():
     with pytest.raises(LowbitError, match="dequantizes a GGUF"):
         engine.check_weights("stored", gguf=True)
     assert fit("qwen3.5-4b", "h200", kv_k="turbo3", context=8192, engine="transformers").weights == "BF16"
+
+
+def test_simulate_under_transformers_compares_caches_at_the_same_weights(capsys):
+    """Without --scenario, simulate's default columns (Q4_K_M, Q1_0) are llama.cpp's; under transformers it puts
+    f16 K/V beside turbo3 (or --kv) at BF16 weights, and a llama.cpp mix given as a scenario is one error line."""
+    from lowbit.cli import main
+
+    assert main(["simulate", "--engine", "transformers", "--models", "qwen3.5-27b", "--context", "32k",
+                 "--kv", "q8_0/turbo4", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(s["name"], s["weights"], s["kv_k"], s["kv_v"]) for s in data["scenarios"]] == [
+        ("f16", "BF16", "f16", "f16"), ("q8_0/turbo4", "BF16", "q8_0", "turbo4")]
+    f16, packed = data["rows"]
+    assert f16["weights_bytes"] == packed["weights_bytes"] and packed["kv_bytes"] < f16["kv_bytes"]
+    assert main(["simulate", "--engine", "transformers", "--scenario", "a=Q4_K_M+f16"]) == 2
+    assert "float checkpoints" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import argparse
 from lowbit.commands._common import CONTEXT_POLICY, add_format, add_model_options, add_wide, context_arg, \
     engine_from, kv_pair
 from lowbit.errors import LowbitError
+from lowbit.planning.engines import engine_model
 from lowbit.planning.scenario import ONEBIT_TURBO, TODAY, Scenario
 from lowbit.planning.simulate import simulate
 from lowbit.report.audit import audit, audit_table
@@ -36,11 +37,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_wide(p, "weights, KV, state and runtime per scenario, every fitting device")
     add_format(p)
     p.epilog = ("Without --scenario: today (Q4_K_M + f16) vs 1bit-turbo (Q1_0 + turbo3); --weights/--kv redefine "
-                "the second. Without --context each model is planned at 262,144 tokens or its trained maximum if "
+                "the second (with --engine transformers: BF16 weights, f16 K/V vs turbo3 or --kv). Without --context each model is planned at 262,144 tokens or its trained maximum if "
                 "smaller. " + CONTEXT_POLICY)
 
 
 def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
+    if engine_model(args.engine).default_weights and not args.scenario:
+        # an engine that runs float checkpoints only (transformers): the same weights, f16 against packed K/V
+        k, v = kv_pair(args, ONEBIT_TURBO.k.name)
+        w = args.weights or engine_model(args.engine).default_weights
+        return [Scenario.of(w, "f16", name="f16"), Scenario.of(w, k, v, name=f"{k}/{v}" if k != v else k)]
     if args.scenario:
         if args.weights or args.kv or args.kv_k or args.kv_v:
             raise LowbitError("use either --scenario or --weights/--kv, not both")
