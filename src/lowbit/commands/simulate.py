@@ -37,8 +37,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_wide(p, "weights, KV, state and runtime per scenario, every fitting device")
     add_format(p)
     p.epilog = ("Without --scenario: today (Q4_K_M + f16) vs 1bit-turbo (Q1_0 + turbo3); --weights/--kv redefine "
-                "the second (with --engine transformers: BF16 weights, f16 K/V vs turbo3 or --kv). Without --context each model is planned at 262,144 tokens or its trained maximum if "
-                "smaller. " + CONTEXT_POLICY)
+                "the second (with --engine transformers: BF16 weights, f16 K/V vs turbo3 or --kv). Without "
+                "--context each model is planned at 262,144 tokens or its trained maximum if smaller. "
+                + CONTEXT_POLICY)
 
 
 def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
