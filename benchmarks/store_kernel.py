@@ -145,8 +145,8 @@ def table(result: dict) -> None:
         t.add_column(c, justify="right")
     for r in result["rows"]:
         t.add_row(r["fmt"], str(r["head_dim"]), r["dtype"], f"{r['block_t']}/{r['warps']}", r["variant"],
-                  f"{r['ms']:.4f}", f"{r['gbps']:.0f}", f"{r['peak_frac']:.1%}", f"{r['gbps'] / result['copy_gbps']:.1%}",
-                  f"{r['ratio_vs_torch']:.1f}x")
+                  f"{r['ms']:.4f}", f"{r['gbps']:.0f}", f"{r['peak_frac']:.1%}",
+                  f"{r['gbps'] / result['copy_gbps']:.1%}", f"{r['ratio_vs_torch']:.1f}x")
     Console().print(t)
 
 
