@@ -115,6 +115,7 @@ def test_real_size_rows_equal_the_plan_to_the_byte(page):
     assert table.count("<tr>") == len(rows) + 1 and table.count(">0 / 0<") == len(rows)
     for r in rows:
         assert f"{r['kv_held']:,}" in table and f"{r['state_held']:,}" in table
+    assert f"held the planned bytes exactly in {len(rows)} of {len(rows)} runs" in page  # the summary says so too
 
 
 def test_page_is_self_contained_and_made_for_phones(page, parsed):

@@ -314,19 +314,24 @@ def table(columns: list[str], rows: list[list[Cell | str]], groups: list[tuple[s
     return f'<div class="scroll"><table><thead>{head}</thead><tbody>{body}</tbody></table></div>'
 
 
+def _real_size_checks(blocks: list[dict] | None) -> list[tuple[dict, int, int]]:
+    """(measured row, K/V held − planned, state held − planned) per GPU run; the plan: --engine transformers."""
+    out = []
+    for r in _rows(blocks):
+        k, _, v = r["kv"].partition("/")
+        p = plan(r["model"], weights="BF16", kv_k=k, kv_v=v or k, context=r["tokens"], engine="transformers")
+        out.append((r, r["kv_held"] - p.kv_bytes, r["state_held"] - p.state_bytes))
+    return out
+
+
 def _real_size_section(blocks: list[dict]) -> str:
     """The plan beside what a GPU's cache really held: K/V and recurrent state, byte for byte."""
-    rows, runs = [], []
-    for b in blocks:
-        runs.append(f"<li>{html.escape(b['date'])}, {html.escape(b['device'])}, lowbit {html.escape(b['commit'])}: "
-                    f"<code>{html.escape(public_command(b['command']))}</code></li>")
-        for r in b["rows"]:
-            k, _, v = r["kv"].partition("/")
-            p = plan(r["model"], weights="BF16", kv_k=k, kv_v=v or k, context=r["tokens"], engine="transformers")
-            diff = (r["kv_held"] - p.kv_bytes, r["state_held"] - p.state_bytes)
-            rows.append([r["model"], Cell(f"{r['context']:,}"), r["kv"], Cell(f"{p.kv_bytes:,}"),
-                         Cell(f"{r['kv_held']:,}"), Cell(f"{p.state_bytes:,}"), Cell(f"{r['state_held']:,}"),
-                         Cell("0 / 0" if diff == (0, 0) else f"{diff[0]:+,} / {diff[1]:+,}")])
+    runs = [f"<li>{html.escape(b['date'])}, {html.escape(b['device'])}, lowbit {html.escape(b['commit'])}: "
+            f"<code>{html.escape(public_command(b['command']))}</code></li>" for b in blocks]
+    rows = [[r["model"], Cell(f"{r['context']:,}"), r["kv"], Cell(f"{r['kv_held'] - dk:,}"), Cell(f"{r['kv_held']:,}"),
+             Cell(f"{r['state_held'] - ds:,}"), Cell(f"{r['state_held']:,}"),
+             Cell("0 / 0" if (dk, ds) == (0, 0) else f"{dk:+,} / {ds:+,}")]
+            for r, dk, ds in _real_size_checks(blocks)]
     columns = ["model", "prompt (tokens)", "KV format (K/V)", "K/V planned (bytes)", "K/V held (bytes)",
                "state planned (bytes)", "state held (bytes)", "held − planned (K/V / state)"]
     return f"""<h2 id="real-size">Exact, and checked on a GPU</h2>
@@ -621,7 +626,8 @@ def _best(rows: list[dict], model: str, pick: Callable[[dict], bool]) -> dict | 
     return min(cands, key=lambda r: r["ppl"]) if cands else None
 
 
-def summary(result: dict, units: str, kv_rows: list[dict], weight_rows: list[dict]) -> str:
+def summary(result: dict, units: str, kv_rows: list[dict], weight_rows: list[dict],
+            size_checks: list[tuple[dict, int, int]] = ()) -> str:
     """A few lines: the seed's headline claims against the audit's exact figures and what was measured."""
     c = {r["id"]: r for r in result["claims"]}
 
@@ -673,6 +679,12 @@ def summary(result: dict, units: str, kv_rows: list[dict], weight_rows: list[dic
                                                     f"({html.escape(m)})" for m, r in one_bit))
     if quality:
         items.append("<b>Quality</b>, measured on small models (no Qwen3.5): " + "; ".join(quality) + ".")
+    if size_checks:
+        exact = sum((dk, ds) == (0, 0) for _, dk, ds in size_checks)
+        models = " and ".join(dict.fromkeys(html.escape(r["model"]) for r, _, _ in size_checks))
+        items.append(f"<b>Checked on a GPU</b>: {models} at full size on an H200, bf16 and packed caches up to "
+                     f"{max(r['context'] for r, _, _ in size_checks):,} tokens: the KV cache and recurrent state held "
+                     f"the planned bytes exactly in {exact} of {len(size_checks)} runs.")
     held = sum(r["holds"] for r in result["claims"])
     return (f'<section class="summary"><h2 id="summary">In short</h2>'
             f"<p>A viral post said 1-bit weights and a TurboQuant KV cache shrink Qwen3.5 models 4-8.5x. lowbit "
@@ -736,7 +748,7 @@ def _build(out: Path, units: str, context: int, force: bool) -> Path:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>lowbit report: 1-bit weights and TurboQuant KV caches</title><style>{CSS}</style></head><body>
 <h1>What 1-bit weights and TurboQuant KV caches really cost</h1>
-{summary(result, units, _rows(kv_blocks), _rows(weight_blocks))}
+{summary(result, units, _rows(kv_blocks), _rows(weight_blocks), _real_size_checks(size_blocks))}
 <p class=prov>Generated {dt.date.today().isoformat()} by <code>lowbit report</code>. Units: {units}
 (1 GB = 10<sup>9</sup> bytes, 1 GiB = 2<sup>30</sup>). <b>exact</b> = format definition x tensor shapes
 (llama.cpp's layout); <b>estimated</b> = runtime buffers (the assumption is named in <code>lowbit plan</code>);
