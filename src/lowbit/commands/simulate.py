@@ -43,10 +43,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
-    if engine_model(args.engine).default_weights and not args.scenario:
-        # an engine that runs float checkpoints only (transformers): the same weights, f16 against packed K/V
+    float_only = engine_model(args.engine).default_weights  # transformers: it runs float checkpoints only
+    if float_only and not args.scenario:  # the same weights, f16 against packed K/V
         k, v = kv_pair(args, ONEBIT_TURBO.k.name)
-        w = args.weights or engine_model(args.engine).default_weights
+        w = args.weights or float_only
         return [Scenario.of(w, "f16", name="f16"), Scenario.of(w, k, v, name=f"{k}/{v}" if k != v else k)]
     if args.scenario:
         if args.weights or args.kv or args.kv_k or args.kv_v:

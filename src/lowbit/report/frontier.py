@@ -241,7 +241,8 @@ def frontier_figure(block: dict, narrow: bool = False, points: list[Point] | Non
     handles.append(Line2D([], [], marker=".", ls="", color="#b9b9b9", label="dominated"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4 if narrow else len(handles), frameon=False,
                fontsize=8)
-    fig.suptitle(f"{block.get('model')}:{chr(10) if narrow else ' '}KV formats, best at their size in colour", fontsize=10)
+    sep = "\n" if narrow else " "
+    fig.suptitle(f"{block.get('model')}:{sep}KV formats, best at their size in colour", fontsize=10)
     _declutter(fig, (ax_k, ax_n))
     return fig
 
@@ -257,21 +258,17 @@ def _declutter(fig, axes) -> None:
         labels = sorted(ax.texts, key=lambda t: tuple(ax.transData.transform(t.xy)))
         placed = []
         for t in labels:
-            def extent(t=t):
-                return t.get_window_extent(renderer).padded(2)
-
-            box = extent()
+            box = t.get_window_extent(renderer).padded(2)
             if box.x1 > inside.x1:  # the rightmost points: the label goes to the left of its point
                 t.set_horizontalalignment("right")
                 t.xyann = (-t.xyann[0], t.xyann[1])
-                box = extent()
+                box = t.get_window_extent(renderer).padded(2)
             for _ in range(40):
                 hit = next((b for b in placed if b.overlaps(box)), None)
                 if hit is None:
                     break
-                dx, dy = t.xyann
-                t.xyann = (dx, dy + (hit.y1 - box.y0 + 1) * px_to_pt)
-                box = extent()
+                t.xyann = (t.xyann[0], t.xyann[1] + (hit.y1 - box.y0 + 1) * px_to_pt)
+                box = t.get_window_extent(renderer).padded(2)
             if hit is not None or box.y1 > inside.y1 or box.x1 > inside.x1 or box.x0 < inside.x0:
                 t.remove()
                 continue

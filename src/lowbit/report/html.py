@@ -324,16 +324,17 @@ def _real_size_checks(blocks: list[dict] | None) -> list[tuple[dict, int, int]]:
     return out
 
 
-def _real_size_section(blocks: list[dict]) -> str:
-    """The plan beside what a GPU's cache really held: K/V and recurrent state, byte for byte."""
+def _real_size_section(blocks: list[dict], checks: list[tuple[dict, int, int]]) -> str:
+    """The plan beside what a GPU's cache really held (`checks` of those blocks): K/V and state, byte for byte."""
     runs = [f"<li>{html.escape(b['date'])}, {html.escape(b['device'])}, lowbit {html.escape(b['commit'])}: "
             f"<code>{html.escape(public_command(b['command']))}</code></li>" for b in blocks]
     rows = [[r["model"], Cell(f"{r['context']:,}"), r["kv"], Cell(f"{r['kv_held'] - dk:,}"), Cell(f"{r['kv_held']:,}"),
              Cell(f"{r['state_held'] - ds:,}"), Cell(f"{r['state_held']:,}"),
              Cell("0 / 0" if (dk, ds) == (0, 0) else f"{dk:+,} / {ds:+,}")]
-            for r, dk, ds in _real_size_checks(blocks)]
-    columns = ["model", "prompt (tokens)", "KV format (K/V)", "K/V planned (bytes)", "K/V held (bytes)",
-               "state planned (bytes)", "state held (bytes)", "held − planned (K/V / state)"]
+            for r, dk, ds in checks]
+    columns = ["model", "prompt (tokens)", "KV format (K/V)", "K/V planned (bytes, exact)",
+               "K/V held (bytes, measured)", "state planned (bytes, exact)", "state held (bytes, measured)",
+               "held − planned (K/V / state)"]
     return f"""<h2 id="real-size">Exact, and checked on a GPU</h2>
 <p>The plan beside what the cache really held after the prompt, on one H200: Qwen3.5 models at full size (random
 weights: only shapes matter), transformers with its own cache (bf16) or lowbit's packed one, K/V and the Gated
@@ -596,7 +597,8 @@ tables recommend), against the fastest bf16 SDPA backend on the same GPU. Above 
 The kernel is bound by latency at low occupancy, not by memory: Nsight Compute measured 41.5% of DRAM bandwidth
 and 5.4 of 7 warps per SM for q8_0/turbo3 on the 27B shape at 32K, batch 8 (ncu, docs/kernels.md §R4).
 Writing new tokens into the cache is one fused kernel too (rotate, quantize, pack): 2 M turbo3 head vectors of
-128 in 0.41 ms on the H200, 32% of its memory bandwidth and 60x the PyTorch reference (docs/kernels.md §R7).</p>
+128 in 0.41 ms on the H200, 32% of its memory bandwidth and 60x the PyTorch reference, measured 2026-11-30 at lowbit
+73d2cfb by <code>python benchmarks/store_kernel.py --format json --tiles 64/4</code> (docs/kernels.md §R7).</p>
 {_figure(lambda n: kernels_figure(rows, n), "decode attention speedup over bf16 per layer shape, context, K/V format and batch")}
 <p class=prov>{html.escape(b.get('description', ''))}; measured {html.escape(b.get('date', ''))} on {html.escape(b.get('device', ''))} by
 <code>{html.escape(public_command(b.get('command', '')))}</code>. Per-row notes and the targets: docs/kernels.md.</p>
@@ -739,6 +741,7 @@ def _build(out: Path, units: str, context: int, force: bool) -> Path:
     result = audit()
     kv_blocks, weight_blocks, kernel_blocks, e2e_blocks, size_blocks = (_read(n) for n in (
         "kv_quality.json", "weights_quality.json", "kernels.json", "decode_e2e.json", "real_size.json"))
+    size_checks = _real_size_checks(size_blocks)  # one plan per run, shown in the summary and in its section
     cfg = resolve(KV_MODEL).config
     measured = "".join([_kv_quality_section(kv_blocks) if _rows(kv_blocks) else "",
                         _weights_section(weight_blocks) if _rows(weight_blocks) else "",
@@ -748,7 +751,7 @@ def _build(out: Path, units: str, context: int, force: bool) -> Path:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>lowbit report: 1-bit weights and TurboQuant KV caches</title><style>{CSS}</style></head><body>
 <h1>What 1-bit weights and TurboQuant KV caches really cost</h1>
-{summary(result, units, _rows(kv_blocks), _rows(weight_blocks), _real_size_checks(size_blocks))}
+{summary(result, units, _rows(kv_blocks), _rows(weight_blocks), size_checks)}
 <p class=prov>Generated {dt.date.today().isoformat()} by <code>lowbit report</code>. Units: {units}
 (1 GB = 10<sup>9</sup> bytes, 1 GiB = 2<sup>30</sup>). <b>exact</b> = format definition x tensor shapes
 (llama.cpp's layout); <b>estimated</b> = runtime buffers (the assumption is named in <code>lowbit plan</code>);
@@ -768,7 +771,7 @@ values each; the others keep a fixed-size recurrent state); llama.cpp pads the c
 {_figure(lambda n: kv_figure(KV_MODEL, KV_FORMATS, units, n), f"KV cache of {KV_MODEL} against context by format")}
 <p class=prov>exact. One point: <code>lowbit plan {KV_MODEL} --kv turbo3 --context 131072</code>.
 The formats: docs/turboquant.md.</p>
-{_real_size_section(size_blocks) if _rows(size_blocks) else ""}
+{_real_size_section(size_blocks, size_checks) if size_checks else ""}
 <h2 id="audit">The post's claims, one by one</h2>
 <p>Each figure from the post beside lowbit's exact figure at {result['context']:,} tokens (today =
 {html.escape(result['scenarios']['today'])}, 1-bit = {html.escape(result['scenarios']['1bit-turbo'])}). A claim
