@@ -124,7 +124,8 @@ def run(args) -> dict:
             gbps = nbytes / ms / 1e6
             row = {"fmt": fmt, "head_dim": D, "dtype": dt, "block_t": bt, "warps": w, "variant": variant,
                    "vectors": x.shape[0], "ms": round(ms, 4), "gbps": round(gbps, 1),
-                   "peak_frac": round(gbps / peak, 3), "ratio_vs_torch": round(torch_ms / ms, 2), "torch_ms": round(torch_ms, 4), "check_ties": ties}
+                   "peak_frac": round(gbps / peak, 3), "ratio_vs_torch": round(torch_ms / ms, 2),
+                   "torch_ms": round(torch_ms, 4), "check_ties": ties}
             result["rows"].append(row)
             print(f"{fmt} {D} {dt} {bt}/{w} {variant}: {ms:.4f} ms {gbps:.0f} GB/s ({row['peak_frac']:.1%}) "
                   f"torch {torch_ms:.3f} ms, ties {ties}", file=sys.stderr)
@@ -172,12 +173,13 @@ def table(result: dict) -> None:
 
     t = Table(title=f"store kernel, {result['device']} (datasheet {result['peak_gbps']} GB/s, "
                     f"device copy {result['copy_gbps']} GB/s), measured")
-    for c in ("format", "head_dim", "dtype", "block_t/warps", "variant", "ms", "GB/s", "of peak", "of copy", "vs torch"):
+    for c in ("format", "head_dim", "dtype", "block_t/warps", "variant", "ms", "GB/s", "of peak", "of copy",
+              "vs torch"):
         t.add_column(c, justify="right")
     for r in result["rows"]:
-        t.add_row(r["fmt"], str(r["head_dim"]), r["dtype"], f"{r['block_t']}/{r['warps']}", r["variant"], f"{r['ms']:.4f}",
-                  f"{r['gbps']:.0f}", f"{r['peak_frac']:.1%}", f"{r['gbps'] / result['copy_gbps']:.1%}",
-                  f"{r['ratio_vs_torch']:.1f}x")
+        t.add_row(r["fmt"], str(r["head_dim"]), r["dtype"], f"{r['block_t']}/{r['warps']}", r["variant"],
+                  f"{r['ms']:.4f}", f"{r['gbps']:.0f}", f"{r['peak_frac']:.1%}",
+                  f"{r['gbps'] / result['copy_gbps']:.1%}", f"{r['ratio_vs_torch']:.1f}x")
     Console().print(t)
 
 
