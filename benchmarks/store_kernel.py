@@ -181,6 +181,14 @@ def table(result: dict) -> None:
                   f"{r['ms']:.4f}", f"{r['gbps']:.0f}", f"{r['peak_frac']:.1%}",
                   f"{r['gbps'] / result['copy_gbps']:.1%}", f"{r['ratio_vs_torch']:.1f}x")
     Console().print(t)
+    if result.get("q8_rows"):
+        q = Table(title="q8_0 store: the fused Triton kernel beside the torch path, measured")
+        for c in ("head_dim", "vectors", "ms", "torch ms", "vs torch", "of peak", "ties"):
+            q.add_column(c, justify="right")
+        for r in result["q8_rows"]:
+            q.add_row(str(r["head_dim"]), f"{r['vectors']:,}", f"{r['ms']:.4f}", f"{r['torch_ms']:.4f}",
+                      f"{r['ratio_vs_torch']:.1f}x", f"{r['peak_frac']:.1%}", str(r["check_ties"]))
+        Console().print(q)
 
 
 # -- diagnosis (GPU) -----------------------------------------------------------------------------
