@@ -131,7 +131,40 @@ def run(args) -> dict:
                   f"torch {torch_ms:.3f} ms, ties {ties}", file=sys.stderr)
         del x, out
         torch.cuda.empty_cache()
+    if not args.only or "q8_0" in args.only:
+        result["q8_rows"] = run_q8(args, peak)
     return result
+
+
+Q8_SETTINGS = [(128, "bfloat16", 1), (256, "bfloat16", 1), (128, "bfloat16", 32)]  # (head_dim, dtype, rows)
+
+
+def run_q8(args, peak: float) -> list[dict]:
+    """The fused q8_0 store (`q8_store`) against the torch path it replaces (`q8.store`), side by side: 2 M
+    vectors (bandwidth), and one decode step's few rows (launch-bound: what a decode step pays per layer)."""
+    from lowbit.kernels import q8
+    from lowbit.kernels.params import q8_params
+    from lowbit.kernels.q8_store import q8_store
+    from lowbit.kernels.store_check import check_q8_store
+    from lowbit.quant.kv_baselines import make_codec
+
+    rows = []
+    for D, dt, few in Q8_SETTINGS:
+        p = q8_params(make_codec("q8_0", D, seed=11, keys=True), "cuda")
+        for n in (VALUES // D, few):
+            x = torch.randn(n, D, device="cuda", dtype=getattr(torch, dt))
+            ties = check_q8_store(p, x[:CHECK_VECTORS], q8_store(p, x[:CHECK_VECTORS]))
+            ms = do_bench(lambda: q8_store(p, x), args.rep_ms)
+            torch_ms = do_bench(lambda: q8.store(p, x), args.rep_ms)
+            nbytes = x.numel() * x.element_size() + n * p.vector_bytes
+            row = {"fmt": "q8_0", "head_dim": D, "dtype": dt, "vectors": n, "rot_block": p.rot_block,
+                   "ms": round(ms, 4), "torch_ms": round(torch_ms, 4), "ratio_vs_torch": round(torch_ms / ms, 2),
+                   "gbps": round(nbytes / ms / 1e6, 1), "peak_frac": round(nbytes / ms / 1e6 / peak, 3),
+                   "check_ties": ties}
+            rows.append(row)
+            print(f"q8_0 {D} {dt} x{n}: {ms:.4f} ms ({row['peak_frac']:.1%} of peak), torch {torch_ms:.4f} ms "
+                  f"({row['ratio_vs_torch']}x), ties {ties}", file=sys.stderr)
+    return rows
 
 
 def table(result: dict) -> None:
@@ -148,6 +181,14 @@ def table(result: dict) -> None:
                   f"{r['ms']:.4f}", f"{r['gbps']:.0f}", f"{r['peak_frac']:.1%}",
                   f"{r['gbps'] / result['copy_gbps']:.1%}", f"{r['ratio_vs_torch']:.1f}x")
     Console().print(t)
+    if result.get("q8_rows"):
+        q = Table(title="q8_0 store: the fused Triton kernel beside the torch path, measured")
+        for c in ("head_dim", "vectors", "ms", "torch ms", "vs torch", "of peak", "ties"):
+            q.add_column(c, justify="right")
+        for r in result["q8_rows"]:
+            q.add_row(str(r["head_dim"]), f"{r['vectors']:,}", f"{r['ms']:.4f}", f"{r['torch_ms']:.4f}",
+                      f"{r['ratio_vs_torch']:.1f}x", f"{r['peak_frac']:.1%}", str(r["check_ties"]))
+        Console().print(q)
 
 
 # -- diagnosis (GPU) -----------------------------------------------------------------------------
@@ -417,7 +458,7 @@ def main(argv=None) -> int:
     ap.add_argument("--once", metavar="SLOW/STAGES/MAXNREG[/STORE]",
                     help="GPU: store 2 M bf16 turbo3/128 vectors three times with this variant, nothing else "
                          "(a target for ncu -k regex:_store_kernel)")
-    ap.add_argument("--only", nargs="+", choices=("turbo2", "turbo3", "turbo4"), help="formats to time")
+    ap.add_argument("--only", nargs="+", choices=("turbo2", "turbo3", "turbo4", "q8_0"), help="formats to time")
     ap.add_argument("--rep-ms", type=int, default=200, help="do_bench time per measurement")
     ap.add_argument("--sass", action="store_true", help="no GPU: compile for sm_90a and count the loop's SASS")
     ap.add_argument("--diagnose", action="store_true",

@@ -144,7 +144,8 @@ def test_kernels_declare_what_they_take(monkeypatch):
     assert kernels.supports("turbo4", "turbo3", 128, cuda) == S("triton", "triton", "triton")
     assert kernels.supports("turbo3", "turbo3", 512, cuda) == S("triton", "triton", "reference")  # > 256: no decode
     assert kernels.supports("turbo3:center", "turbo3", 128, cuda) == S("reference", "triton", "reference")
-    assert kernels.supports("turbo3-prod", "q8_0", 128, cuda) == S("reference", "torch", "reference")
+    assert kernels.supports("turbo3-prod", "q8_0", 128, cuda) == S("reference", "triton", "reference")
+    assert kernels.supports("turbo3-prod", "q8_0", 96, cuda) == S("reference", "torch", "reference")
     assert kernels.supports("turbo3", "turbo3", 96, cuda) == S("reference", "reference", "reference")
     monkeypatch.setenv("LOWBIT_KERNELS", "reference")
     assert kernels.supports("turbo3", "turbo3", 128, cuda) == S("reference", "reference", "reference")
@@ -166,14 +167,13 @@ def test_kernels_take_q8_0_keys_but_not_q8_0_values(monkeypatch):
     monkeypatch.setattr(kernels, "_cuda_decode_available", lambda device: True)
     for k in ("q8_0", "q8_0:rot", "turbo3", "turbo4"):
         for v in ("turbo3", "turbo4"):
-            want_k = "torch" if k.startswith("q8_0") else "triton"
-            assert kernels.supports(k, v, 256, cuda) == S(want_k, "triton", "cuda"), (k, v)
+            assert kernels.supports(k, v, 256, cuda) == S("triton", "triton", "cuda"), (k, v)
     assert kernels.supports("turbo2", "turbo3", 128, cuda) == S("triton", "triton", "triton")
-    assert kernels.supports("q8_0", "turbo2", 128, cuda) == S("torch", "triton", "triton")
-    assert kernels.supports("turbo3", "q8_0", 128, cuda) == S("triton", "torch", "reference")
+    assert kernels.supports("q8_0", "turbo2", 128, cuda) == S("triton", "triton", "triton")
+    assert kernels.supports("turbo3", "q8_0", 128, cuda) == S("triton", "triton", "reference")
     assert kernels.supports("q8_0", "q8_0", 128, cuda).decode == "reference"
     monkeypatch.setattr(kernels, "_cuda_decode_available", lambda device: False)
-    assert kernels.supports("q8_0", "turbo4", 128, cuda) == S("torch", "triton", "triton")
+    assert kernels.supports("q8_0", "turbo4", 128, cuda) == S("triton", "triton", "triton")
 
 
 @pytest.mark.parametrize("kspec,vf,D,Hq,Hkv,T", [("q8_0", "turbo3", 128, 8, 2, 70), ("q8_0:rot", "turbo4", 256, 6, 2, 40),

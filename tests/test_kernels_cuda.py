@@ -287,10 +287,9 @@ def test_cuda_kernel_matches_reference(kv, B, Hq, Hkv, D, T, splits):
 @pytest.mark.parametrize("kv", SETTINGS)
 def test_the_cache_entry_points_reach_the_cuda_kernel(monkeypatch, kv):
     """What the cache calls (`kernels.supports`, then `kernels.decode_attention` on codecs) launches the CUDA
-    kernel once per decode step, for every setting it takes; q8_0 keys are stored on the GPU by torch."""
+    kernel once per decode step, for every setting it takes; q8_0 keys are stored by the fused Triton store."""
     kc, vc = _codecs(kv, 128, 1)
-    want_store = "torch" if kv.startswith("q8_0") else "triton"
-    assert kernels.supports(kc.spec, vc.spec, 128, "cuda") == kernels.KernelSupport(want_store, "triton", "cuda")
+    assert kernels.supports(kc.spec, vc.spec, 128, "cuda") == kernels.KernelSupport("triton", "triton", "cuda")
     launches = []
     orig = cuda_decode.stage1
     monkeypatch.setattr(cuda_decode, "stage1", lambda *a, **k: launches.append(a[0].shape) or orig(*a, **k))

@@ -15,6 +15,7 @@ settings it cannot honour; the first one that takes a setting runs it (KERNELS i
 - triton (decode): K turbo2/3/4 or q8_0, V turbo2/3/4, head_dim one power-of-two block or whole 128-blocks up
   to 256 (q8_0 keys: 128 or 256), not centered (`turbo_attention`);
 - triton (store, dequantize): turbo2/3/4 on CUDA with Triton importable (`turbo_store`, `turbo_attention`);
+  q8_0 stores at head_dim 64, 128 or 256 in one launch (`q8_store`; its dequantize is torch's);
 - torch (store, dequantize): q8_0 on CUDA, gguf's bytes computed on the device (`q8`);
 - reference (everything): any format with per-token vectors on any device (`reference`: the codec's own
   quantize/dequantize, float32 attention).
@@ -94,6 +95,7 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel("triton", frozenset({"decode"}), "cuda", _TURBO_MSE | {"q8_0"},
            lambda d: _tiles(d) and d <= 2 * TURBO_BLOCK, refuses=("center",), value_formats=_TURBO_MSE),
     Kernel("triton", frozenset({"store"}), "cuda", _TURBO_MSE, _tiles, refuses=("center",)),
+    Kernel("triton", frozenset({"store"}), "cuda", frozenset({"q8_0"}), lambda d: d in (64, 128, 256)),
     Kernel("torch", frozenset({"store"}), "cuda", frozenset({"q8_0"}), lambda d: d % 32 == 0),
     Kernel("reference", frozenset({"store", "decode"}), None, None, lambda d: True),
 )
@@ -136,6 +138,10 @@ def store_kernel(codec, device) -> str:
 
 def store(codec, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     kernel = store_kernel(codec, x.device)
+    if kernel == "triton" and codec.spec.fmt.name == "q8_0":
+        from lowbit.kernels.q8_store import q8_store
+
+        return q8_store(q8_params(codec, x.device), x, out=out)
     if kernel == "triton":
         from lowbit.kernels.turbo_store import turbo_store
 
@@ -151,12 +157,12 @@ def store(codec, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
 
 def dequantize(codec, packed: torch.Tensor, dtype=torch.float32, seq_len: int | None = None) -> torch.Tensor:
     kernel = store_kernel(codec, packed.device)
+    if codec.spec.fmt.name == "q8_0" and kernel in ("triton", "torch"):  # one q8_0 dequantize: torch's
+        return q8.dequantize(q8_params(codec, packed.device), packed, dtype, seq_len)
     if kernel == "triton" and packed.dim() == 4:
         from lowbit.kernels.turbo_attention import turbo_dequantize
 
         return turbo_dequantize(turbo_params(codec, packed.device), packed, dtype, seq_len)
-    if kernel == "torch":
-        return q8.dequantize(q8_params(codec, packed.device), packed, dtype, seq_len)
     return reference.dequantize(codec, packed, dtype, seq_len)
 
 
