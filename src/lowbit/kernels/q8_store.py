@@ -74,9 +74,11 @@ def _signs(params: Q8Params, dtype: torch.dtype) -> tuple[torch.Tensor, float] |
     """(rotation as a ±1 matrix in dtype, its scale) when it is one (llama.cpp's Hadamard), else None."""
     cache = params.__dict__.setdefault("_signs", {})
     if dtype not in cache:
+        # compare magnitudes, never divide: CUDA divides a tensor by a scalar as a product with its reciprocal,
+        # which turns 1/sqrt(128) / (1/sqrt(128)) into 1 - 1 ulp on the GPU
         scale = params.rot.abs().max().item()
-        m = params.rot / scale
-        cache[dtype] = (m.to(dtype).contiguous(), scale) if torch.equal(m.abs(), torch.ones_like(m)) else None
+        ones = torch.equal(params.rot.abs(), torch.full_like(params.rot, scale))
+        cache[dtype] = (torch.sign(params.rot).to(dtype).contiguous(), scale) if ones else None
     return cache[dtype]
 
 
