@@ -356,6 +356,51 @@ def graph(model, cache, nxt, replays: int, device) -> dict:
             del mod._update_linear_attn_mask
 
 
+KERNEL_GROUPS = (  # (group, substrings of kernel names): where a decode step's device time goes
+    ("decode attention (lowbit CUDA split kernel)", ("lowbit_decode",)),
+    ("decode attention (lowbit Triton stage 1)", ("_stage1",)),
+    ("split merge (lowbit stage 2)", ("_stage2",)),
+    ("query rotation (lowbit)", ("_rotate_queries",)),
+    ("K/V store (lowbit turbo)", ("_store_kernel", "_deferred_kernel")),
+    ("K/V store (lowbit q8_0)", ("_q8_store_kernel",)),
+    ("SDPA (bf16 baseline)", ("flash", "fmha", "cudnn", "attention", "sdpa", "efficient")),
+    ("matmul (weights)", ("gemm", "gemv", "sm90_xmma", "cutlass", "nvjet", "matmul", "addmm", "mm")),
+    ("Gated DeltaNet (fla)", ("fused_recurrent", "chunk_gated", "gated_delta", "causal_conv1d")),
+)
+
+
+def profile_step(model, cache, nxt, steps: int, device) -> dict:
+    """Device time per decode step by kernel group, from torch.profiler over `steps` eager steps (kernel durations
+    do not depend on how they were launched; the graph's step time is this sum plus the gaps between kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.no_grad():
+        forward(model, nxt, cache)  # one untimed step: nothing compiles inside the trace
+        sync(device)
+        with profile(activities=acts) as prof:
+            for _ in range(steps):
+                forward(model, nxt, cache)
+            sync(device)
+    kernels = {}
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", 0) if cuda else e.self_cpu_time_total
+        if us > 0 and (cuda or e.key.startswith("aten::")):
+            kernels[e.key] = (kernels.get(e.key, (0.0, 0))[0] + us / steps, e.count / steps)
+    groups: dict[str, float] = {}
+    for name, (us, _) in kernels.items():
+        low = name.lower()
+        group = next((g for g, keys in KERNEL_GROUPS if any(k.lower() in low for k in keys)), "other")
+        groups[group] = groups.get(group, 0.0) + us
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:20]
+    return {"steps": steps, "clock": "device" if cuda else "cpu (aten ops, self time)",
+            "us_per_step": round(sum(us for us, _ in kernels.values()), 1),
+            "groups_us": {g: round(us, 1) for g, us in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top": [{"name": n[:120], "us_per_step": round(us, 2), "calls_per_step": round(c, 2)}
+                    for n, (us, c) in top]}
+
+
 def choose_sdpa(model, cache) -> dict:
     """The fastest SDPA variant on this cache's first attention layer (one new token, its heads and length)."""
     layer = attention_layers(cache)[0]
@@ -374,7 +419,7 @@ def one_run(model, kv, context, batch, args, hybrid) -> dict:
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    capacity = context + args.new_tokens + 8
+    capacity = context + args.new_tokens + 8 + (args.profile + 1 if args.profile else 0)
     t0 = time.perf_counter()
     cache, nxt = prepare(model, kv, context, batch, args, capacity, hybrid=hybrid)
     sync(device)
@@ -383,11 +428,15 @@ def one_run(model, kv, context, batch, args, hybrid) -> dict:
     with real_size.KernelCounts() as counts:
         dec, first = eager(model, cache, nxt, args.new_tokens, args.warmup_steps, device)
         fused = real_size.fused_report(cache, counts)
-        g = graph(model, cache, dec.pop("nxt"), args.graph_steps, device)
+    nxt = dec.pop("nxt")
+    held = cache_bytes(cache)  # after the greedy tokens, before the profile's steps add theirs
+    prof = profile_step(model, cache, nxt, args.profile, device) if args.profile else None
+    g = graph(model, cache, nxt, args.graph_steps, device)
     _SDPA_CHOICE.pop("variant", None)
     peak = torch.cuda.max_memory_allocated(device) if torch.device(device).type == "cuda" else None
-    run = {"context": context, "batch": batch, "kv": kv, "cache_bytes": cache_bytes(cache), "fill_s": round(fill_s, 2),
-           "peak_allocated": peak, "sdpa": sdpa, "eager": dec, "graph": g, "fused": fused}
+    run = {"context": context, "batch": batch, "kv": kv, "cache_bytes": held, "fill_s": round(fill_s, 2),
+           "peak_allocated": peak, "sdpa": sdpa, "eager": dec, "graph": g, "fused": fused,
+           **({"profile": prof} if prof else {})}
     del cache
     return run, first
 
@@ -465,6 +514,8 @@ def parse(argv):
     ap.add_argument("--warmup-steps", type=int, default=4)
     ap.add_argument("--graph-steps", type=int, default=64, help="CUDA-graph replays of one step (0: none)")
     ap.add_argument("--prompt", type=int, default=2 * FUSED_MAX_NEW, help="real prefill tokens before the fill")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="after the timings, profile STEPS eager steps: device time per step by kernel group")
     ap.add_argument("--check", action="store_true", help="fused vs dense tokens at the first context and batch")
     ap.add_argument("--check-tokens", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

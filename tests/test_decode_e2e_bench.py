@@ -25,6 +25,7 @@ def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "tiny.json"
     res = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--batches", "1", "2",
                           "--new-tokens", str(NEW), "--warmup-steps", "2", "--check", "--check-tokens", "3", "--dtype", "float32",
+                          "--profile", "1",
                           "--kv", *KVS, "--out", str(out)], capture_output=True, text=True, env=subprocess_env(),
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -43,6 +44,17 @@ def test_every_cache_decodes_greedily(tiny):
         else:  # every decode step of every layer read the packed cache
             assert r["fused"]["fused_steps"] == NEW * layers and r["fused"]["dense_fallbacks"] == 0
     assert "x bf16" in stdout and stdout.count("llama-tiny |") == len(result["runs"])
+
+
+def test_the_profile_splits_a_step_by_kernel_group(tiny):
+    result, _ = tiny
+    for r in result["runs"]:
+        prof = r["profile"]
+        assert prof["us_per_step"] > 0 and prof["top"]
+        assert sum(prof["groups_us"].values()) == pytest.approx(prof["us_per_step"], abs=0.1 * len(prof["groups_us"]))
+        assert prof["groups_us"].get("matmul (weights)", 0) > 0
+        # the bf16 baseline attends with SDPA; the packed caches never do (their decode reads the packed bytes)
+        assert (prof["groups_us"].get("SDPA (bf16 baseline)", 0) > 0) == (r["kv"] == "bf16")
 
 
 def test_the_cache_holds_the_predicted_bytes(tiny):

@@ -188,7 +188,8 @@ __global__ void __launch_bounds__(32, D == 128 ? 16 : 0) lowbit_decode(
     int HKV, int T, int split_len, int nsplit,
     u32 KT0, u32 KT1, u32 KT2, u32 KT3, u32 KT4, u32 KT5, u32 KT6, u32 KT7,
     u32 VT0, u32 VT1, u32 VT2, u32 VT3, u32 VT4, u32 VT5, u32 VT6, u32 VT7,
-    float* __restrict__ OP, float* __restrict__ ML)
+    float* __restrict__ OP, float* __restrict__ ML,
+    int rows)  // last: as an int before the table words it shifted them in the parameter bank, and ptxas gave the loop 61 more instructions
 {
     constexpr int UPL = D / 64;       // 16-value units per lane per token
     constexpr int NDT = D / 8;        // n8 tiles of the output
@@ -355,18 +356,25 @@ __global__ void __launch_bounds__(32, D == 128 ? 16 : 0) lowbit_decode(
     l_g += __shfl_xor_sync(0xffffffffu, l_g, 2);
     l_g8 += __shfl_xor_sync(0xffffffffu, l_g8, 1);
     l_g8 += __shfl_xor_sync(0xffffffffu, l_g8, 2);
+    // Partials of the `rows` real query rows only (the merge reads no others): at batch 1 the padding rows'
+    // float32 partials would be most of what the kernel writes (a GQA group of 4 pads to 16).
     const size_t base = (size_t)bh * nsplit + sp;
     float* o = OP + base * 16 * D;
+    if (g < rows) {
 #pragma unroll
-    for (int i = 0; i < NDT; i++) {
-        *(float2*)&o[g * D + i * 8 + 2 * c] = make_float2(acc[i][0], acc[i][1]);
-        *(float2*)&o[(g + 8) * D + i * 8 + 2 * c] = make_float2(acc[i][2], acc[i][3]);
+        for (int i = 0; i < NDT; i++) *(float2*)&o[g * D + i * 8 + 2 * c] = make_float2(acc[i][0], acc[i][1]);
+        if (c == 0) {
+            ML[base * 32 + g] = m_g;
+            ML[base * 32 + 16 + g] = l_g;
+        }
     }
-    if (c == 0) {
-        ML[base * 32 + g] = m_g;
-        ML[base * 32 + g + 8] = m_g8;
-        ML[base * 32 + 16 + g] = l_g;
-        ML[base * 32 + 16 + g + 8] = l_g8;
+    if (g + 8 < rows) {
+#pragma unroll
+        for (int i = 0; i < NDT; i++) *(float2*)&o[(g + 8) * D + i * 8 + 2 * c] = make_float2(acc[i][2], acc[i][3]);
+        if (c == 0) {
+            ML[base * 32 + g + 8] = m_g8;
+            ML[base * 32 + 16 + g + 8] = l_g8;
+        }
     }
 }
 """
@@ -523,9 +531,10 @@ def available(device) -> bool:
 
 
 def stage1(qk: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor, kfmt: str, vfmt: str, ktab, vtab,
-           T: int, split_len: int, splits: int, op: torch.Tensor, ml: torch.Tensor) -> None:
+           T: int, split_len: int, splits: int, op: torch.Tensor, ml: torch.Tensor, rows: int = ROWS) -> None:
     """Launch the CUDA split kernel: qk [B*HKV, 16, D] fp16 in kernel_dim_order(D, kfmt), rotated and scaled;
-    ktab/vtab the 8 codebook words of turbo formats (`unpack.table_words`; ignored for q8_0)."""
+    ktab/vtab the 8 codebook words of turbo formats (`unpack.table_words`; ignored for q8_0); partials are
+    written for the first `rows` query rows of each KV head (the real ones)."""
     import ctypes as ct
 
     B, HKV, _, _ = k_packed.shape
@@ -536,7 +545,7 @@ def stage1(qk: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor, kfm
             ct.c_int64(k_packed.stride(0)), ct.c_int64(k_packed.stride(1)),
             ct.c_int64(v_packed.stride(0)), ct.c_int64(v_packed.stride(1)),
             ct.c_int32(HKV), ct.c_int32(T), ct.c_int32(split_len), ct.c_int32(splits), *words, op.data_ptr(),
-            ml.data_ptr()]
+            ml.data_ptr(), ct.c_int32(rows)]
     _driver(dev).launch(kernel_name(D, kfmt, vfmt), (B * HKV, splits), 32, args,
                         torch.cuda.current_stream(qk.device).cuda_stream)
 

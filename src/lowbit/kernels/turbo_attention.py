@@ -351,7 +351,7 @@ def _cuda_path(q, k_packed, v_packed, pk: TurboParams, pv: TurboParams, scale: f
     op = torch.empty(B * HKV * splits * 16 * D, dtype=torch.float32, device=q.device)
     ml = torch.empty(B * HKV * splits * 32, dtype=torch.float32, device=q.device)
     cuda_decode.stage1(qk, k_packed, v_packed, kfmt, f"turbo{pv.bits}", ktab, _tables(pv)[1], T, split_len, splits,
-                       op, ml)
+                       op, ml, rows=(Hq // HKV) * LQ)
     out = torch.empty_like(q)
     _stage2[(B * HKV, (Hq // HKV) * LQ, pv.n_blocks)](
         op, ml, pv.rot, pv.signs if pv.hadamard else pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
