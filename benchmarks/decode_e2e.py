@@ -361,8 +361,8 @@ KERNEL_GROUPS = (  # (group, substrings of kernel names): where a decode step's 
     ("decode attention (lowbit Triton stage 1)", ("_stage1",)),
     ("split merge (lowbit stage 2)", ("_stage2",)),
     ("query rotation (lowbit)", ("_rotate_queries",)),
-    ("K/V store (lowbit turbo)", ("_store_kernel", "_deferred_kernel")),
     ("K/V store (lowbit q8_0)", ("_q8_store_kernel",)),
+    ("K/V store (lowbit turbo)", ("_store_kernel", "_deferred_kernel")),
     ("SDPA (bf16 baseline)", ("flash", "fmha", "cudnn", "attention", "sdpa", "efficient")),
     ("matmul (weights)", ("gemm", "gemv", "sm90_xmma", "cutlass", "nvjet", "matmul", "addmm", "mm")),
     ("Gated DeltaNet (fla)", ("fused_recurrent", "chunk_gated", "gated_delta", "causal_conv1d")),
@@ -385,7 +385,9 @@ def profile_step(model, cache, nxt, steps: int, device) -> dict:
             sync(device)
     kernels = {}
     for e in prof.key_averages():
-        us = getattr(e, "self_device_time_total", 0) if cuda else e.self_cpu_time_total
+        # the kernels themselves on a GPU (an aten op's device time would count its kernels twice); aten ops on a CPU
+        on_gpu = cuda and e.device_type == torch.autograd.DeviceType.CUDA
+        us = e.self_device_time_total if on_gpu else 0 if cuda else e.self_cpu_time_total
         if us > 0 and (cuda or e.key.startswith("aten::")):
             kernels[e.key] = (kernels.get(e.key, (0.0, 0))[0] + us / steps, e.count / steps)
     groups: dict[str, float] = {}

@@ -214,20 +214,38 @@ def test_rotate_queries_matches_torch(fmt, D, Hq, Hkv, LQ):
     assert (got.view(2, Hkv, 16, D)[:, :, Hq // Hkv * LQ:] == 0).all()
 
 
-@pytest.mark.parametrize("spec,D,Hq,Hkv", [("q8_0", 128, 8, 2), ("q8_0:rot", 256, 6, 2)])
-def test_q8_queries_match_torch(spec, D, Hq, Hkv):
-    codec = make_codec(spec, D, seed=7)
+@pytest.mark.parametrize("spec,D,Hq,Hkv,keys,triton", [
+    ("q8_0", 128, 8, 2, True, True), ("q8_0", 256, 6, 2, True, True),  # llama.cpp's K Hadamard: the whole head
+    ("q8_0:norot", 128, 4, 1, True, True),
+    ("q8_0:rot", 256, 6, 2, True, True),  # the default, written out
+    ("q8_0", 128, 8, 2, False, False)])  # V's 64-blocks, as if they were keys: a rotation per block, torch
+def test_q8_queries_match_torch(spec, D, Hq, Hkv, keys, triton):
+    codec = make_codec(spec, D, seed=7, keys=keys)
     pk = key_params(codec, DEV)
     q = torch.randn(2, Hq, 1, D, generator=torch.Generator().manual_seed(1))
     got = q8_queries(q.to(DEV), pk, Hkv, 0.37).cpu().double()
-    cpu = key_params(make_codec(spec, D, seed=7), "cpu")
+    cpu = key_params(make_codec(spec, D, seed=7, keys=keys), "cpu")
     y = cpu.rotate(q).double() * 0.37 * math.log2(math.e)  # the codec's own rotation of the vector
     want = torch.zeros(2, Hkv, 16, D, dtype=torch.float64)
     want[:, :, :Hq // Hkv] = y.reshape(2, Hkv, Hq // Hkv, D)[..., cuda_decode.kernel_dim_order(D, "q8_0")]
     assert (got.view(2, Hkv, 16, D) - want).abs().max() <= 2e-3 * want.abs().max()
     assert (got.view(2, Hkv, 16, D)[:, :, Hq // Hkv:] == 0).all()
+    assert ("_qmat" in pk.__dict__) == triton  # the Triton launch caches its permuted matrix
     k = torch.randn(5, D)
     assert torch.allclose(cpu.rotate(q[0, 0]) @ cpu.rotate(k).T, q[0, 0] @ k.T, atol=1e-4)  # q·k unchanged
+
+
+def test_q8_queries_under_a_dense_rotation_take_torch():
+    from dataclasses import replace
+
+    pk = key_params(make_codec("q8_0", 128, seed=7, keys=True), DEV)
+    r, _ = torch.linalg.qr(torch.randn(128, 128, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    dense = replace(pk, rot=r.float().to(DEV))
+    assert dense.plus_minus_one() is None
+    q = torch.randn(1, 4, 1, 128, generator=torch.Generator().manual_seed(2))
+    got = q8_queries(q.to(DEV), dense, 1, 0.5).cpu().double().view(1, 1, 16, 128)
+    want = (q.double().reshape(1, 1, 4, 128) @ r * 0.5 * math.log2(math.e))[..., cuda_decode.kernel_dim_order(128, "q8_0")]
+    assert (got[:, :, :4] - want).abs().max() <= 2e-3 * want.abs().max() and "_qmat" not in dense.__dict__
 
 
 def test_cuda_backend_refuses_what_it_does_not_cover():

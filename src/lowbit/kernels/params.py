@@ -76,6 +76,19 @@ class Q8Params:
         xb = x.float().reshape(*x.shape[:-1], self.head_dim // self.rot_block, self.rot_block)
         return (xb @ self.rot).reshape(*x.shape[:-1], self.head_dim)
 
+    def plus_minus_one(self) -> tuple[torch.Tensor, float] | None:
+        """(sign(rot) in float32, |rot|) when the rotation is one scale times a ±1 matrix (llama.cpp's Hadamard),
+        else None: what the Triton store and query rotation multiply exactly on tensor cores. Magnitudes are
+        compared, never divided: CUDA divides a tensor by a scalar through its reciprocal, which turned
+        1/sqrt(128) / (1/sqrt(128)) into 1 - 1 ulp on the H200."""
+        def make():
+            if self.rot is None:
+                return None
+            scale = self.rot.abs().max().item()
+            ones = torch.equal(self.rot.abs(), torch.full_like(self.rot, scale))
+            return (torch.sign(self.rot).contiguous(), scale) if ones else None
+        return cached(self, "_plus_minus_one", make)
+
     def unrotate(self, y: torch.Tensor) -> torch.Tensor:
         if self.rot is None:
             return y

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from lowbit.kernels import _interpret
-from lowbit.kernels.params import Q8Params
+from lowbit.kernels.params import Q8Params, cached
 
 _interpret.apply()
 
@@ -70,23 +70,11 @@ def _q8_blocks(y, OUT, rows64, rmask, first, D: tl.constexpr, NB: tl.constexpr, 
     tl.store(OUT + block[:, :, None] + 2 + k, (q & 0xFF).to(tl.uint8), mask=rmask[:, None, None])
 
 
-def _signs(params: Q8Params, dtype: torch.dtype) -> tuple[torch.Tensor, float] | None:
-    """(rotation as a ±1 matrix in dtype, its scale) when it is one (llama.cpp's Hadamard), else None."""
-    cache = params.__dict__.setdefault("_signs", {})
-    if dtype not in cache:
-        # compare magnitudes, never divide: CUDA divides a tensor by a scalar as a product with its reciprocal,
-        # which turns 1/sqrt(128) / (1/sqrt(128)) into 1 - 1 ulp on the GPU
-        scale = params.rot.abs().max().item()
-        ones = torch.equal(params.rot.abs(), torch.full_like(params.rot, scale))
-        cache[dtype] = (torch.sign(params.rot).to(dtype).contiguous(), scale) if ones else None
-    return cache[dtype]
-
-
 def fused(params: Q8Params) -> bool:
     """Whether q8_store fuses this codec's store (no rotation, or a ±1 one in blocks of 64 to 256 values)."""
     if params.rot is None:
         return params.head_dim % 32 == 0 and params.head_dim & (params.head_dim - 1) == 0
-    return params.rot_block in (64, 128, 256) and _signs(params, torch.float32) is not None
+    return params.rot_block in (64, 128, 256) and params.plus_minus_one() is not None
 
 
 def q8_store(params: Q8Params, x: torch.Tensor, out: torch.Tensor | None = None, block_t: int = 32) -> torch.Tensor:
@@ -110,7 +98,12 @@ def q8_store(params: Q8Params, x: torch.Tensor, out: torch.Tensor | None = None,
     rotate = params.rot is not None
     native = x2.dtype in (torch.bfloat16, torch.float16) and not _interpret.INTERPRET  # the interpreter: float32
     rb = params.rot_block if rotate else min(params.head_dim, 128)
-    signs, scale = _signs(params, x2.dtype if native else torch.float32) if rotate else (o2, 1.0)
+    if rotate:
+        signs, scale = params.plus_minus_one()
+        signs = cached(params, f"_signs_{x2.dtype if native else torch.float32}",
+                       lambda: signs.to(x2.dtype if native else torch.float32))
+    else:
+        signs, scale = o2, 1.0
     _q8_store_kernel[(triton.cdiv(n, block_t),)](
         x2, o2, signs, scale, n, x2.stride(0), D=params.head_dim, RB=rb, CW=min(rb, 128), ROTATE=rotate,
         NATIVE=native, BLOCK_T=block_t)

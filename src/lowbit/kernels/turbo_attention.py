@@ -243,12 +243,12 @@ def _stage2(OP, ML, RV, SV, O, sob, soh, sol,
 
 
 @triton.jit
-def _rotate_queries(Q, MAT, SK, QK, sqb, sqh, sql, qk_scale, HKV: tl.constexpr, GROUP: tl.constexpr,
-                    LQ: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr, HADAMARD: tl.constexpr):
+def _rotate_queries(Q, MAT, SK, QK, sqb, sqh, sql, qk_scale, post, HKV: tl.constexpr, GROUP: tl.constexpr,
+                    LQ: tl.constexpr, BLK: tl.constexpr, NBLK: tl.constexpr, SIGNS: tl.constexpr, CW: tl.constexpr):
     """QK[bh, r, :] = the rotated, scaled query row r (= head·LQ + token) of KV head bh in the CUDA kernel's
-    dimension order: per 128-block j, q_j Rᵀ with Rᵀ's columns permuted (MAT, fp16); rows past GROUP·LQ
-    are zero. Hadamard: MAT is the permuted ±1 matrix (exact in fp16), the signs and 1/sqrt(BLK) are applied
-    in float32 around it."""
+    dimension order: per BLK-block j, (q_j · SK) @ MAT · post, MAT the rotation with its columns permuted (fp16),
+    CW output columns at a time; rows past GROUP·LQ are zero. A ±1 MAT (Hadamard: TurboQuant's with its signs
+    SK, llama.cpp's without) is exact in fp16, its scale `post` applied in float32."""
     bh = tl.program_id(0)
     b = bh // HKV
     h = bh % HKV
@@ -257,22 +257,33 @@ def _rotate_queries(Q, MAT, SK, QK, sqb, sqh, sql, qk_scale, HKV: tl.constexpr, 
     g = rows // LQ
     t = rows % LQ
     bc = tl.arange(0, BLK)
-    mat = tl.load(MAT + bc[:, None] * BLK + bc[None, :])
+    cw = tl.arange(0, CW)
     for j in tl.static_range(NBLK):
         q = tl.load(Q + b * sqb + (h * GROUP + g)[:, None] * sqh + t[:, None] * sql + j * BLK + bc[None, :],
                     mask=ok[:, None], other=0.0).to(tl.float32) * qk_scale
-        if HADAMARD:
+        if SIGNS:
             q = q * tl.load(SK + bc)[None, :]
-            y = tl.dot(q.to(tl.float16), mat) * (1.0 / tl.sqrt(BLK * 1.0))
-        else:
-            y = tl.dot(q.to(tl.float16), mat)
-        tl.store(QK + bh * (16 * NBLK * BLK) + rows[:, None] * (NBLK * BLK) + j * BLK + bc[None, :], y.to(tl.float16))
+        qh = q.to(tl.float16)
+        for c in tl.static_range(BLK // CW):
+            y = tl.dot(qh, tl.load(MAT + bc[:, None] * BLK + c * CW + cw[None, :])) * post
+            tl.store(QK + bh * (16 * NBLK * BLK) + rows[:, None] * (NBLK * BLK) + j * BLK + c * CW + cw[None, :],
+                     y.to(tl.float16))
+
+
+def _launch_rotation(q, mat, signs, HKV: int, scale: float, post: float, block: int) -> torch.Tensor:
+    B, Hq, LQ, D = q.shape
+    out = torch.empty(B * HKV, 16, D, device=q.device, dtype=torch.float16)
+    cw = min(block, 128)  # a [block, 128] fp16 slice of the matrix at a time: 256 x 256 would spill
+    _rotate_queries[(B * HKV,)](q, mat, mat if signs is None else signs, out, q.stride(0), q.stride(1), q.stride(2),
+                                scale * math.log2(math.e), post, HKV=HKV, GROUP=Hq // HKV, LQ=LQ, BLK=block,
+                                NBLK=D // block, SIGNS=signs is not None, CW=cw, num_warps=4 if block <= 128 else 8)
+    return out
 
 
 def rotate_queries(q: torch.Tensor, pk: TurboParams, HKV: int, scale: float) -> torch.Tensor:
     """[B*HKV, 16, D] fp16 queries for `cuda_decode`: rotated by K's rotation, times scale·log2(e), in
     `cuda_decode.kernel_dim_order`, padded to 16 rows per KV head."""
-    B, Hq, LQ, D = q.shape
+    D = q.shape[-1]
     local = cuda_decode.kernel_dim_order(D)[: pk.block] % pk.block  # the same permutation inside every 128-block
 
     def make():
@@ -280,18 +291,24 @@ def rotate_queries(q: torch.Tensor, pk: TurboParams, HKV: int, scale: float) -> 
         return base[local.tolist()].t().contiguous().to(device=q.device, dtype=torch.float16)  # [d, kappa]
 
     mat = cached(pk, "_qmat", make)
-    out = torch.empty(B * HKV, 16, D, device=q.device, dtype=torch.float16)
-    _rotate_queries[(B * HKV,)](q, mat, pk.signs if pk.hadamard else mat, out, q.stride(0), q.stride(1), q.stride(2),
-                                scale * math.log2(math.e), HKV=HKV, GROUP=Hq // HKV, LQ=LQ, BLK=pk.block,
-                                NBLK=pk.n_blocks, HADAMARD=pk.hadamard, num_warps=4)
-    return out
+    return _launch_rotation(q, mat, pk.signs if pk.hadamard else None, HKV, scale,
+                            pk.block ** -0.5 if pk.hadamard else 1.0, pk.block)
 
 
 def q8_queries(q: torch.Tensor, pk: Q8Params, HKV: int, scale: float) -> torch.Tensor:
     """[B*HKV, 16, D] fp16 queries for `cuda_decode` over q8_0 keys: in K's stored frame (`pk.rotate`), times
-    scale·log2(e), in `kernel_dim_order(D, "q8_0")`, padded to 16 rows per KV head (torch ops: the rotation is
-    whatever the codec applies, per block or to the whole vector)."""
+    scale·log2(e), in `kernel_dim_order(D, "q8_0")`, padded to 16 rows per KV head. One Triton launch where the
+    rotation is none or one ±1 matrix over the whole head (llama.cpp's Hadamard for head dims 128 and 256),
+    torch ops for any other (a seeded rotation)."""
     B, Hq, LQ, D = q.shape
+    pm = pk.plus_minus_one()
+    if pk.rot is None or (pm is not None and pk.rot_block == D):
+        def make():  # column kappa of the matrix = storage dimension perm[kappa] of the rotation
+            perm = cuda_decode.kernel_dim_order(D, "q8_0")
+            base = torch.eye(D) if pk.rot is None else pm[0].cpu()
+            return base[:, perm].contiguous().to(device=q.device, dtype=torch.float16)
+
+        return _launch_rotation(q, cached(pk, "_qmat", make), None, HKV, scale, 1.0 if pm is None else pm[1], D)
     rows = Hq // HKV * LQ
     perm = cached(pk, "_perm", lambda: cuda_decode.kernel_dim_order(D, "q8_0").to(q.device))
     y = pk.rotate(q.reshape(B, HKV, rows, D)) * (scale * math.log2(math.e))
@@ -312,6 +329,13 @@ def _words(packed: torch.Tensor) -> torch.Tensor:
         return packed.view(torch.int16)
     except RuntimeError:  # odd strides or offset: a copy (does not happen for caches the store kernel wrote)
         return packed.contiguous().view(torch.int16)
+
+
+def merge_chunk(splits: int) -> int:
+    """Splits the merge (stage 2) reads per iteration: up to 64, so that at batch 1, where few programs merge
+    128+ splits each, a program has 32 KB of partials in flight instead of 8 (16 splits: 12 µs per Llama-3.1-8B
+    layer on the H200, a third of the layer's attention; `decode_e2e.py --profile`)."""
+    return max(16, min(64, _pow2(splits)))
 
 
 def _pow2(n: int) -> int:
@@ -355,7 +379,8 @@ def _cuda_path(q, k_packed, v_packed, pk: TurboParams, pv: TurboParams, scale: f
     out = torch.empty_like(q)
     _stage2[(B * HKV, (Hq // HKV) * LQ, pv.n_blocks)](
         op, ml, pv.rot, pv.signs if pv.hadamard else pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
-        HKV=HKV, GROUP=Hq // HKV, LQ=LQ, M=16, BLK=pv.block, NBLK=pv.n_blocks, HADAMARD=pv.hadamard, SC=16,
+        HKV=HKV, GROUP=Hq // HKV, LQ=LQ, M=16, BLK=pv.block, NBLK=pv.n_blocks, HADAMARD=pv.hadamard,
+        SC=merge_chunk(splits),
         NSPLIT=splits, num_warps=4,
     )
     return out
@@ -428,7 +453,8 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
     )
     _stage2[(B * HKV, group * LQ, pv.n_blocks)](
         op, ml, pv.rot, pv.signs if pv.hadamard else pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
-        HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pv.block, NBLK=pv.n_blocks, HADAMARD=pv.hadamard, SC=16,
+        HKV=HKV, GROUP=group, LQ=LQ, M=M, BLK=pv.block, NBLK=pv.n_blocks, HADAMARD=pv.hadamard,
+        SC=merge_chunk(splits),
         NSPLIT=splits, num_warps=4,
     )
     return out
