@@ -103,6 +103,18 @@ def test_whole_model_decode_shows_every_run_and_what_did_not_fit(page):
         assert f"lowbit {b['commit']}" in part and b["command"].split(" --out")[0][:60] in part
 
 
+def test_the_kernel_section_names_every_run(page):
+    """Each shipped decode-attention run is named with its commit and command, and each of its rows is a row."""
+    kernels = _json("kernels.json")
+    if not kernels:
+        pytest.skip("no kernel measurements ship")
+    part = page[page.index('id="kernels"'):page.index("<h3>Whole-model decode</h3>")]
+    table = part[part.index("<table>"):part.index("</table>")]
+    assert table.count("<tr>") == sum(len(b["rows"]) for b in kernels) + 1
+    for b in kernels:
+        assert f"lowbit {b['commit']}" in part and b["command"].split(" --out")[0][:60] in part
+
+
 def test_real_size_rows_equal_the_plan_to_the_byte(page):
     """Every shipped GPU measurement is a row, and each shows the plan's K/V and state equal to the held bytes
     (the page computes the plan when it is built: a change to the engine's rules would show here)."""
