@@ -35,6 +35,19 @@ def cached(p: "TurboParams", name: str, make):
     return p.__dict__[name]
 
 
+def store_rows(x: torch.Tensor, head_dim: int, vector_bytes: int, out: torch.Tensor | None):
+    """A store kernel's operands: x [..., head_dim] as rows (contiguous last dim), the packed output [...,
+    vector_bytes] (`out` if given) and its rows view, which must be contiguous."""
+    x2 = x.reshape(-1, head_dim)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if out is None:
+        out = torch.empty(*x.shape[:-1], vector_bytes, dtype=torch.uint8, device=x.device)
+    o2 = out.view(-1, vector_bytes)
+    assert o2.is_contiguous() and o2.shape[0] == x2.shape[0]
+    return x2, out, o2
+
+
 MAX_ROWS = 64  # query rows per KV head (GQA group x new tokens) the decode kernel takes; more is prefill
 
 

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from lowbit.kernels import _interpret
-from lowbit.kernels.params import Q8Params, cached
+from lowbit.kernels.params import Q8Params, cached, store_rows
 
 _interpret.apply()
 
@@ -84,15 +84,9 @@ def q8_store(params: Q8Params, x: torch.Tensor, out: torch.Tensor | None = None,
         from lowbit.kernels import q8
 
         return q8.store(params, x, out=out)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, params.head_dim)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2, out, o2 = store_rows(x, params.head_dim, params.vector_bytes, out)
     n = x2.shape[0]
-    if out is None:
-        out = torch.empty(*lead, params.vector_bytes, dtype=torch.uint8, device=x.device)
-    o2 = out.view(-1, params.vector_bytes)
-    assert o2.is_contiguous() and o2.shape[0] == n and params.vector_bytes == params.head_dim // QK * BLOCK_BYTES
+    assert params.vector_bytes == params.head_dim // QK * BLOCK_BYTES
     if n == 0:
         return out
     rotate = params.rot is not None

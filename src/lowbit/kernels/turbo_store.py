@@ -53,7 +53,7 @@ import triton.language as tl
 
 from lowbit.kernels import _interpret
 from lowbit.errors import LowbitError
-from lowbit.kernels.params import TurboParams, cached, sm_count
+from lowbit.kernels.params import TurboParams, cached, sm_count, store_rows
 from lowbit.kernels.store_check import torch_nan16
 from lowbit.quant.rotation import sylvester_hadamard
 
@@ -400,15 +400,8 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
     choice; True where it cannot apply is an error), nan16 overrides the NaN norm bits, and a float32
     `debug` tensor [rows, n_blocks, 4] receives (norm before correction, sum c[idx]^2, float32 stored, sum y^2).
     """
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, p.head_dim)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2, out, o2 = store_rows(x, p.head_dim, p.vector_bytes, out)
     n = x2.shape[0]
-    if out is None:
-        out = torch.empty(*lead, p.vector_bytes, dtype=torch.uint8, device=x.device)
-    o2 = out.view(-1, p.vector_bytes)
-    assert o2.is_contiguous() and o2.shape[0] == n
     if debug is not None and (debug.shape != (n, p.n_blocks, 4) or debug.dtype != torch.float32
                               or not debug.is_contiguous()):
         raise LowbitError(f"turbo_store: debug must be a contiguous float32 [{n}, {p.n_blocks}, 4] tensor")
