@@ -3,8 +3,10 @@ text; tables for people (headers with units, no exponents, no negative KL); no i
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 from importlib import resources
 
 import pytest
@@ -115,6 +117,21 @@ def test_the_kernel_section_names_every_run(page):
         assert f"lowbit {b['commit']}" in part and b["command"].split(" --out")[0][:60] in part
 
 
+def test_the_step_figure_draws_every_profiled_kernel_group():
+    """Each kernel group a shipped profile measured belongs to one part of the figure (none is dropped), and its
+    parts add up to the run's measured device time."""
+    blocks = [b for b in _json("decode_e2e.json") or [] if any(r.get("profile_us") for r in b["rows"])]
+    if not blocks:
+        pytest.skip("no profiled end-to-end runs ship")
+    drawn = {g for _, _, groups in report.STEP_PARTS for g in groups}
+    for b in blocks:  # the run's own JSON, named by the block's source
+        run = json.loads((Path(__file__).parents[1] / b["source"].split()[0]).read_text())
+        totals = {(x["context"], x["batch"], x["kv"]): x["profile"]["us_per_step"] for x in run["runs"] if x.get("profile")}
+        for r in b["rows"]:
+            assert set(r["profile_us"]) <= drawn, r["profile_us"]
+            assert sum(r["profile_us"].values()) == pytest.approx(totals[(r["context"], r["batch"], r["kv"])], abs=1.0)
+
+
 def test_real_size_rows_equal_the_plan_to_the_byte(page):
     """Every shipped GPU measurement is a row, and each shows the plan's K/V and state equal to the held bytes
     (the page computes the plan when it is built: a change to the engine's rules would show here)."""
@@ -136,7 +153,8 @@ def test_page_is_self_contained_and_made_for_phones(page, parsed):
     kv, kernels = _json("kv_quality.json"), _json("kernels.json")
     # family and KV-against-context always; the quality dot plot and the kernel speedups when measurements ship,
     # and a frontier plot per model measured with intervals
-    assert len(parsed.pictures) == 2 + bool(kv) + len(report._frontier_blocks(kv)) + bool(kernels)
+    profiled = bool(kernels) and any(r.get("profile_us") for b in _json("decode_e2e.json") or [] for r in b["rows"])
+    assert len(parsed.pictures) == 2 + bool(kv) + len(report._frontier_blocks(kv)) + bool(kernels) + profiled
     for sources in parsed.pictures:  # a phone layout and a wide one, both inlined
         assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") and s.endswith(" 2x") for s in sources)
     assert "img{max-width:100%" in page
@@ -226,6 +244,9 @@ def _figures():
         out.append(("quality", lambda n: report.quality_figure([r for b in kv for r in b["rows"]], n)))
     if kernels:
         out.append(("kernels", lambda n: report.kernels_figure([r for b in kernels for r in b["rows"]], n)))
+    profiled = [r for b in _json("decode_e2e.json") or [] for r in b["rows"] if r.get("profile_us")]
+    if profiled:
+        out.append(("decode step", lambda n: report.step_figure(profiled, n)))
     from lowbit.report.frontier import frontier_figure
 
     for b in report._frontier_blocks(kv or []):

@@ -288,6 +288,40 @@ def kernels_figure(rows: list[dict], narrow: bool):
     return fig
 
 
+STEP_PARTS = (  # (label, colour, the profile groups of benchmarks/decode_e2e.py it sums)
+    ("weights (matmuls)", "#9a9a9a", ("matmul (weights)",)),
+    ("attention", "#3b6ea8", ("SDPA (bf16 baseline)", "decode attention (lowbit CUDA split kernel)",
+                              "decode attention (lowbit Triton stage 1)")),
+    ("merge + query rotation", "#e08a2c", ("split merge (lowbit stage 2)", "query rotation (lowbit)")),
+    ("K/V store", "#a04ca0", ("K/V store (lowbit q8_0)", "K/V store (lowbit turbo)")),
+    ("Gated DeltaNet", "#5b9a53", ("Gated DeltaNet (fla)",)),
+    ("everything else", "#d9d9d9", ("other",)),
+)
+
+
+def step_figure(rows: list[dict], narrow: bool):
+    """Where a decode step's device time goes, per run with a profile: stacked bars of its kernel groups (ms)."""
+    rows = [r for r in rows if r.get("profile_us")]
+    fig = _new_figure(narrow, 0.3 * len(rows) + 1.6, 0.38 * len(rows) + 1.9)
+    ax = fig.subplots()
+    models = len({r["model"] for r in rows}) > 1  # a phone's labels name the model only where several are drawn
+    labels = [f"{r['model']}, {fmt_tokens(r['context'])}, batch {r['batch']}, {r['kv']}" if not narrow else
+              f"{r['model'] + ' ' if models else ''}{fmt_tokens(r['context'])} x{r['batch']} {r['kv']}" for r in rows]
+    left = [0.0] * len(rows)
+    for label, color, groups in STEP_PARTS:
+        ms = [sum(r["profile_us"].get(g, 0.0) for g in groups) / 1e3 for r in rows]
+        if any(ms):
+            ax.barh(range(len(rows)), ms, 0.7, left=left, color=color, label=label)
+            left = [a + b for a, b in zip(left, ms)]
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("device time per decode step" + ("\n" if narrow else " ") + "(ms, measured)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.legend(loc="outside upper center", ncol=2 if narrow else 3, frameon=False)
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------------- tables
 
 
@@ -615,6 +649,12 @@ Writing new tokens into the cache is one fused kernel too (rotate, quantize, pac
 
 def _e2e_part(blocks: list[dict]) -> str:
     tab, _ = _measured_table(E2E_COLUMNS, _rows(blocks))
+    profiled = [r for r in _rows(blocks) if r.get("profile_us")]
+    steps = "" if not profiled else f"""
+<p>Where a step's time goes (kernels only, measured with <code>decode_e2e.py --profile</code>): at batch 1 the
+weights' matrix products dominate and attention is a small part for every cache; at batch 8 attention is the part
+the packed cache shrinks.</p>
+{_figure(lambda n: step_figure(profiled, n), "device time per decode step by kernel group, per context, batch and cache")}"""
     return f"""<h3>Whole-model decode</h3>
 <p>What a user sees is the whole step, not one layer: the kernel's gain shrinks by the share of the step that
 attention takes. Llama-3.1-8B attends in all 32 layers; Qwen3.5-27B in 16 of 64 (the rest are Gated DeltaNet
@@ -623,7 +663,7 @@ cache still decodes: the row has no speedup and says so. At batch 1 a step is mo
 32K the cache's own kernels (storing K and V, decode, merge, query rotation) take 1.4 ms of the 7.6 ms of kernels in
 a turbo3 step, bf16's attention 1.2 ms (<code>decode_e2e.py --profile</code>, docs/kernels.md §R8).</p>
 <ul class=prov>{_runs(blocks)}</ul>
-{tab}"""
+{tab}{steps}"""
 
 
 # ---------------------------------------------------------------------------------------------------- summary
@@ -732,7 +772,8 @@ def build(out: Path, units: str = "GB", context: int = 262_144, force: bool = Fa
     target is checked before they are drawn, and a bar runs over them on a terminal."""
     out = check_target(out, force, need_bytes=REPORT_ROOM)
     kv_blocks, kernel_blocks = _read("kv_quality.json"), _read("kernels.json")
-    plots = 2 + bool(_rows(kv_blocks)) + len(_frontier_blocks(kv_blocks)) + bool(_rows(kernel_blocks))
+    e2e_profiled = _rows(kernel_blocks) and any(r.get("profile_us") for r in _rows(_read("decode_e2e.json")))
+    plots = 2 + bool(_rows(kv_blocks)) + len(_frontier_blocks(kv_blocks)) + bool(_rows(kernel_blocks)) + bool(e2e_profiled)
     bar, task = progress_bar(progress, "drawing the report", plots, unit="plots")
     with bar:
         token = _FIGURE_DRAWN.set(lambda: bar.advance(task))
