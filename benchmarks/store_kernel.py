@@ -388,7 +388,8 @@ def compile_store(D: int, bits: int, block_t: int, warps: int, dtype: str = "bf1
     k = ts._store_kernel
     blk = min(128, D)
     sig = {"X": f"*{dtype}", "OUT": "*u8", "OUT16": "*i16", "MAT": f"*{dtype}", "CENT": "*fp32", "THR": "*fp32",
-           "DBG": "*fp32", "FLAGS": "*i8", "n_rows": "i32", "stride_x": "i32", "y_scale": "fp32", "inv_scale2": "fp32"}
+           "DBG": "*fp32", "FLAGS": "*i8", "n_rows": "i32", "stride_x": "i32", "y_scale": "fp32", "inv_scale2": "fp32",
+           "rpg": "i32", "gstride": "i32"}
     const = dict(BLK=blk, NBLK=D // blk, BITS=bits, VB=(blk * bits // 8 + 2) * (D // blk), BB=blk * bits // 8 + 2,
                  NC=True, SYM=True, DOT_NATIVE=dtype != "fp32", FAST_PACK=True, COALESCE=True, SAFE=safe, DEFER=False,
                  NAN16=0x7FFF,

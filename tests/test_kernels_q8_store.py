@@ -80,3 +80,16 @@ def test_a_rotation_that_is_not_plus_minus_one_takes_the_torch_path():
     assert fused(p) and not fused(dense)
     x = _x(9, 128, 1, torch.float32).to(DEV)
     assert torch.equal(q8_store(dense, x).cpu(), q8.store(dense, x).cpu())
+
+
+@pytest.mark.parametrize("B,H,n", [(2, 3, 1), (1, 2, 4)])
+def test_store_into_a_slice_of_the_cache(B, H, n):
+    p = q8_params(make_codec("q8_0", 128, seed=2, keys=True), DEV)
+    x = _x(B * H * n, 128, 11, torch.bfloat16).reshape(B, H, n, 128).to(DEV)
+    want = q8_store(p, x).cpu()
+    cache = torch.full((B, H, 7, p.vector_bytes), 0x5A, dtype=torch.uint8, device=DEV)
+    q8_store(p, x, out=cache[:, :, 2:2 + n])
+    assert torch.equal(cache[:, :, 2:2 + n].cpu(), want)
+    outside = torch.ones(7, dtype=torch.bool)
+    outside[2:2 + n] = False
+    assert (cache[:, :, outside].cpu() == 0x5A).all()

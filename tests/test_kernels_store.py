@@ -206,3 +206,47 @@ def test_default_tiles_fit_h100_shared_memory():
     assert len(rows) == 4
     over = [r for r in rows if not r["fits"]]
     assert not over, f"default tiles over {rows[0]['limit']} B of shared memory: {over}"
+
+
+@pytest.mark.parametrize("fast_pack,defer", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("B,H,n", [(2, 3, 1), (1, 2, 5), (3, 1, 2)])
+def test_store_into_a_slice_of_the_cache(B, H, n, fast_pack, defer):
+    """A decode step's vectors written straight into tokens [t, t + n) of a cache [B, H, capacity, bytes] (the
+    kernel places each row; no copy after it): the same bytes as a contiguous store, nothing else touched. A NaN row
+    takes the slow path, which places its row the same way."""
+    tq = TurboQuant("turbo3", 256, norm_correction=True, seed=4)
+    p = turbo_params(tq, DEV)
+    x = _x(B * H * n, 256, 7).reshape(B, H, n, 256)
+    x[0, 0, n - 1, 3] = float("nan")
+    want = turbo_store(p, x.to(DEV), fast_pack=fast_pack, defer=defer).cpu()
+    cache = torch.full((B, H, 9, p.vector_bytes), 0xA5, dtype=torch.uint8, device=DEV)
+    t = 3
+    got = turbo_store(p, x.to(DEV), out=cache[:, :, t:t + n], fast_pack=fast_pack, defer=defer)
+    assert got.data_ptr() == cache[:, :, t:t + n].data_ptr()
+    assert torch.equal(cache[:, :, t:t + n].cpu(), want)
+    outside = torch.ones(9, dtype=torch.bool)
+    outside[t:t + n] = False
+    assert (cache[:, :, outside].cpu() == 0xA5).all()
+
+
+def test_an_output_whose_rows_are_not_back_to_back_is_refused():
+    p = turbo_params(TurboQuant("turbo3", 128, seed=1), DEV)
+    for out in (torch.zeros(p.vector_bytes, 4, dtype=torch.uint8, device=DEV).t(),  # bytes of a vector apart
+                torch.zeros(4, 2 * p.vector_bytes, dtype=torch.uint8, device=DEV)[:, :p.vector_bytes]):  # gaps
+        with pytest.raises(LowbitError, match="back to back"):
+            turbo_store(p, _x(4, 128, 1).to(DEV), out=out)
+
+
+def test_the_cache_writes_each_step_in_place():
+    """VectorStore.append with a kernel: a prefill, then decode steps across the buffer's first growth (16 tokens),
+    each written by the kernel straight into the buffer, hold the bytes a contiguous store then a copy would."""
+    from lowbit.cache import make_store
+
+    in_place, copied = make_store("turbo3", 128, keys=True, seed=6), make_store("turbo3", 128, keys=True, seed=6)
+    p = turbo_params(in_place.codec, DEV)
+    for step, n in enumerate([5] + [1] * 14):
+        x = _x(2 * 3 * n, 128, step).reshape(2, 3, n, 128).to(DEV)
+        in_place.append(x, pack=lambda v, out=None: turbo_store(p, v, out=out))
+        copied.extend(turbo_store(p, x))
+    assert len(in_place) == 19 and in_place._buf.shape[-2] == 32
+    assert torch.equal(in_place.packed.cpu(), copied.packed.cpu())

@@ -28,28 +28,39 @@ class VectorStore:
     def __len__(self) -> int:
         return self._hi - self._lo
 
-    def append(self, x: torch.Tensor, pack: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        """Quantize and append x [batch, heads, n, head_dim], with `pack` (a kernel) or the codec's quantize."""
+    def append(self, x: torch.Tensor, pack: Callable[..., torch.Tensor] | None = None) -> None:
+        """Quantize and append x [batch, heads, n, head_dim]: with `pack(x, out=...)` (a kernel) straight into the
+        buffer's next tokens, or with the codec's quantize and a copy."""
         if x.shape[-2] and self.codec.needs_calibration:
             # Outlier channels and channel means (per KV head) and fp8's scale come from the first tokens (the prefill).
             self.codec.calibrate(x, keep_dims=(1,))
-        if not x.shape[-2]:
-            p = torch.empty(*x.shape[:-1], self.codec.vector_bytes, dtype=torch.uint8, device=x.device)
-        else:
-            p = (pack or self.codec.quantize)(x)
-        self.extend(p)
+        n = x.shape[-2]
+        if pack is None or not n:
+            self.extend(self.codec.quantize(x) if n else
+                        torch.empty(*x.shape[:-1], self.codec.vector_bytes, dtype=torch.uint8, device=x.device))
+            return
+        self._room(x.shape[:-2], n, x.device)
+        pack(x, out=self._buf[..., self._hi:self._hi + n, :])  # the kernel writes in place: no copy after it
+        self._advance(n)
 
     def extend(self, p: torch.Tensor) -> None:
         """Append already packed vectors [batch, heads, n, vector_bytes]."""
         n = p.shape[-2]
+        self._room(p.shape[:-2], n, p.device)
+        self._buf[..., self._hi:self._hi + n, :] = p
+        self._advance(n)
+
+    def _room(self, lead: torch.Size, n: int, device) -> None:
+        """A buffer with room for n more tokens (doubling; the live bytes copied once when it grows)."""
         if self._buf is None or self._hi + n > self._buf.shape[-2]:
             live = len(self)
-            buf = torch.empty(*p.shape[:-2], max(16, 2 * live, live + n), p.shape[-1], dtype=torch.uint8,
-                              device=p.device)
+            buf = torch.empty(*lead, max(16, 2 * live, live + n), self.codec.vector_bytes, dtype=torch.uint8,
+                              device=device)
             if live:
                 buf[..., :live, :] = self.packed
             self._buf, self._lo, self._hi = buf, 0, live
-        self._buf[..., self._hi:self._hi + n, :] = p
+
+    def _advance(self, n: int) -> None:
         self._hi += n
         self.packed = self._buf[..., self._lo:self._hi, :]
 

@@ -137,6 +137,8 @@ def store_kernel(codec, device) -> str:
 
 
 def store(codec, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Pack x [..., head_dim] into `out` (new if None): the Triton kernels write it in place, also when it is a
+    slice of tokens of a larger cache (`params.store_rows`); torch and the reference copy into it."""
     kernel = store_kernel(codec, x.device)
     if kernel == "triton" and codec.spec.fmt.name == "q8_0":
         from lowbit.kernels.q8_store import q8_store

@@ -37,15 +37,28 @@ def cached(p: "TurboParams", name: str, make):
 
 def store_rows(x: torch.Tensor, head_dim: int, vector_bytes: int, out: torch.Tensor | None):
     """A store kernel's operands: x [..., head_dim] as rows (contiguous last dim), the packed output [...,
-    vector_bytes] (`out` if given) and its rows view, which must be contiguous."""
+    vector_bytes] (`out` if given), and where each row goes in it: row r's bytes start at (r // rows_per_group) ·
+    group_stride + (r % rows_per_group) · vector_bytes. So `out` may be a slice of tokens of a larger cache
+    [..., capacity, vector_bytes] (`cache[:, :, t:t + n]`): the kernels write a decode step into the cache in place,
+    with no copy after them. Returns (x2, out, rows_per_group, group_stride)."""
     x2 = x.reshape(-1, head_dim)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
+    n = x2.shape[0]
     if out is None:
         out = torch.empty(*x.shape[:-1], vector_bytes, dtype=torch.uint8, device=x.device)
-    o2 = out.view(-1, vector_bytes)
-    assert o2.is_contiguous() and o2.shape[0] == x2.shape[0]
-    return x2, out, o2
+    if out.shape[-1] != vector_bytes or out.numel() != n * vector_bytes:
+        raise LowbitError(f"store: output {tuple(out.shape)} does not hold {n} vectors of {vector_bytes} bytes")
+    if out.is_contiguous():
+        return x2, out, max(n, 1), 0
+    tokens = out.shape[-2] if out.dim() >= 2 else 1
+    lead = [(size, stride) for size, stride in zip(out.shape[:-2], out.stride()[:-2]) if size != 1]
+    rows_contiguous = out.stride(-1) == 1 and (tokens == 1 or out.stride(-2) == vector_bytes)
+    one_stride = all(a[1] == b[1] * b[0] for a, b in zip(lead, lead[1:]))  # leading dims collapse into one
+    if not (rows_contiguous and one_stride):
+        raise LowbitError("store: the output must hold each token's vectors back to back, and its leading "
+                          f"dimensions must collapse into one (got strides {out.stride()})")
+    return x2, out, tokens, lead[-1][1] if lead else 0
 
 
 MAX_ROWS = 64  # query rows per KV head (GQA group x new tokens) the decode kernel takes; more is prefill

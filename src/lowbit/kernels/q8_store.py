@@ -29,11 +29,12 @@ BLOCK_BYTES = 34  # fp16 scale + 32 int8
 
 
 @triton.jit
-def _q8_store_kernel(X, OUT, SIGNS, scale, n_rows, stride_x, D: tl.constexpr, RB: tl.constexpr, CW: tl.constexpr,
+def _q8_store_kernel(X, OUT, SIGNS, scale, n_rows, stride_x, rpg, gstride, D: tl.constexpr, RB: tl.constexpr, CW: tl.constexpr,
                      ROTATE: tl.constexpr, NATIVE: tl.constexpr, BLOCK_T: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < n_rows
     rows64 = rows.to(tl.int64)
+    obytes = (rows64 // rpg) * gstride + (rows64 % rpg) * (D // 32 * 34)  # where each row goes (`store_rows`)
     k_in = tl.arange(0, RB)
     cw = tl.arange(0, CW)
     NB: tl.constexpr = CW // 32
@@ -48,12 +49,12 @@ def _q8_store_kernel(X, OUT, SIGNS, scale, n_rows, stride_x, D: tl.constexpr, RB
                     y = tl.dot(x.to(tl.float32), m, input_precision="ieee") * scale
             else:  # CW == RB: one chunk
                 y = x.to(tl.float32)
-            _q8_blocks(y, OUT, rows64, rmask, (j * RB + c * CW) // 32, D, NB, BLOCK_T)
+            _q8_blocks(y, OUT, obytes, rmask, (j * RB + c * CW) // 32, NB, BLOCK_T)
 
 
 @triton.jit
-def _q8_blocks(y, OUT, rows64, rmask, first, D: tl.constexpr, NB: tl.constexpr, BLOCK_T: tl.constexpr):
-    """ggml's q8_0 of y [R, NB·32] (blocks first .. first + NB - 1 of each row), written in place."""
+def _q8_blocks(y, OUT, obytes, rmask, first, NB: tl.constexpr, BLOCK_T: tl.constexpr):
+    """ggml's q8_0 of y [R, NB·32] (blocks first .. first + NB - 1 of the rows starting at byte obytes [R])."""
     yb = tl.reshape(y, [BLOCK_T, NB, 32])
     d = tl.math.div_rn(tl.max(tl.abs(yb), axis=2), 127.0)
     inv = tl.where(d == 0, 0.0, tl.math.div_rn(1.0, tl.where(d == 0, 1.0, d)))
@@ -62,7 +63,7 @@ def _q8_blocks(y, OUT, rows64, rmask, first, D: tl.constexpr, NB: tl.constexpr, 
     f = tl.floor(a)
     r = f + tl.floor(2 * (a - f))
     q = tl.where(v < 0, -r, r).to(tl.int32)
-    block = rows64[:, None] * (D // 32 * 34) + (first + tl.arange(0, NB))[None, :] * 34  # [R, NB] byte offsets
+    block = obytes[:, None] + (first + tl.arange(0, NB))[None, :] * 34  # [R, NB] byte offsets
     d16 = d.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
     tl.store(OUT + block, (d16 & 0xFF).to(tl.uint8), mask=rmask[:, None])
     tl.store(OUT + block + 1, ((d16 >> 8) & 0xFF).to(tl.uint8), mask=rmask[:, None])
@@ -84,7 +85,7 @@ def q8_store(params: Q8Params, x: torch.Tensor, out: torch.Tensor | None = None,
         from lowbit.kernels import q8
 
         return q8.store(params, x, out=out)
-    x2, out, o2 = store_rows(x, params.head_dim, params.vector_bytes, out)
+    x2, out, rpg, gstride = store_rows(x, params.head_dim, params.vector_bytes, out)
     n = x2.shape[0]
     assert params.vector_bytes == params.head_dim // QK * BLOCK_BYTES
     if n == 0:
@@ -97,8 +98,8 @@ def q8_store(params: Q8Params, x: torch.Tensor, out: torch.Tensor | None = None,
         signs = cached(params, f"_signs_{x2.dtype if native else torch.float32}",
                        lambda: signs.to(x2.dtype if native else torch.float32))
     else:
-        signs, scale = o2, 1.0
+        signs, scale = out, 1.0
     _q8_store_kernel[(triton.cdiv(n, block_t),)](
-        x2, o2, signs, scale, n, x2.stride(0), D=params.head_dim, RB=rb, CW=min(rb, 128), ROTATE=rotate,
+        x2, out, signs, scale, n, x2.stride(0), rpg, gstride, D=params.head_dim, RB=rb, CW=min(rb, 128), ROTATE=rotate,
         NATIVE=native, BLOCK_T=block_t)
     return out

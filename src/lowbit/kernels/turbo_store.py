@@ -166,9 +166,10 @@ def _unit(g, h: tl.constexpr, GPT: tl.constexpr, BITS: tl.constexpr, NH: tl.cons
 
 
 @triton.jit
-def _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr,
+def _pack_store(idx, n16, OUT, OUT16, obytes, smask, j, BLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr,
                 BB: tl.constexpr, BLOCK_T: tl.constexpr, FAST_PACK: tl.constexpr, COALESCE: tl.constexpr):
-    """Write the codes idx [R, BLK] (in M's column order) and the fp16 norm bits n16 [R] of block j."""
+    """Write the codes idx [R, BLK] (in M's column order) and the fp16 norm bits n16 [R] of block j of the rows
+    whose vectors start at byte offsets obytes [R] of OUT."""
     if FAST_PACK:
         # column p = 32·jh + 8·jl + 2·q + e holds code (BLK/4)·q + 8·jh + 2·jl + e, so group jh of thread q
         # (codes 8·(GPT·q + jh) ...) is the sum over (jl, e): shifts inside one thread
@@ -189,7 +190,7 @@ def _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK: tl.constexpr, BITS:
             g1, g3 = tl.split(b)
             g = (g0, g1, g2, g3)
         q = tl.arange(0, 4)
-        base = OUT16 + rows64 * (VB // 2) + j * (BB // 2)
+        base = OUT16 + obytes // 2 + j * (BB // 2)
         if COALESCE:
             # units [R, q, h] padded to NHP per thread, then one store of each row's BLK·BITS/16 units
             NHP: tl.constexpr = 2 if NH <= 2 else (4 if NH <= 4 else 8)
@@ -221,7 +222,7 @@ def _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK: tl.constexpr, BITS:
         grp = tl.arange(0, G)
         shifts = tl.arange(0, 8) * BITS
         word = tl.sum(tl.reshape(idx, [BLOCK_T, G, 8]) << shifts[None, None, :], axis=2)  # disjoint bits
-        base = OUT + rows64 * VB + j * BB
+        base = OUT + obytes + j * BB
         for i in tl.static_range(BITS):
             tl.store(base[:, None] + grp[None, :] * BITS + i, ((word >> (8 * i)) & 0xFF).to(tl.uint8),
                      mask=smask[:, None])
@@ -248,7 +249,7 @@ def _rotate(x, mat, y_scale, inv_scale2, DOT_NATIVE: tl.constexpr):
 
 
 @triton.jit
-def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y_scale, inv_scale2,
+def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y_scale, inv_scale2, rpg, gstride,
                   BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr, BB: tl.constexpr,
                   NC: tl.constexpr, SYM: tl.constexpr, DOT_NATIVE: tl.constexpr, FAST_PACK: tl.constexpr,
                   COALESCE: tl.constexpr, SAFE: tl.constexpr, DEFER: tl.constexpr, NAN16: tl.constexpr,
@@ -261,6 +262,7 @@ def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y
         rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
         rmask = rows < n_rows
         rows64 = rows.to(tl.int64)
+        obytes = (rows64 // rpg) * gstride + (rows64 % rpg) * VB  # where each row goes (`store_rows`)
         flagged = tl.zeros([BLOCK_T], tl.int32)
         for j in tl.static_range(NBLK):
             x = tl.load(X + rows64[:, None] * stride_x + j * BLK + cols[None, :], mask=rmask[:, None], other=0.0)
@@ -269,12 +271,12 @@ def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y
             rs = tl.where(ry > 0, ry, 1.0)  # a zero vector compares y = 0 with the bare thresholds
             idx, cn2 = _codes(y, rs, THR, CENT, BITS, SYM, NC)
             n16, stored = _norm16(nrm, cn2, ss != ss, NC, NAN16)
-            _pack_store(idx, n16, OUT, OUT16, rows64, rmask & ok, j, BLK, BITS, VB, BB, BLOCK_T, FAST_PACK, COALESCE)
+            _pack_store(idx, n16, OUT, OUT16, obytes, rmask & ok, j, BLK, BITS, VB, BB, BLOCK_T, FAST_PACK, COALESCE)
             if DEBUG:
                 _debug_store(DBG, rows64, j, rmask & ok, nrm, cn2, stored, ss, NBLK)
             if SAFE:
                 if tl.min((ok | ~rmask).to(tl.int32)) == 0:  # rare: NaN/Inf or overflow in this tile
-                    _slow_rows(x, mat, rows64, rmask & ~ok, j, OUT, OUT16, CENT, THR, DBG, y_scale, BLK, NBLK,
+                    _slow_rows(x, mat, rows64, obytes, rmask & ~ok, j, OUT, OUT16, CENT, THR, DBG, y_scale, BLK, NBLK,
                                BITS, VB, BB, NC, SYM, DOT_NATIVE, FAST_PACK, COALESCE, NAN16, DEBUG, BLOCK_T)
             if DEFER:
                 flagged |= (rmask & ~ok).to(tl.int32)
@@ -284,7 +286,7 @@ def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y
 
 @triton.jit
 def _deferred_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y_scale,
-                     inv_scale2, BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr,
+                     inv_scale2, rpg, gstride, BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr,
                      BB: tl.constexpr, NC: tl.constexpr, SYM: tl.constexpr, DOT_NATIVE: tl.constexpr,
                      FAST_PACK: tl.constexpr, COALESCE: tl.constexpr, NAN16: tl.constexpr, DEBUG: tl.constexpr,
                      BLOCK_T: tl.constexpr, CHUNK: tl.constexpr):
@@ -301,17 +303,18 @@ def _deferred_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x
                     rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
                     rmask = rows < n_rows
                     rows64 = rows.to(tl.int64)
+                    obytes = (rows64 // rpg) * gstride + (rows64 % rpg) * VB
                     for j in tl.static_range(NBLK):
                         x = tl.load(X + rows64[:, None] * stride_x + j * BLK + cols[None, :], mask=rmask[:, None],
                                     other=0.0)
                         _, ss, _, _ = _rotate(x, mat, y_scale, inv_scale2, DOT_NATIVE)
-                        _slow_rows(x, mat, rows64, rmask & ~(ss < float("inf")), j, OUT, OUT16, CENT, THR, DBG,
+                        _slow_rows(x, mat, rows64, obytes, rmask & ~(ss < float("inf")), j, OUT, OUT16, CENT, THR, DBG,
                                    y_scale, BLK, NBLK, BITS, VB, BB, NC, SYM, DOT_NATIVE, FAST_PACK, COALESCE, NAN16,
                                    DEBUG, BLOCK_T)
 
 
 @triton.jit
-def _slow_rows(x, mat, rows64, smask, j, OUT, OUT16, CENT, THR, DBG, y_scale, BLK: tl.constexpr,
+def _slow_rows(x, mat, rows64, obytes, smask, j, OUT, OUT16, CENT, THR, DBG, y_scale, BLK: tl.constexpr,
                NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr, BB: tl.constexpr, NC: tl.constexpr,
                SYM: tl.constexpr, DOT_NATIVE: tl.constexpr, FAST_PACK: tl.constexpr, COALESCE: tl.constexpr,
                NAN16: tl.constexpr, DEBUG: tl.constexpr, BLOCK_T: tl.constexpr):
@@ -330,7 +333,7 @@ def _slow_rows(x, mat, rows64, smask, j, OUT, OUT16, CENT, THR, DBG, y_scale, BL
     y = tl.math.div_rn(y, (safe * y_scale)[:, None])
     idx, cn2 = _codes(y, tl.full(nrm.shape, 1.0, tl.float32), THR, CENT, BITS, SYM, NC)
     n16, stored = _norm16(nrm, cn2, row_bad, NC, NAN16)
-    _pack_store(idx, n16, OUT, OUT16, rows64, smask, j, BLK, BITS, VB, BB, BLOCK_T, FAST_PACK, COALESCE)
+    _pack_store(idx, n16, OUT, OUT16, obytes, smask, j, BLK, BITS, VB, BB, BLOCK_T, FAST_PACK, COALESCE)
     if DEBUG:
         _debug_store(DBG, rows64, j, smask, nrm, cn2, stored, ss, NBLK)
 
@@ -400,14 +403,14 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
     choice; True where it cannot apply is an error), nan16 overrides the NaN norm bits, and a float32
     `debug` tensor [rows, n_blocks, 4] receives (norm before correction, sum c[idx]^2, float32 stored, sum y^2).
     """
-    x2, out, o2 = store_rows(x, p.head_dim, p.vector_bytes, out)
+    x2, out, rpg, gstride = store_rows(x, p.head_dim, p.vector_bytes, out)
     n = x2.shape[0]
     if debug is not None and (debug.shape != (n, p.n_blocks, 4) or debug.dtype != torch.float32
                               or not debug.is_contiguous()):
         raise LowbitError(f"turbo_store: debug must be a contiguous float32 [{n}, {p.n_blocks}, 4] tensor")
     if n == 0:
         return out
-    can_fast = p.block >= 64 and o2.data_ptr() % 2 == 0
+    can_fast = p.block >= 64 and out.data_ptr() % 2 == 0 and gstride % 2 == 0
     # The interpreter keeps bf16 as raw uint16 and cannot dot it: there bf16 takes the float32 path.
     can_native = p.hadamard and (x2.dtype == torch.float16
                                  or (x2.dtype == torch.bfloat16 and not _interpret.INTERPRET))
@@ -423,8 +426,9 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
         programs = tiles if x.device.type != "cuda" else min(tiles, 8 * sm_count(str(x.device)))
     defer = (not native and n >= DEFER_MIN_ROWS) if defer is None else defer
     flags = torch.empty(tiles if defer else 1, dtype=torch.int8, device=x.device)
-    args = (x2, o2, o2.view(torch.int16) if fast_pack else o2, mat, p.centroids, p.thresholds,
-            o2 if debug is None else debug, flags, n, x2.stride(0), y_scale, 1.0 / p.block if p.hadamard else 1.0)
+    args = (x2, out, out.view(torch.int16) if fast_pack else out, mat, p.centroids, p.thresholds,
+            out if debug is None else debug, flags, n, x2.stride(0), y_scale, 1.0 / p.block if p.hadamard else 1.0,
+            rpg, gstride)
     consts = dict(BLK=p.block, NBLK=p.n_blocks, BITS=p.bits, VB=p.vector_bytes, BB=p.block_bytes,
                   NC=p.norm_correction, SYM=sym, DOT_NATIVE=native, FAST_PACK=fast_pack,
                   COALESCE=coalesce, NAN16=torch_nan16(x2.device, p.norm_correction) if nan16 is None else nan16,
