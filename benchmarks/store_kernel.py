@@ -393,7 +393,7 @@ def compile_store(D: int, bits: int, block_t: int, warps: int, dtype: str = "bf1
     const = dict(BLK=blk, NBLK=D // blk, BITS=bits, VB=(blk * bits // 8 + 2) * (D // blk), BB=blk * bits // 8 + 2,
                  NC=True, SYM=True, DOT_NATIVE=dtype != "fp32", FAST_PACK=True, COALESCE=True, SAFE=safe, DEFER=False,
                  NAN16=0x7FFF,
-                 DEBUG=False, BLOCK_T=block_t)
+                 DEBUG=False, BLOCK_T=block_t, PLACED=False)
     const.update(overrides)
     sig["MAT"] = f"*{dtype}" if const["DOT_NATIVE"] else "*fp32"  # as turbo_store's _prepared
     sig.update({n: "constexpr" for n in const})

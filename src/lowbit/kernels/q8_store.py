@@ -30,11 +30,15 @@ BLOCK_BYTES = 34  # fp16 scale + 32 int8
 
 @triton.jit
 def _q8_store_kernel(X, OUT, SIGNS, scale, n_rows, stride_x, rpg, gstride, D: tl.constexpr, RB: tl.constexpr, CW: tl.constexpr,
-                     ROTATE: tl.constexpr, NATIVE: tl.constexpr, BLOCK_T: tl.constexpr):
+                     ROTATE: tl.constexpr, NATIVE: tl.constexpr, BLOCK_T: tl.constexpr, PLACED: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < n_rows
     rows64 = rows.to(tl.int64)
-    obytes = (rows64 // rpg) * gstride + (rows64 % rpg) * (D // 32 * 34)  # where each row goes (`store_rows`)
+    if PLACED:  # a slice of a cache (`params.store_rows`): group · stride + token · bytes
+        g = rows // rpg
+        obytes = g.to(tl.int64) * gstride + (rows - g * rpg).to(tl.int64) * (D // 32 * 34)
+    else:
+        obytes = rows64 * (D // 32 * 34)
     k_in = tl.arange(0, RB)
     cw = tl.arange(0, CW)
     NB: tl.constexpr = CW // 32
@@ -101,5 +105,5 @@ def q8_store(params: Q8Params, x: torch.Tensor, out: torch.Tensor | None = None,
         signs, scale = out, 1.0
     _q8_store_kernel[(triton.cdiv(n, block_t),)](
         x2, out, signs, scale, n, x2.stride(0), rpg, gstride, D=params.head_dim, RB=rb, CW=min(rb, 128), ROTATE=rotate,
-        NATIVE=native, BLOCK_T=block_t)
+        NATIVE=native, BLOCK_T=block_t, PLACED=not out.is_contiguous())
     return out

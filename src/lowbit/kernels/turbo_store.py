@@ -166,6 +166,16 @@ def _unit(g, h: tl.constexpr, GPT: tl.constexpr, BITS: tl.constexpr, NH: tl.cons
 
 
 @triton.jit
+def _placed(rows, rpg, gstride, VB: tl.constexpr, PLACED: tl.constexpr):
+    """Byte offset of each row's vector in the output (`params.store_rows`): rows · VB for a contiguous output;
+    for a slice of a cache (PLACED) group · stride + token · VB, the division in int32 (a decode step's few rows)."""
+    if PLACED:
+        g = rows // rpg
+        return g.to(tl.int64) * gstride + (rows - g * rpg).to(tl.int64) * VB
+    return rows.to(tl.int64) * VB
+
+
+@triton.jit
 def _pack_store(idx, n16, OUT, OUT16, obytes, smask, j, BLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr,
                 BB: tl.constexpr, BLOCK_T: tl.constexpr, FAST_PACK: tl.constexpr, COALESCE: tl.constexpr):
     """Write the codes idx [R, BLK] (in M's column order) and the fp16 norm bits n16 [R] of block j of the rows
@@ -253,7 +263,7 @@ def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y
                   BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr, BB: tl.constexpr,
                   NC: tl.constexpr, SYM: tl.constexpr, DOT_NATIVE: tl.constexpr, FAST_PACK: tl.constexpr,
                   COALESCE: tl.constexpr, SAFE: tl.constexpr, DEFER: tl.constexpr, NAN16: tl.constexpr,
-                  DEBUG: tl.constexpr, BLOCK_T: tl.constexpr):
+                  DEBUG: tl.constexpr, BLOCK_T: tl.constexpr, PLACED: tl.constexpr):
     """SAFE: rows with a non-finite norm take the slow exact path here. DEFER: they are left unwritten and their
     tile flagged in FLAGS (one byte a tile) for `_deferred_kernel`, so this loop carries no slow-path registers."""
     cols = tl.arange(0, BLK)
@@ -262,7 +272,7 @@ def _store_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x, y
         rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
         rmask = rows < n_rows
         rows64 = rows.to(tl.int64)
-        obytes = (rows64 // rpg) * gstride + (rows64 % rpg) * VB  # where each row goes (`store_rows`)
+        obytes = _placed(rows, rpg, gstride, VB, PLACED)
         flagged = tl.zeros([BLOCK_T], tl.int32)
         for j in tl.static_range(NBLK):
             x = tl.load(X + rows64[:, None] * stride_x + j * BLK + cols[None, :], mask=rmask[:, None], other=0.0)
@@ -289,7 +299,7 @@ def _deferred_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x
                      inv_scale2, rpg, gstride, BLK: tl.constexpr, NBLK: tl.constexpr, BITS: tl.constexpr, VB: tl.constexpr,
                      BB: tl.constexpr, NC: tl.constexpr, SYM: tl.constexpr, DOT_NATIVE: tl.constexpr,
                      FAST_PACK: tl.constexpr, COALESCE: tl.constexpr, NAN16: tl.constexpr, DEBUG: tl.constexpr,
-                     BLOCK_T: tl.constexpr, CHUNK: tl.constexpr):
+                     BLOCK_T: tl.constexpr, CHUNK: tl.constexpr, PLACED: tl.constexpr):
     """The slow exact path for the rows `_store_kernel` (DEFER) left: each program scans CHUNK tile flags at a
     time and redoes only the flagged tiles' non-finite rows (the same `_rotate` decides which)."""
     cols = tl.arange(0, BLK)
@@ -303,7 +313,7 @@ def _deferred_kernel(X, OUT, OUT16, MAT, CENT, THR, DBG, FLAGS, n_rows, stride_x
                     rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
                     rmask = rows < n_rows
                     rows64 = rows.to(tl.int64)
-                    obytes = (rows64 // rpg) * gstride + (rows64 % rpg) * VB
+                    obytes = _placed(rows, rpg, gstride, VB, PLACED)
                     for j in tl.static_range(NBLK):
                         x = tl.load(X + rows64[:, None] * stride_x + j * BLK + cols[None, :], mask=rmask[:, None],
                                     other=0.0)
@@ -432,7 +442,7 @@ def turbo_store(p: TurboParams, x: torch.Tensor, out: torch.Tensor | None = None
     consts = dict(BLK=p.block, NBLK=p.n_blocks, BITS=p.bits, VB=p.vector_bytes, BB=p.block_bytes,
                   NC=p.norm_correction, SYM=sym, DOT_NATIVE=native, FAST_PACK=fast_pack,
                   COALESCE=coalesce, NAN16=torch_nan16(x2.device, p.norm_correction) if nan16 is None else nan16,
-                  DEBUG=debug is not None, BLOCK_T=block_t, num_warps=num_warps)
+                  DEBUG=debug is not None, BLOCK_T=block_t, PLACED=not out.is_contiguous(), num_warps=num_warps)
     tuning = {k: v for k, v in (("num_stages", num_stages), ("maxnreg", maxnreg)) if v is not None}
     _store_kernel[(programs,)](*args, SAFE=not defer, DEFER=defer, **consts, **tuning)
     if defer:
