@@ -638,6 +638,12 @@ def main(argv=None) -> int:
     for s in result["skipped"]:
         print(f"skipped: {s['model']} {s['context']} x{s['batch']} {s['kv']}: {s['reason']}")
     print(table(result["summary"]))
+    for r in result["runs"]:
+        if r.get("profile"):  # where the step's device time went (--profile)
+            p = r["profile"]
+            parts = ", ".join(f"{g} {us:,.0f}" for g, us in p["groups_us"].items())
+            print(f"profile {r['model']} {r['context']} x{r['batch']} {r['kv']}: {p['us_per_step']:,.0f} µs per step "
+                  f"({p['clock']}) = {parts}")
     return 0
 
 

@@ -47,7 +47,7 @@ def test_every_cache_decodes_greedily(tiny):
 
 
 def test_the_profile_splits_a_step_by_kernel_group(tiny):
-    result, _ = tiny
+    result, stdout = tiny
     for r in result["runs"]:
         prof = r["profile"]
         assert prof["us_per_step"] > 0 and prof["top"]
@@ -55,6 +55,7 @@ def test_the_profile_splits_a_step_by_kernel_group(tiny):
         assert prof["groups_us"].get("matmul (weights)", 0) > 0
         # the bf16 baseline attends with SDPA; the packed caches never do (their decode reads the packed bytes)
         assert (prof["groups_us"].get("SDPA (bf16 baseline)", 0) > 0) == (r["kv"] == "bf16")
+    assert stdout.count("profile llama-tiny ") == len(result["runs"])  # and the terminal shows each
 
 
 def test_the_cache_holds_the_predicted_bytes(tiny):
