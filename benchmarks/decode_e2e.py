@@ -517,7 +517,7 @@ def parse(argv):
     ap.add_argument("--graph-steps", type=int, default=64, help="CUDA-graph replays of one step (0: none)")
     ap.add_argument("--prompt", type=int, default=2 * FUSED_MAX_NEW, help="real prefill tokens before the fill")
     ap.add_argument("--split-warps", type=int, choices=(1, 2),
-                    help="warps per split of the CUDA decode kernel at head dim 256 (default: its SPLIT_WARPS)")
+                    help="warps per split of the CUDA decode kernel, every head dim (default: its SPLIT_WARPS)")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="after the timings, profile STEPS eager steps: device time per step by kernel group")
     ap.add_argument("--check", action="store_true", help="fused vs dense tokens at the first context and batch")
@@ -564,7 +564,7 @@ def main(argv=None) -> int:
         if args.split_warps:
             from lowbit.kernels import cuda_decode
 
-            cuda_decode.SPLIT_WARPS[256] = args.split_warps
+            cuda_decode.SPLIT_WARPS.update({128: args.split_warps, 256: args.split_warps})
     kvs = ["bf16"] + [k for k in args.kv if k != "bf16"] if "bf16" in args.kv else list(args.kv)
     result = {"benchmark": "decode_e2e", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python", "benchmarks/decode_e2e.py", *(argv if argv is not None else sys.argv[1:])]),

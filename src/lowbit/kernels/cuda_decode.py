@@ -186,13 +186,13 @@ __device__ __forceinline__ void split_barrier(int warps) {
     if (warps > 1) __syncthreads(); else __syncwarp();
 }
 
-// W warps per split (1, or 2 at head dim 256). With 2, warp w owns K's and V's 128-value block w: it unpacks only
-// that block's codes, its partial scores (times its K block's norm) meet the other warp's through shared memory,
-// both run the same softmax on their sum, and each accumulates its half of the output dimensions: half the
-// accumulator (64 instead of 128 registers) per thread, so about twice the warps fit on an SM (docs/kernels.md §R4:
-// the 1-warp kernel at head dim 256 is bound by latency at 7 warps per SM).
+// W warps per split (1 or 2). With 2, warp w owns half of the head: it unpacks only that half of each K and V
+// vector (at head dim 256 its 128-value block), its partial scores (times its K block's norm) meet the other warp's
+// through shared memory, both run the same softmax on their sum, and each accumulates its half of the output
+// dimensions: half the accumulator per thread (64 instead of 128 registers at head dim 256), so more warps fit on an
+// SM (docs/kernels.md §R4: the 1-warp kernel at head dim 256 is bound by latency at 7 warps per SM).
 template <int D, int KF, int VF, int W>
-__global__ void __launch_bounds__(32 * W, D == 128 ? 16 : (W == 2 ? 6 : 0)) lowbit_decode(
+__global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 128 ? 8 : 6)) lowbit_decode(
     const unsigned short* __restrict__ QK, const unsigned char* __restrict__ K, const unsigned char* __restrict__ V,
     long long skb, long long skh, long long svb, long long svh,
     int HKV, int T, int split_len, int nsplit,
@@ -201,9 +201,9 @@ __global__ void __launch_bounds__(32 * W, D == 128 ? 16 : (W == 2 ? 6 : 0)) lowb
     float* __restrict__ OP, float* __restrict__ ML,
     int rows)  // last: as an int before the table words it shifted them in the parameter bank, and ptxas gave the loop 61 more instructions
 {
-    static_assert(W == 1 || (W == 2 && D == 256), "two warps per split split head dim 256 into its 128-blocks");
+    static_assert(W == 1 || W == 2, "one or two warps per split");
     constexpr int UPL = D / 64;       // 16-value units per lane per token
-    constexpr int UPW = UPL / W;      // ... of which this warp unpacks (its 128-block when W == 2)
+    constexpr int UPW = UPL / W;      // ... of which this warp unpacks (its half of the head when W == 2)
     constexpr int DW = D / W;         // output dims per warp
     constexpr int NDT = DW / 8;       // n8 tiles of this warp's output
     constexpr int LD = D + 8;         // shared row stride of the queries (halves): conflict-free ldmatrix
@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(32 * W, D == 128 ? 16 : (W == 2 ? 6 : 0)) lowb
                 } else {
 #pragma unroll
                     for (int j = 0; j < KS; j++) {
-                        const int kblk = W == 2 ? w : j;
+                        const int kblk = W == 2 ? w * DW / 128 : j;  // the K norm block of this warp's half
                         const float nk = h2f(*(const u16*)(kt + r * KVB + kblk * KBB + 16 * KF));
                         sc0 += nk * s[t][j][e];
                         sc1 += nk * s[t][j][2 + e];
@@ -316,7 +316,7 @@ __global__ void __launch_bounds__(32 * W, D == 128 ? 16 : (W == 2 ? 6 : 0)) lowb
                 }
 #pragma unroll
                 for (int j = 0; j < VJ; j++)
-                    nv[t][e][j] = h2f(*(const u16*)(vt + r * VVB + (W == 2 ? w : j) * VBB + 16 * VF));
+                    nv[t][e][j] = h2f(*(const u16*)(vt + r * VVB + (W == 2 ? w * DW / 128 : j) * VBB + 16 * VF));
                 const bool ok = t0 + r < end;
                 p[t][e] = ok || W == 2 ? sc0 : NEG_INF;  // W == 2 masks after the two halves are summed
                 p[t][2 + e] = ok || W == 2 ? sc1 : NEG_INF;
@@ -426,14 +426,14 @@ __global__ void __launch_bounds__(32 * W, D == 128 ? 16 : (W == 2 ? 6 : 0)) lowb
 """
 
 
-SPLIT_WARPS = {128: 1, 256: 1}  # warps per split by head dim (2 at 256: half the accumulator per warp; not yet measured)
+SPLIT_WARPS = {128: 1, 256: 1}  # warps per split by head dim (2: half the head and accumulator per warp; not yet measured)
 
 
 def kernel_name(D: int, kfmt: str, vfmt: str, warps: int = 1) -> str:
     return f"lowbit_decode<{D}, {K_FORMATS[kfmt]}, {V_FORMATS[vfmt]}, {warps}>"
 
 
-KERNELS = tuple(kernel_name(D, k, v, w) for D, w in ((128, 1), (256, 1), (256, 2)) for k in K_FORMATS
+KERNELS = tuple(kernel_name(D, k, v, w) for D, w in ((128, 1), (256, 1), (256, 2), (128, 2)) for k in K_FORMATS
                 for v in V_FORMATS)
 
 
@@ -586,14 +586,14 @@ def stage1(qk: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor, kfm
     """Launch the CUDA split kernel: qk [B*HKV, 16, D] fp16 in kernel_dim_order(D, kfmt), rotated and scaled;
     ktab/vtab the 8 codebook words of turbo formats (`unpack.table_words`; ignored for q8_0); partials are
     written for the first `rows` query rows of each KV head (the real ones); `warps` per split (None:
-    SPLIT_WARPS; 2 only at head dim 256)."""
+    SPLIT_WARPS)."""
     import ctypes as ct
 
     B, HKV, _, _ = k_packed.shape
     D = qk.shape[-1]
     warps = SPLIT_WARPS[D] if warps is None else warps
-    if warps not in (1, 2) or (warps == 2 and D != 256):
-        raise ValueError(f"the CUDA decode kernel runs 1 warp per split, or 2 at head dim 256; got {warps} at {D}")
+    if warps not in (1, 2):
+        raise ValueError(f"the CUDA decode kernel runs 1 or 2 warps per split, got {warps}")
     dev = qk.device.index if qk.device.index is not None else torch.cuda.current_device()
     words = [ct.c_uint32(w & 0xFFFFFFFF) for w in (*ktab, *vtab)]
     args = [qk.data_ptr(), k_packed.data_ptr(), v_packed.data_ptr(),

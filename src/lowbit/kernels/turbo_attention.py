@@ -398,7 +398,7 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
     backend: "auto" takes the CUDA split kernel (`cuda_decode`) where it applies (K turbo3/turbo4/q8_0, V
     turbo3/turbo4, head_dim 128 or 256, one new token, NVRTC present) and the Triton kernel elsewhere;
     "triton" or "cuda" force one (the latter raises where it does not apply). split_warps: the CUDA kernel's warps
-    per split (None: `cuda_decode.SPLIT_WARPS`; 2 splits head dim 256 over two warps)."""
+    per split (None: `cuda_decode.SPLIT_WARPS`; 2 splits the head over two warps)."""
     B, Hq, LQ, D = q.shape
     Bk, HKV, cap, vbk = k_packed.shape
     T = cap if seq_len is None else seq_len
