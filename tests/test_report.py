@@ -132,6 +132,21 @@ def test_the_step_figure_draws_every_profiled_kernel_group():
             assert sum(r["profile_us"].values()) == pytest.approx(totals[(r["context"], r["batch"], r["kv"])], abs=1.0)
 
 
+def test_the_batch_1_share_is_computed_from_the_shipped_profile(page):
+    """The page's batch-1 figures come from the profiled run, not typed in: the cache's own kernels and bf16's
+    attention, summed here from the same JSON."""
+    rows = [r for b in _json("decode_e2e.json") or [] for r in b["rows"] if r.get("profile_us") and r["batch"] == 1]
+    turbo = next((r for r in rows if r["kv"] == "turbo3/turbo3"), None)
+    if turbo is None:
+        pytest.skip("no profiled batch-1 turbo3 run ships")
+    base = next(r for r in rows if r["kv"] == "bf16" and (r["model"], r["context"]) == (turbo["model"], turbo["context"]))
+    attention, merge, store = (groups for _, _, groups in report.STEP_PARTS[1:4])
+    ours = sum(turbo["profile_us"].get(g, 0.0) for g in (*attention, *merge, *store)) / 1e3
+    bf16 = sum(base["profile_us"].get(g, 0.0) for g in attention) / 1e3
+    assert f"take {ours:.1f} ms of the {sum(turbo['profile_us'].values()) / 1e3:.1f} ms" in page
+    assert f"bf16's attention {bf16:.1f} ms" in page
+
+
 def test_real_size_rows_equal_the_plan_to_the_byte(page):
     """Every shipped GPU measurement is a row, and each shows the plan's K/V and state equal to the held bytes
     (the page computes the plan when it is built: a change to the engine's rules would show here)."""

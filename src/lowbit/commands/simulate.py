@@ -42,8 +42,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                 + CONTEXT_POLICY)
 
 
-def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
-    float_only = engine_model(args.engine).default_weights  # transformers: it runs float checkpoints only
+def scenarios_from(args: argparse.Namespace, engine) -> list[Scenario]:
+    float_only = engine_model(engine).default_weights  # transformers: it runs float checkpoints only
     if float_only and not args.scenario:  # the same weights, f16 against packed K/V
         k, v = kv_pair(args, ONEBIT_TURBO.k.name)
         w = args.weights or float_only
@@ -63,7 +63,8 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
 
 def run(args: argparse.Namespace) -> int:
     units = unit(args.units)
-    scenarios = scenarios_from(args)  # bad input fails the same with or without --audit
+    engine = engine_from(args)
+    scenarios = scenarios_from(args, engine)  # bad input fails the same with or without --audit
     if args.audit:  # the seed's claims at their own scenarios: nothing else is computed
         result = audit()
         if args.format == "json":
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     sim = simulate(models, scenarios, context_arg(args, args.sequences), args.sequences, args.pure, args.mtp,
-                   args.vision, engine_from(args), force_context=args.force_context)
+                   args.vision, engine, force_context=args.force_context)
     quality = kv_quality() if args.quality else None
     fits = None if args.no_fits else sim.fitting_devices()
     wide = args.wide or args.format != "table"

@@ -639,12 +639,32 @@ and 5.4 of 7 warps per SM for q8_0/turbo3 on the 27B shape at 32K, batch 8 (ncu,
 Writing new tokens into the cache is one fused kernel too (rotate, quantize, pack): 2 M turbo3 head vectors of
 128 in 0.41 ms on the H200, 32% of its memory bandwidth and 60x the PyTorch reference, measured 2026-11-30 at lowbit
 73d2cfb by <code>python benchmarks/store_kernel.py --format json --tiles 64/4</code> (docs/kernels.md §R7); q8_0 keys
-(llama.cpp's Hadamard, then ggml's q8_0) in 0.76 ms, 16x the torch path they replaced, lowbit c35611b,
-<code>python benchmarks/store_kernel.py --only q8_0</code>.</p>
+(llama.cpp's Hadamard, then ggml's q8_0) 2 M vectors of 128 in 0.76 ms on the same H200, 16x the torch path they
+replaced, measured 2026-11-30 at lowbit c35611b by <code>python benchmarks/store_kernel.py --only q8_0</code>.</p>
 {_figure(lambda n: kernels_figure(rows, n), "decode attention speedup over bf16 per layer shape, context, K/V format and batch")}
 <ul class=prov>{_runs(blocks)}</ul>
 <p class=prov>Per-row notes and the targets: docs/kernels.md.</p>
 {tab}{_e2e_part(e2e_blocks) if _rows(e2e_blocks) else ""}"""
+
+
+def _batch1_share(blocks: list[dict]) -> str:
+    """What the packed cache's own kernels cost in a batch-1 step against bf16's attention, from the first profiled
+    turbo3 run that has its bf16 baseline (measured: the block's commit, `--profile`)."""
+    attention, merge, store = (groups for _, _, groups in STEP_PARTS[1:4])
+    for b in blocks:
+        rows = {(r["model"], r["context"], r["batch"], r["kv"]): r for r in b["rows"] if r.get("profile_us")}
+        for (model, ctx, batch, kv), r in rows.items():
+            base = rows.get((model, ctx, batch, "bf16"))
+            if batch != 1 or kv != "turbo3/turbo3" or base is None:
+                continue
+            ours = sum(r["profile_us"].get(g, 0.0) for g in (*attention, *merge, *store))
+            bf16 = sum(base["profile_us"].get(g, 0.0) for g in attention)
+            return (f" At batch 1 a step is mostly weights: for {html.escape(model)} at {fmt_tokens(ctx)} the cache's "
+                    f"own kernels (storing K and V, decode, merge, query rotation) take {ours / 1e3:.1f} ms of the "
+                    f"{sum(r['profile_us'].values()) / 1e3:.1f} ms of kernels in a turbo3 step, bf16's attention "
+                    f"{bf16 / 1e3:.1f} ms (measured at lowbit {html.escape(b['commit'])} by "
+                    f"<code>decode_e2e.py --profile</code>, docs/kernels.md §R8).")
+    return ""
 
 
 def _e2e_part(blocks: list[dict]) -> str:
@@ -659,9 +679,7 @@ the packed cache shrinks.</p>
 <p>What a user sees is the whole step, not one layer: the kernel's gain shrinks by the share of the step that
 attention takes. Llama-3.1-8B attends in all 32 layers; Qwen3.5-27B in 16 of 64 (the rest are Gated DeltaNet
 layers, whose state does not grow with the context). Where the bf16 cache does not fit in the GPU, the packed
-cache still decodes: the row has no speedup and says so. At batch 1 a step is mostly weights: for Llama-3.1-8B at
-32K the cache's own kernels (storing K and V, decode, merge, query rotation) take 1.4 ms of the 7.6 ms of kernels in
-a turbo3 step, bf16's attention 1.2 ms (<code>decode_e2e.py --profile</code>, docs/kernels.md §R8).</p>
+cache still decodes: the row has no speedup and says so.{_batch1_share(blocks)}</p>
 <ul class=prov>{_runs(blocks)}</ul>
 {tab}{steps}"""
 
@@ -771,23 +789,25 @@ def build(out: Path, units: str = "GB", context: int = 262_144, force: bool = Fa
     """Write the report to `out` (an existing file only with `force`); the plots take seconds, so the
     target is checked before they are drawn, and a bar runs over them on a terminal."""
     out = check_target(out, force, need_bytes=REPORT_ROOM)
-    kv_blocks, kernel_blocks = _read("kv_quality.json"), _read("kernels.json")
-    e2e_profiled = _rows(kernel_blocks) and any(r.get("profile_us") for r in _rows(_read("decode_e2e.json")))
-    plots = 2 + bool(_rows(kv_blocks)) + len(_frontier_blocks(kv_blocks)) + bool(_rows(kernel_blocks)) + bool(e2e_profiled)
+    data = {n: _read(f"{n}.json") for n in ("kv_quality", "weights_quality", "kernels", "decode_e2e", "real_size")}
+    kv_rows, kernel_rows = _rows(data["kv_quality"]), _rows(data["kernels"])
+    profiled = bool(kernel_rows) and any(r.get("profile_us") for r in _rows(data["decode_e2e"]))
+    plots = 2 + bool(kv_rows) + len(_frontier_blocks(data["kv_quality"])) + bool(kernel_rows) + profiled
     bar, task = progress_bar(progress, "drawing the report", plots, unit="plots")
     with bar:
         token = _FIGURE_DRAWN.set(lambda: bar.advance(task))
         try:
-            return _build(out, units, context, force)
+            return _build(out, units, context, force, data)
         finally:
             _FIGURE_DRAWN.reset(token)
 
 
-def _build(out: Path, units: str, context: int, force: bool) -> Path:
+def _build(out: Path, units: str, context: int, force: bool, data: dict[str, list[dict] | None]) -> Path:
+    """The page from the shipped measurements `data` (read once by `build`)."""
     sim = simulate(context=context)
     result = audit()
-    kv_blocks, weight_blocks, kernel_blocks, e2e_blocks, size_blocks = (_read(n) for n in (
-        "kv_quality.json", "weights_quality.json", "kernels.json", "decode_e2e.json", "real_size.json"))
+    kv_blocks, weight_blocks, kernel_blocks, e2e_blocks, size_blocks = (data[n] for n in (
+        "kv_quality", "weights_quality", "kernels", "decode_e2e", "real_size"))
     size_checks = _real_size_checks(size_blocks)  # one plan per run, shown in the summary and in its section
     cfg = resolve(KV_MODEL).config
     measured = "".join([_kv_quality_section(kv_blocks) if _rows(kv_blocks) else "",
