@@ -172,10 +172,6 @@ def run_row(shape, T, B, kv_list, args, peak):
         triton_ms = ms if used == "triton" else None if args.skip_triton else bench(lambda: [turbo_decode_attention(
             q, kp, vp, pk, pv, backend="triton") for kp, vp in caches]) / copies
         alts = {}
-        if args.split_warps and used == "cuda":  # the CUDA kernel with two warps per split, same caches
-            ms2 = bench(lambda: [turbo_decode_attention(q, kp, vp, pk, pv, split_warps=2) for kp, vp in caches]) / copies
-            alts["cuda/2 warps per split"] = round(ms2, 5)
-            alts["cuda/2 warps per split speedup"] = round(base_ms / ms2, 2)
         for bn, nw, pf in (ALTS if args.alts else ()):  # other tile/warp/prefetch choices, same caches
             try:
                 alts[f"{bn}/{nw}/{int(pf)}"] = round(bench(lambda: [turbo_decode_attention(
@@ -297,8 +293,6 @@ def main(argv=None) -> int:
     ap.add_argument("--eager", action="store_true", help="also time one eager call (launch overhead included)")
     ap.add_argument("--alts", action="store_true", help="also time other (block_n, num_warps, prefetch) choices")
     ap.add_argument("--skip-triton", action="store_true", help="do not time the Triton kernel where CUDA runs")
-    ap.add_argument("--split-warps", action="store_true",
-                    help="also time the CUDA kernel with two warps per split on the same caches")
     ap.add_argument("--skip-dequant", action="store_true", help="do not time dequantize-then-SDPA")
     ap.add_argument("--profile-one", nargs=4, metavar=("SHAPE", "CONTEXT", "BATCH", "KV"))
     ap.add_argument("--out", help="also write the JSON here")

@@ -516,8 +516,6 @@ def parse(argv):
     ap.add_argument("--warmup-steps", type=int, default=4)
     ap.add_argument("--graph-steps", type=int, default=64, help="CUDA-graph replays of one step (0: none)")
     ap.add_argument("--prompt", type=int, default=2 * FUSED_MAX_NEW, help="real prefill tokens before the fill")
-    ap.add_argument("--split-warps", type=int, choices=(1, 2),
-                    help="warps per split of the CUDA decode kernel, every head dim (default: its SPLIT_WARPS)")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="after the timings, profile STEPS eager steps: device time per step by kernel group")
     ap.add_argument("--check", action="store_true", help="fused vs dense tokens at the first context and batch")
@@ -561,18 +559,13 @@ def main(argv=None) -> int:
         if torch.device(args.device).index is not None:
             torch.cuda.set_device(torch.device(args.device))
         install("cuda")  # caches on CUDA store (and dequantize) with the kernels: Triton turbo, torch q8_0
-        if args.split_warps:
-            from lowbit.kernels import cuda_decode
-
-            cuda_decode.SPLIT_WARPS.update({128: args.split_warps, 256: args.split_warps})
     kvs = ["bf16"] + [k for k in args.kv if k != "bf16"] if "bf16" in args.kv else list(args.kv)
     result = {"benchmark": "decode_e2e", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python", "benchmarks/decode_e2e.py", *(argv if argv is not None else sys.argv[1:])]),
               "machine": {**real_size.machine(args.device),
                           **({"commit": os.environ["LOWBIT_COMMIT"]} if os.environ.get("LOWBIT_COMMIT") else {})},
               "settings": {k: getattr(args, k) for k in ("contexts", "batches", "new_tokens", "warmup_steps",
-                                                         "graph_steps", "prompt", "check_tokens", "std", "seed", "dtype",
-                                                         "split_warps")},
+                                                         "graph_steps", "prompt", "check_tokens", "std", "seed", "dtype")},
               "models": [], "runs": [], "skipped": [], "checks": []}
     for name in args.models:
         t0 = time.perf_counter()

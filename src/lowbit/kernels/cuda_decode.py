@@ -160,39 +160,29 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src
 // aligned address at or below the row's first byte, so a step [from, from + TB) of bytes from `src` is
 // copied as TB/16 + 1 aligned chunks (the caller reads it at offset `mis`); bytes at or past `lim` are
 // zero-filled, never read.
-template <int TB, int NT>
-__device__ __forceinline__ void stage(unsigned char* dst, const unsigned char* src, int from, int lim, int tid) {
-    // NT threads copy the step, 16 bytes each per round
+template <int TB>
+__device__ __forceinline__ void stage(unsigned char* dst, const unsigned char* src, int from, int lim, int lane) {
     constexpr int NCH = TB / 16 + 1;
-    constexpr int ITER = (NCH + NT - 1) / NT;
-    const unsigned char* s = src + from + 16 * tid;
-    unsigned char* d = dst + 16 * tid;
+    constexpr int ITER = (NCH + 31) / 32;
+    const unsigned char* s = src + from + 16 * lane;
+    unsigned char* d = dst + 16 * lane;
     if (from + 16 * NCH <= lim) {  // the common case: every chunk lies inside the split
 #pragma unroll
         for (int k = 0; k < ITER; k++)
-            if (NT * (k + 1) <= NCH || tid + NT * k < NCH) cp_async16(d + 16 * NT * k, s + 16 * NT * k, 16);
+            if (32 * (k + 1) <= NCH || lane + 32 * k < NCH) cp_async16(d + 512 * k, s + 512 * k, 16);
     } else {
-        const int rem = lim - from - 16 * tid;
+        const int rem = lim - from - 16 * lane;
 #pragma unroll
         for (int k = 0; k < ITER; k++) {
-            const int n = min(max(rem - 16 * NT * k, 0), 16);
-            if (NT * (k + 1) <= NCH || tid + NT * k < NCH) cp_async16(d + 16 * NT * k, n ? s + 16 * NT * k : src, n);
+            const int n = min(max(rem - 512 * k, 0), 16);
+            if (32 * (k + 1) <= NCH || lane + 32 * k < NCH) cp_async16(d + 512 * k, n ? s + 512 * k : src, n);
         }
     }
     asm volatile("cp.async.commit_group;");
 }
 
-__device__ __forceinline__ void split_barrier(int warps) {
-    if (warps > 1) __syncthreads(); else __syncwarp();
-}
-
-// W warps per split (1 or 2). With 2, warp w owns half of the head: it unpacks only that half of each K and V
-// vector (at head dim 256 its 128-value block), its partial scores (times its K block's norm) meet the other warp's
-// through shared memory, both run the same softmax on their sum, and each accumulates its half of the output
-// dimensions: half the accumulator per thread (64 instead of 128 registers at head dim 256), so more warps fit on an
-// SM (docs/kernels.md §R4: the 1-warp kernel at head dim 256 is bound by latency at 7 warps per SM).
-template <int D, int KF, int VF, int W>
-__global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 128 ? 8 : 6)) lowbit_decode(
+template <int D, int KF, int VF>
+__global__ void __launch_bounds__(32, D == 128 ? 16 : 0) lowbit_decode(
     const unsigned short* __restrict__ QK, const unsigned char* __restrict__ K, const unsigned char* __restrict__ V,
     long long skb, long long skh, long long svb, long long svh,
     int HKV, int T, int split_len, int nsplit,
@@ -201,27 +191,21 @@ __global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 1
     float* __restrict__ OP, float* __restrict__ ML,
     int rows)  // last: as an int before the table words it shifted them in the parameter bank, and ptxas gave the loop 61 more instructions
 {
-    static_assert(W == 1 || W == 2, "one or two warps per split");
     constexpr int UPL = D / 64;       // 16-value units per lane per token
-    constexpr int UPW = UPL / W;      // ... of which this warp unpacks (its half of the head when W == 2)
-    constexpr int DW = D / W;         // output dims per warp
-    constexpr int NDT = DW / 8;       // n8 tiles of this warp's output
-    constexpr int LD = D + 8;         // shared row stride of the queries (halves): conflict-free ldmatrix
-    constexpr int LDV = DW + 8;       // ... of a warp's V tile
+    constexpr int NDT = D / 8;        // n8 tiles of the output
+    constexpr int LD = D + 8;         // shared row stride (halves): conflict-free ldmatrix
     constexpr int KBB = block_bytes(KF), VBB = block_bytes(VF);
     constexpr int KVB = vector_bytes(KF, D), VVB = vector_bytes(VF, D);  // token stride = vector bytes
     constexpr int KTB = 16 * KVB, VTB = 16 * VVB;  // bytes per 16-token step
-    constexpr int KS = (KF == 8 || W == 2) ? 1 : D / 128;  // score accumulators: one per K norm block of this warp
-    constexpr int NBUF = W == 1 ? 2 : 3;  // three staging buffers let warps refill one without a third barrier
+    constexpr int KS = KF == 8 ? 1 : D / 128;      // score accumulators: one per K norm block
     __shared__ __align__(16) unsigned short qs[16 * LD];
-    __shared__ __align__(16) unsigned short vs[W][16 * LDV];
-    __shared__ __align__(16) unsigned char kst[NBUF][KTB + 16];
-    __shared__ __align__(16) unsigned char vst[NBUF][VTB + 16];
-    __shared__ float xs[W == 2 ? 2 : 1][W == 2 ? 32 : 1][W == 2 ? 8 : 1];  // partial scores per warp and lane
+    __shared__ __align__(16) unsigned short vs[16 * LD];
+    __shared__ __align__(16) unsigned char kst[2][KTB + 16];
+    __shared__ __align__(16) unsigned char vst[2][VTB + 16];
     const u32 KT[8] = {KT0, KT1, KT2, KT3, KT4, KT5, KT6, KT7};
     const u32 VT[8] = {VT0, VT1, VT2, VT3, VT4, VT5, VT6, VT7};
 
-    const int tid = threadIdx.x, lane = W == 1 ? tid : tid & 31, w = W == 1 ? 0 : tid >> 5, g = lane >> 2, c = lane & 3;
+    const int lane = threadIdx.x, g = lane >> 2, c = lane & 3;
     const int bh = blockIdx.x, sp = blockIdx.y;
     const int b = bh / HKV, h = bh - (bh / HKV) * HKV;
     const int start = sp * split_len;
@@ -234,10 +218,10 @@ __global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 1
     kb -= kmis;
     vb -= vmis;
     const int klim = (end - start) * KVB + kmis, vlim = (end - start) * VVB + vmis;  // split bytes < 2^31
-    stage<KTB, 32 * W>(kst[0], kb, 0, klim, tid);
-    stage<VTB, 32 * W>(vst[0], vb, 0, vlim, tid);
+    stage<KTB>(kst[0], kb, 0, klim, lane);
+    stage<VTB>(vst[0], vb, 0, vlim, lane);
     const unsigned short* q = QK + (size_t)bh * 16 * D;
-    for (int i = tid; i < 16 * D / 8; i += 32 * W) {
+    for (int i = lane; i < 16 * D / 8; i += 32) {
         int r = i / (D / 8), col = (i - r * (D / 8)) * 8;
         *(uint4*)&qs[r * LD + col] = *(const uint4*)&q[r * D + col];
     }
@@ -246,29 +230,17 @@ __global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 1
 #pragma unroll
     for (int i = 0; i < NDT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     float m_g = -1e30f, m_g8 = -1e30f, l_g = 0.f, l_g8 = 0.f;  // rows g and g+8 (l: this lane's part)
-    unsigned short* vw = vs[w];
 
     int buf = 0;
-    for (int t0 = start; t0 < end; t0 += 16, buf = NBUF == 2 ? buf ^ 1 : (buf == NBUF - 1 ? 0 : buf + 1)) {
-        const int nxt = NBUF == 2 ? buf ^ 1 : (buf == NBUF - 1 ? 0 : buf + 1);
-        if (W == 1) {
-            if (t0 + 16 < end) {  // next step's bytes load while this one computes
-                stage<KTB, 32>(kst[nxt], kb, (t0 + 16 - start) * KVB, klim, lane);
-                stage<VTB, 32>(vst[nxt], vb, (t0 + 16 - start) * VVB, vlim, lane);
-                asm volatile("cp.async.wait_group 2;");
-            } else {
-                asm volatile("cp.async.wait_group 0;");
-            }
+    for (int t0 = start; t0 < end; t0 += 16, buf ^= 1) {
+        if (t0 + 16 < end) {  // next step's bytes load while this one computes
+            stage<KTB>(kst[buf ^ 1], kb, (t0 + 16 - start) * KVB, klim, lane);
+            stage<VTB>(vst[buf ^ 1], vb, (t0 + 16 - start) * VVB, vlim, lane);
+            asm volatile("cp.async.wait_group 2;");
         } else {
-            if (t0 + 16 < end) {
-                stage<KTB, 32 * W>(kst[nxt], kb, (t0 + 16 - start) * KVB, klim, tid);
-                stage<VTB, 32 * W>(vst[nxt], vb, (t0 + 16 - start) * VVB, vlim, tid);
-                asm volatile("cp.async.wait_group 2;");
-            } else {
-                asm volatile("cp.async.wait_group 0;");
-            }
+            asm volatile("cp.async.wait_group 0;");
         }
-        split_barrier(W);  // every thread's chunks of this step have landed
+        __syncwarp();
         const unsigned char* kt = kst[buf] + kmis;
         const unsigned char* vt = vst[buf] + vmis;
         // ---- scores of 16 tokens: two n8 tiles; lane unpacks tokens g and 8 + g of the step ----
@@ -278,9 +250,8 @@ __global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 1
 #pragma unroll
             for (int j = 0; j < KS; j++) s[t][j][0] = s[t][j][1] = s[t][j][2] = s[t][j][3] = 0.f;
 #pragma unroll
-        for (int ii = 0; ii < UPW; ii++) {
-            const int i = w * UPW + ii;
-            const int sj = KS == 1 ? 0 : (i >> 1);
+        for (int i = 0; i < UPL; i++) {
+            const int sj = KF == 8 ? 0 : (i >> 1);
             u32 pa[8], pb[8];
             key_unit<KF>(kt + g * KVB, i, c, KT, pa);
             key_unit<KF>(kt + (g + 8) * KVB, i, c, KT, pb);
@@ -293,14 +264,14 @@ __global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 1
             }
         }
         // ---- norms, mask, online softmax (rows g and g+8; this lane: tokens 2c, 2c+1 of each tile) ----
-        constexpr int VJ = W == 2 ? 1 : D / 128;  // V norm blocks this warp's output needs
-        float p[2][4], nv[2][2][VJ];  // nv[tile][token][V block of this warp]
+        float p[2][4], nv[2][2][D / 128];  // nv[tile][token][V block]
         float mx_g = NEG_INF, mx_g8 = NEG_INF;
 #pragma unroll
         for (int t = 0; t < 2; t++) {
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int r = 8 * t + 2 * c + e;
+                const bool ok = t0 + r < end;
                 float sc0 = 0.f, sc1 = 0.f;
                 if constexpr (KF == 8) {  // the scales are inside the fragments
                     sc0 = s[t][0][e];
@@ -308,33 +279,17 @@ __global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 1
                 } else {
 #pragma unroll
                     for (int j = 0; j < KS; j++) {
-                        const int kblk = W == 2 ? w * DW / 128 : j;  // the K norm block of this warp's half
-                        const float nk = h2f(*(const u16*)(kt + r * KVB + kblk * KBB + 16 * KF));
+                        const float nk = h2f(*(const u16*)(kt + r * KVB + j * KBB + 16 * KF));
                         sc0 += nk * s[t][j][e];
                         sc1 += nk * s[t][j][2 + e];
                     }
                 }
 #pragma unroll
-                for (int j = 0; j < VJ; j++)
-                    nv[t][e][j] = h2f(*(const u16*)(vt + r * VVB + (W == 2 ? w * DW / 128 : j) * VBB + 16 * VF));
-                const bool ok = t0 + r < end;
-                p[t][e] = ok || W == 2 ? sc0 : NEG_INF;  // W == 2 masks after the two halves are summed
-                p[t][2 + e] = ok || W == 2 ? sc1 : NEG_INF;
+                for (int j = 0; j < D / 128; j++) nv[t][e][j] = h2f(*(const u16*)(vt + r * VVB + j * VBB + 16 * VF));
+                p[t][e] = ok ? sc0 : NEG_INF;
+                p[t][2 + e] = ok ? sc1 : NEG_INF;
                 mx_g = fmaxf(mx_g, p[t][e]);
                 mx_g8 = fmaxf(mx_g8, p[t][2 + e]);
-            }
-        }
-        if (W == 2) {  // the two warps' partial scores, summed in one order by both (identical softmax)
-#pragma unroll
-            for (int k = 0; k < 8; k++) xs[w][lane][k] = p[k >> 2][k & 3];
-            split_barrier(W);
-            mx_g = mx_g8 = NEG_INF;
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const bool ok = t0 + 8 * (k >> 2) + 2 * c + (k & 1) < end;
-                const float v = xs[0][lane][k] + xs[1][lane][k];
-                p[k >> 2][k & 3] = ok ? v : NEG_INF;
-                if (k & 2) mx_g8 = fmaxf(mx_g8, p[k >> 2][k & 3]); else mx_g = fmaxf(mx_g, p[k >> 2][k & 3]);
             }
         }
         mx_g = fmaxf(mx_g, __shfl_xor_sync(0xffffffffu, mx_g, 1));
@@ -364,35 +319,34 @@ __global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 1
                 acc[i][0] *= al_g; acc[i][1] *= al_g; acc[i][2] *= al_g8; acc[i][3] *= al_g8;
             }
         }
-        // P (times V's norms) as the A fragment of the 16-token step, one per 128-block of this warp's output
-        u32 pf[VJ][4];
+        // P (times V's norms) as the A fragment of the 16-token step, one per 128-block
+        u32 pf[D / 128][4];
 #pragma unroll
-        for (int j = 0; j < VJ; j++) {
+        for (int j = 0; j < D / 128; j++) {
             pf[j][0] = f2_to_h2(p[0][0] * nv[0][0][j], p[0][1] * nv[0][1][j]);
             pf[j][1] = f2_to_h2(p[0][2] * nv[0][0][j], p[0][3] * nv[0][1][j]);
             pf[j][2] = f2_to_h2(p[1][0] * nv[1][0][j], p[1][1] * nv[1][1][j]);
             pf[j][3] = f2_to_h2(p[1][2] * nv[1][0][j], p[1][3] * nv[1][1][j]);
         }
-        // ---- V: unpack this warp's dims of 16 tokens into its shared tile (row = token), then P @ V with
-        // ldmatrix.trans (rows past the split's end hold zero bytes: finite codebook values times p = 0) ----
+        // ---- V: unpack 16 tokens into shared memory (row = token), then P @ V with ldmatrix.trans ----
+        // (rows past the split's end hold zero bytes: finite codebook values times p = 0)
 #pragma unroll
-        for (int ii = 0; ii < UPW; ii++) {
-            const int i = w * UPW + ii;
-            const int off = (i >> 1) * VBB + (c + 4 * (i & 1)) * 2 * VF, u = c + 4 * ii;
+        for (int i = 0; i < UPL; i++) {
+            const int off = (i >> 1) * VBB + (c + 4 * (i & 1)) * 2 * VF, u = c + 4 * i;
             u32 va[8], vc[8];
             turbo_unit<VF>(vt + g * VVB + off, VT, va);
             turbo_unit<VF>(vt + (g + 8) * VVB + off, VT, vc);
-            *(uint4*)&vw[g * LDV + 16 * u] = make_uint4(va[0], va[1], va[2], va[3]);
-            *(uint4*)&vw[g * LDV + 16 * u + 8] = make_uint4(va[4], va[5], va[6], va[7]);
-            *(uint4*)&vw[(g + 8) * LDV + 16 * u] = make_uint4(vc[0], vc[1], vc[2], vc[3]);
-            *(uint4*)&vw[(g + 8) * LDV + 16 * u + 8] = make_uint4(vc[4], vc[5], vc[6], vc[7]);
+            *(uint4*)&vs[g * LD + 16 * u] = make_uint4(va[0], va[1], va[2], va[3]);
+            *(uint4*)&vs[g * LD + 16 * u + 8] = make_uint4(va[4], va[5], va[6], va[7]);
+            *(uint4*)&vs[(g + 8) * LD + 16 * u] = make_uint4(vc[0], vc[1], vc[2], vc[3]);
+            *(uint4*)&vs[(g + 8) * LD + 16 * u + 8] = make_uint4(vc[4], vc[5], vc[6], vc[7]);
         }
         __syncwarp();
         const int mi = lane >> 3;
 #pragma unroll
         for (int d2 = 0; d2 < NDT / 2; d2++) {  // 16 output dims per ldmatrix.x4.trans
             u32 bv[4];
-            ldsm_x4_t(bv, &vw[((mi & 1) * 8 + (lane & 7)) * LDV + d2 * 16 + (mi >> 1) * 8]);
+            ldsm_x4_t(bv, &vs[((mi & 1) * 8 + (lane & 7)) * LD + d2 * 16 + (mi >> 1) * 8]);
             mma16816(acc[2 * d2], pf[(d2 * 16) / 128], bv[0], bv[1]);
             mma16816(acc[2 * d2 + 1], pf[(d2 * 16) / 128], bv[2], bv[3]);
         }
@@ -405,11 +359,11 @@ __global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 1
     // Partials of the `rows` real query rows only (the merge reads no others): at batch 1 the padding rows'
     // float32 partials would be most of what the kernel writes (a GQA group of 4 pads to 16).
     const size_t base = (size_t)bh * nsplit + sp;
-    float* o = OP + base * 16 * D + w * DW;
+    float* o = OP + base * 16 * D;
     if (g < rows) {
 #pragma unroll
         for (int i = 0; i < NDT; i++) *(float2*)&o[g * D + i * 8 + 2 * c] = make_float2(acc[i][0], acc[i][1]);
-        if (c == 0 && w == 0) {
+        if (c == 0) {
             ML[base * 32 + g] = m_g;
             ML[base * 32 + 16 + g] = l_g;
         }
@@ -417,7 +371,7 @@ __global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 1
     if (g + 8 < rows) {
 #pragma unroll
         for (int i = 0; i < NDT; i++) *(float2*)&o[(g + 8) * D + i * 8 + 2 * c] = make_float2(acc[i][2], acc[i][3]);
-        if (c == 0 && w == 0) {
+        if (c == 0) {
             ML[base * 32 + g + 8] = m_g8;
             ML[base * 32 + 16 + g + 8] = l_g8;
         }
@@ -426,15 +380,11 @@ __global__ void __launch_bounds__(32 * W, W == 1 ? (D == 128 ? 16 : 0) : (D == 1
 """
 
 
-SPLIT_WARPS = {128: 1, 256: 1}  # warps per split by head dim (2: half the head and accumulator per warp; not yet measured)
+def kernel_name(D: int, kfmt: str, vfmt: str) -> str:
+    return f"lowbit_decode<{D}, {K_FORMATS[kfmt]}, {V_FORMATS[vfmt]}>"
 
 
-def kernel_name(D: int, kfmt: str, vfmt: str, warps: int = 1) -> str:
-    return f"lowbit_decode<{D}, {K_FORMATS[kfmt]}, {V_FORMATS[vfmt]}, {warps}>"
-
-
-KERNELS = tuple(kernel_name(D, k, v, w) for D, w in ((128, 1), (256, 1), (256, 2), (128, 2)) for k in K_FORMATS
-                for v in V_FORMATS)
+KERNELS = tuple(kernel_name(D, k, v) for D in (128, 256) for k in K_FORMATS for v in V_FORMATS)
 
 
 def key_format(pk) -> str:
@@ -581,19 +531,14 @@ def available(device) -> bool:
 
 
 def stage1(qk: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor, kfmt: str, vfmt: str, ktab, vtab,
-           T: int, split_len: int, splits: int, op: torch.Tensor, ml: torch.Tensor, rows: int = ROWS,
-           warps: int | None = None) -> None:
+           T: int, split_len: int, splits: int, op: torch.Tensor, ml: torch.Tensor, rows: int = ROWS) -> None:
     """Launch the CUDA split kernel: qk [B*HKV, 16, D] fp16 in kernel_dim_order(D, kfmt), rotated and scaled;
     ktab/vtab the 8 codebook words of turbo formats (`unpack.table_words`; ignored for q8_0); partials are
-    written for the first `rows` query rows of each KV head (the real ones); `warps` per split (None:
-    SPLIT_WARPS)."""
+    written for the first `rows` query rows of each KV head (the real ones)."""
     import ctypes as ct
 
     B, HKV, _, _ = k_packed.shape
     D = qk.shape[-1]
-    warps = SPLIT_WARPS[D] if warps is None else warps
-    if warps not in (1, 2):
-        raise ValueError(f"the CUDA decode kernel runs 1 or 2 warps per split, got {warps}")
     dev = qk.device.index if qk.device.index is not None else torch.cuda.current_device()
     words = [ct.c_uint32(w & 0xFFFFFFFF) for w in (*ktab, *vtab)]
     args = [qk.data_ptr(), k_packed.data_ptr(), v_packed.data_ptr(),
@@ -601,7 +546,7 @@ def stage1(qk: torch.Tensor, k_packed: torch.Tensor, v_packed: torch.Tensor, kfm
             ct.c_int64(v_packed.stride(0)), ct.c_int64(v_packed.stride(1)),
             ct.c_int32(HKV), ct.c_int32(T), ct.c_int32(split_len), ct.c_int32(splits), *words, op.data_ptr(),
             ml.data_ptr(), ct.c_int32(rows)]
-    _driver(dev).launch(kernel_name(D, kfmt, vfmt, warps), (B * HKV, splits), 32 * warps, args,
+    _driver(dev).launch(kernel_name(D, kfmt, vfmt), (B * HKV, splits), 32, args,
                         torch.cuda.current_stream(qk.device).cuda_stream)
 
 

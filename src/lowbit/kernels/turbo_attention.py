@@ -357,7 +357,7 @@ def default_config(batch: int, kv_heads: int, seq_len: int, head_dim: int, sms: 
 
 
 def _cuda_path(q, k_packed, v_packed, pk: TurboParams, pv: TurboParams, scale: float, T: int,
-               splits: int | None, split_warps: int | None = None) -> torch.Tensor:
+               splits: int | None) -> torch.Tensor:
     """Queries rotated once (Triton for turbo keys, torch for q8_0 keys), the CUDA split kernel, then the Triton
     merge (stage 2)."""
     B, Hq, LQ, D = q.shape
@@ -375,7 +375,7 @@ def _cuda_path(q, k_packed, v_packed, pk: TurboParams, pv: TurboParams, scale: f
     op = torch.empty(B * HKV * splits * 16 * D, dtype=torch.float32, device=q.device)
     ml = torch.empty(B * HKV * splits * 32, dtype=torch.float32, device=q.device)
     cuda_decode.stage1(qk, k_packed, v_packed, kfmt, f"turbo{pv.bits}", ktab, _tables(pv)[1], T, split_len, splits,
-                       op, ml, rows=(Hq // HKV) * LQ, warps=split_warps)
+                       op, ml, rows=(Hq // HKV) * LQ)
     out = torch.empty_like(q)
     _stage2[(B * HKV, (Hq // HKV) * LQ, pv.n_blocks)](
         op, ml, pv.rot, pv.signs if pv.hadamard else pv.rot, out, out.stride(0), out.stride(1), out.stride(2),
@@ -390,15 +390,14 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
                            pk: TurboParams | Q8Params, pv: TurboParams, scale: float | None = None,
                            seq_len: int | None = None, block_n: int | None = None, splits: int | None = None,
                            num_warps: int | None = None, prefetch: bool | None = None,
-                           backend: str = "auto", split_warps: int | None = None) -> torch.Tensor:
+                           backend: str = "auto") -> torch.Tensor:
     """softmax(q kᵀ·scale) v for q [B, Hq, LQ, D] over packed K/V [B, Hkv, >=T, bytes]; the LQ new tokens
     are the last LQ of the T cached ones (causal). Returns [B, Hq, LQ, D] in q's dtype.
 
     pk: a TurboQuant key codec's parameters (`turbo_params`) or q8_0's (`q8_params`); pv: TurboQuant's.
     backend: "auto" takes the CUDA split kernel (`cuda_decode`) where it applies (K turbo3/turbo4/q8_0, V
     turbo3/turbo4, head_dim 128 or 256, one new token, NVRTC present) and the Triton kernel elsewhere;
-    "triton" or "cuda" force one (the latter raises where it does not apply). split_warps: the CUDA kernel's warps
-    per split (None: `cuda_decode.SPLIT_WARPS`; 2 splits the head over two warps)."""
+    "triton" or "cuda" force one (the latter raises where it does not apply)."""
     B, Hq, LQ, D = q.shape
     Bk, HKV, cap, vbk = k_packed.shape
     T = cap if seq_len is None else seq_len
@@ -420,7 +419,7 @@ def turbo_decode_attention(q: torch.Tensor, k_packed: torch.Tensor, v_packed: to
         raise LowbitError(f"unknown decode backend {backend!r}: auto, triton or cuda")
     if backend != "triton" and cuda_decode.supported(pk, pv, group * LQ, LQ, k_packed, v_packed) \
             and cuda_decode.available(q.device):
-        return _cuda_path(q, k_packed, v_packed, pk, pv, scale, T, splits, split_warps)
+        return _cuda_path(q, k_packed, v_packed, pk, pv, scale, T, splits)
     if backend == "cuda":
         raise LowbitError("the CUDA decode kernel takes K turbo3/turbo4/q8_0 with V turbo3/turbo4, head_dim 128/256, "
                           "one new token, <= 16 query rows per KV head, token-contiguous caches, and NVRTC")
