@@ -35,7 +35,9 @@ Timing, per (model, context, batch, cache):
 Peak memory: torch.cuda.max_memory_allocated() from the cache's creation to the end of its runs (weights included).
 Check (`--check`): for each quantized cache at the first context and batch, a second cache built the same way
 (same seeds, same packed bytes) decodes `--check-tokens` tokens without fused attention (the layer dequantized
-for SDPA); the greedy tokens and the first step's logits are compared.
+for SDPA), and a third with float32 attention over the same packed bytes (`lowbit.kernels.reference`, through
+the same hook); the greedy tokens and the first step's logits are compared, fused with dense and each with the
+float32 attention (`vs_float32_attention`: which path rounds more).
 Runs that do not fit (bf16 weights + the cache at context + new tokens, from lowbit's plan, + headroom > the
 device's memory) are skipped with the reason.
 """
@@ -59,6 +61,7 @@ import real_size  # noqa: E402  (benchmarks/: random-weight models, machine info
 
 from lowbit.cache import QuantizedKVCache, QuantizedKVLayer, backend_for, cache_kwarg  # noqa: E402
 from lowbit.cache.cache import FUSED_MAX_NEW  # noqa: E402
+from lowbit.kernels import reference  # noqa: E402
 from lowbit.models.catalog import ResolvedModel, resolve  # noqa: E402
 from lowbit.models.config import from_hf_config  # noqa: E402
 
@@ -181,8 +184,10 @@ def register_bf16_attention() -> None:
     AttentionMaskInterface.register(BF16_ATTENTION, sdpa_mask)
 
 
-def make_cache(model, kv: str, capacity: int, fused: bool = True):
-    """The cache of a run (empty): bf16 static layers, or lowbit's packed cache (fused decode or dense)."""
+def make_cache(model, kv: str, capacity: int, attention: str = "fused"):
+    """The cache of a run (empty): bf16 static layers, or lowbit's packed cache read by the fused decode kernels
+    ("fused"), by float32 attention over the same packed bytes ("reference": `lowbit.kernels.reference`), or
+    dequantized to the model's dtype for SDPA ("dense")."""
     from transformers import DynamicCache
     from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
@@ -198,8 +203,9 @@ def make_cache(model, kv: str, capacity: int, fused: bool = True):
                 cache.layers[i] = static(capacity)
         return cache
     k, v = real_size.kv_formats(kv)
-    if fused:
-        return fused_attention.enable(model, kv_k=k.name, kv_v=v.name)
+    if attention != "dense":
+        decode = reference.decode_attention if attention == "reference" else None
+        return fused_attention.enable(model, decode=decode, kv_k=k.name, kv_v=v.name)
     model.set_attn_implementation("sdpa")
     return QuantizedKVCache(model.config, k.name, v.name)
 
@@ -239,11 +245,12 @@ def forward(model, ids, cache):
     return model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
 
 
-def prepare(model, kv: str, context: int, batch: int, args, capacity: int, fused: bool = True, hybrid: bool = False):
+def prepare(model, kv: str, context: int, batch: int, args, capacity: int, attention: str = "fused",
+            hybrid: bool = False):
     """A cache holding `context` tokens for `batch` sequences, and the first decode input (the prefill's argmax)."""
     gen = torch.Generator(device="cpu").manual_seed(args.seed + batch)
     ids = torch.randint(0, model.config.vocab_size, (batch, args.prompt), generator=gen).to(args.device)
-    cache = make_cache(model, kv, capacity, fused)
+    cache = make_cache(model, kv, capacity, attention)
     mod = sys.modules[type(model).__module__]
     fallback = gdn_prefill_fallback(model) if hybrid else None
     saved = getattr(mod, "torch_chunk_gated_delta_rule", None)
@@ -444,17 +451,29 @@ def one_run(model, kv, context, batch, args, hybrid) -> dict:
 
 
 def dense_check(model, kv, context, batch, args, fused_tokens, fused_first, hybrid) -> dict:
-    """The same cache (same seeds: the same packed bytes) decoded without fused attention."""
+    """The same cache (same seeds: the same packed bytes) decoded twice more: densely (the layer dequantized to
+    the model's dtype for SDPA) and with float32 attention over the packed bytes (`lowbit.kernels.reference`).
+    Fused against dense is the issue's check; both against the float32 attention say which one rounds more."""
     capacity = context + args.new_tokens + 8
-    cache, nxt = prepare(model, kv, context, batch, args, capacity, fused=False, hybrid=hybrid)
-    dec, first = eager(model, cache, nxt, args.check_tokens, 0, args.device)
-    del cache
-    want = [row[:args.check_tokens] for row in fused_tokens]
-    got = dec["tokens"]
-    diff = [(b, i) for b, (r, w) in enumerate(zip(got, want)) for i, (x, y) in enumerate(zip(r, w)) if x != y]
-    return {"kv": kv, "context": context, "batch": batch, "tokens_compared": batch * len(got[0]),
-            "tokens_equal": not diff, "first_difference": diff[0] if diff else None, "differences": len(diff),
-            "first_step_logits_max_rel_diff": float((fused_first - first).abs().max() / first.abs().max())}
+    decoded = {}
+    for attention in ("dense", "reference"):
+        cache, nxt = prepare(model, kv, context, batch, args, capacity, attention=attention, hybrid=hybrid)
+        dec, first = eager(model, cache, nxt, args.check_tokens, 0, args.device)
+        decoded[attention] = dec["tokens"], first
+        del cache
+    fused = [row[:args.check_tokens] for row in fused_tokens], fused_first
+    return {"kv": kv, "context": context, "batch": batch, "tokens_compared": batch * args.check_tokens,
+            **agreement(fused, decoded["dense"]),
+            "vs_float32_attention": {"fused": agreement(fused, decoded["reference"]),
+                                     "dense": agreement(decoded["dense"], decoded["reference"])}}
+
+
+def agreement(a: tuple[list, torch.Tensor], b: tuple[list, torch.Tensor]) -> dict:
+    """Greedy tokens and first-step logits of two decodes of the same cache."""
+    (ta, la), (tb, lb) = a, b
+    diff = [(s, i) for s, (ra, rb) in enumerate(zip(ta, tb)) for i, (x, y) in enumerate(zip(ra, rb)) if x != y]
+    return {"tokens_equal": not diff, "first_difference": diff[0] if diff else None, "differences": len(diff),
+            "first_step_logits_max_rel_diff": float((la - lb).abs().max() / lb.abs().max())}
 
 
 def plan_fit(resolved, kv: str, context: int, batch: int, tokens_after: int, device: str, hybrid: bool):
@@ -625,9 +644,11 @@ def main(argv=None) -> int:
             print(f"{e['name']}: Gated DeltaNet decode={g.get('torch_recurrent_gated_delta_rule')}, "
                   f"conv update={g.get('causal_conv1d_update')}, prefill={e['gdn_prefill']}")
     for c in result["checks"]:
-        print(f"check {c['model']} {c['kv']} {c['context']} x{c['batch']}: tokens equal {c['tokens_equal']} "
-              f"({c['differences']} of {c['tokens_compared']} differ), logits rel diff "
-              f"{c['first_step_logits_max_rel_diff']:.2e}")
+        ref = c["vs_float32_attention"]
+        pairs = (("fused vs dense", c), ("fused vs float32", ref["fused"]), ("dense vs float32", ref["dense"]))
+        print(f"check {c['model']} {c['kv']} {c['context']} x{c['batch']}: " + "; ".join(
+            f"{name}: {x['differences']} of {c['tokens_compared']} tokens differ, logits rel diff "
+            f"{x['first_step_logits_max_rel_diff']:.2e}" for name, x in pairs))
     for s in result["skipped"]:
         print(f"skipped: {s['model']} {s['context']} x{s['batch']} {s['kv']}: {s['reason']}")
     print(table(result["summary"]))

@@ -83,6 +83,9 @@ def test_fused_and_dense_decode_agree(tiny):
         # float32 on both paths: only summation order differs (in bf16 the paths differ by bf16's rounding, and a
         # random toy model's near-tied logits can then pick different greedy tokens)
         assert c["first_step_logits_max_rel_diff"] < 1e-4
+        for path in ("fused", "dense"):  # and each agrees with float32 attention over the same packed bytes
+            ref = c["vs_float32_attention"][path]
+            assert ref["tokens_equal"] and ref["first_step_logits_max_rel_diff"] < 1e-4
 
 
 def test_summary_speedups_are_against_the_same_runs_bf16(tiny):

@@ -93,6 +93,27 @@ def test_tiny_gemma3_sliding_layers_keep_their_window_and_count_as_dense():
     assert (fused_logits - dense_logits).abs().max() < 1e-4 * dense_logits.abs().max()
 
 
+def test_a_fused_step_can_be_computed_by_another_decode_function():
+    """enable(decode=...) computes every fused step with that function (benchmarks/decode_e2e.py checks the kernels
+    against float32 attention over the same bytes this way); enable() without it is back on the kernels."""
+    from lowbit.kernels import reference
+
+    model = _tiny_llama(head_dim=32)
+    ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(3))
+    layers, chosen, default = model.config.num_hidden_layers, [], []
+    orig = kernels.decode_attention
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "decode_attention", lambda *a, **k: default.append(1) or orig(*a, **k))
+        cache = fused.enable(model, decode=lambda *a, **k: chosen.append(1) or reference.decode_attention(*a, **k),
+                             kv_k="turbo3")
+        toks, _ = _greedy(model, ids, cache)
+        assert len(chosen) == cache.fused_steps == STEPS * layers and not default
+        again = fused.enable(model, kv_k="turbo3")
+        assert _greedy(model, ids, again)[0] == toks
+        assert len(default) == again.fused_steps == STEPS * layers and len(chosen) == STEPS * layers
+    model.set_attn_implementation("sdpa")
+
+
 def test_dense_fallbacks_are_counted_and_warned_once():
     model = _tiny_llama(head_dim=32)
     ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(2))

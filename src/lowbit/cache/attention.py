@@ -15,6 +15,8 @@ dropout) is dequantized and counted in the cache's `dense_fallbacks`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -36,37 +38,48 @@ def _causal_only(mask: torch.Tensor | None, lq: int, t: int) -> bool:
     return allowed.shape[-2:] == (lq, t) and bool((allowed == want).all())
 
 
-def lowbit_turbo_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                           scaling: float | None = None, **kwargs):
-    cache = fused_cache() if key.shape[-2] == 0 else None  # a fused step always hands over empty K/V
-    layer = cache.take_fused_step(module.layer_idx) if cache is not None else None
-    if layer is None:  # dense K/V: prefill, or a layer the fused path does not cover
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    ks, vs = layer.k_store, layer.v_store
-    lq, t = query.shape[2], len(ks)
-    why = ("softcap" if kwargs.get("softcap") is not None else "dropout" if dropout else
-           None if _causal_only(attention_mask, lq, t) else "attention mask is not only causal (padding)")
-    if why is not None:
-        cache.count_dense(why)
-        backend = backend_for(layer.device)  # what update() would have returned
-        return sdpa_attention_forward(module, query, backend.load(ks, query.dtype), backend.load(vs, query.dtype),
-                                      attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    with on_device(query.device):
-        out = kernels.decode_attention(query, ks.packed, vs.packed, ks.codec, vs.codec, scale=scaling, seq_len=t)
-    cache.fused_steps += 1
-    return out.transpose(1, 2).contiguous(), None
+def attention_function(decode: Callable | None = None) -> Callable:
+    """The attention function; `decode` computes a fused step from the layer's packed K and V (default: the
+    kernels, `lowbit.kernels.decode_attention`; `lowbit.kernels.reference.decode_attention` gives float32
+    attention over the same bytes, the yardstick both the kernels and the dense path are measured against)."""
+
+    def lowbit_turbo_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                               scaling: float | None = None, **kwargs):
+        cache = fused_cache() if key.shape[-2] == 0 else None  # a fused step always hands over empty K/V
+        layer = cache.take_fused_step(module.layer_idx) if cache is not None else None
+        if layer is None:  # dense K/V: prefill, or a layer the fused path does not cover
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                          scaling=scaling, **kwargs)
+        ks, vs = layer.k_store, layer.v_store
+        lq, t = query.shape[2], len(ks)
+        why = ("softcap" if kwargs.get("softcap") is not None else "dropout" if dropout else
+               None if _causal_only(attention_mask, lq, t) else "attention mask is not only causal (padding)")
+        if why is not None:
+            cache.count_dense(why)
+            backend = backend_for(layer.device)  # what update() would have returned
+            return sdpa_attention_forward(module, query, backend.load(ks, query.dtype), backend.load(vs, query.dtype),
+                                          attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        with on_device(query.device):
+            out = (decode or kernels.decode_attention)(query, ks.packed, vs.packed, ks.codec, vs.codec,
+                                                       scale=scaling, seq_len=t)
+        cache.fused_steps += 1
+        return out.transpose(1, 2).contiguous(), None
+
+    return lowbit_turbo_attention
 
 
-def register() -> None:
-    """Register the function, and SDPA's mask builder under the same name: transformers builds no mask at all
-    (no padding, no sliding window) for an attention implementation without one."""
-    AttentionInterface.register(NAME, lowbit_turbo_attention)
+lowbit_turbo_attention = attention_function()
+
+
+def register(decode: Callable | None = None) -> None:
+    """Register the function (with `decode`, see attention_function), and SDPA's mask builder under the same name:
+    transformers builds no mask at all (no padding, no sliding window) for an attention implementation without one."""
+    AttentionInterface.register(NAME, attention_function(decode) if decode else lowbit_turbo_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def enable(model, **cache_kwargs) -> QuantizedKVCache:
+def enable(model, decode: Callable | None = None, **cache_kwargs) -> QuantizedKVCache:
     """Register the function, make it the model's attention, and return a QuantizedKVCache that feeds it."""
-    register()
+    register(decode)
     model.set_attn_implementation(NAME)
     return QuantizedKVCache(model.config, fused_attention=True, **cache_kwargs)
