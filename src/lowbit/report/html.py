@@ -634,8 +634,10 @@ def _kernels_section(blocks: list[dict], e2e_blocks: list[dict] | None = None) -
 <p>Time for one attention layer to attend one new token per sequence, reading the cache in its packed form
 (one CUDA kernel for turbo3 keys and values and for q8_0 keys with turbo3 or turbo4 values, the settings the quality
 tables recommend), against the fastest bf16 SDPA backend on the same GPU. Above 1x the packed cache is faster.
-The kernel is bound by latency at low occupancy, not by memory: Nsight Compute measured 41.5% of DRAM bandwidth
-and 5.4 of 7 warps per SM for q8_0/turbo3 on the 27B shape at 32K, batch 8 (ncu, docs/kernels.md §R4).
+The kernel is bound by the instructions it needs to unpack each byte, not by memory: Nsight Compute measured 29–31%
+of DRAM bandwidth for turbo3 at 32K, batch 8, with warps almost never waiting on memory (0.06 stall cycles per
+instruction) and the schedulers issuing in 55–62% of cycles; a variant with half again as many warps per SM ran
+slower, in proportion to its extra instructions (lowbit 2ebd073 and 4820d61, docs/kernels.md §R4 and §R10).
 Writing new tokens into the cache is one fused kernel too (rotate, quantize, pack): 2 M turbo3 head vectors of
 128 in 0.41 ms on the H200, 32% of its memory bandwidth and 60x the PyTorch reference, measured 2026-11-30 at lowbit
 73d2cfb by <code>python benchmarks/store_kernel.py --format json --tiles 64/4</code> (docs/kernels.md §R7); q8_0 keys
