@@ -67,14 +67,21 @@ def arch_kv() -> bytes:
     return gguf_key("general.architecture") + struct.pack("<I", STRING) + gguf_key("llama")
 
 
-def many_arrays(path: Path, header_bytes: int, item_type: int, per_array: int = 4096) -> str:
-    item = struct.pack("<I", 7) if item_type == U32 else struct.pack("<Q", 0)
+def write_many_arrays(path: Path, header_bytes: int, item_type: int, per_array: int = 4096) -> int:
+    """A header of arrays of `per_array` items each (inside every per-array limit) filling `header_bytes`;
+    returns how many arrays."""
+    item = struct.pack("<I", 7) if item_type == U32 else struct.pack("<Q", 0)  # a u32, or an empty string
     array = struct.pack("<IQ", item_type, per_array) + item * per_array
     n = header_bytes // (len(array) + 16)
     with open(path, "wb") as f:
         f.write(gguf_start(0, n + 1) + arch_kv())
         for i in range(n):
             f.write(gguf_key(f"k{i:07d}") + struct.pack("<I", ARRAY) + array)
+    return n
+
+
+def many_arrays(path: Path, header_bytes: int, item_type: int, per_array: int = 4096) -> str:
+    n = write_many_arrays(path, header_bytes, item_type, per_array)
     kind = "u32" if item_type == U32 else "empty strings"
     return f"{header_bytes >> 20} MiB: {n:,} arrays of {per_array:,} {kind}"
 

@@ -25,7 +25,7 @@ from lowbit.models.gguf_header import read_header
 
 # The hostile-header writers live with the benchmark that measures the same cases (one copy).
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from header_budgets import arch_kv, gguf_key, gguf_start  # noqa: E402
+from header_budgets import arch_kv, gguf_key, gguf_start, write_many_arrays  # noqa: E402
 
 U32, STRING, ARRAY = 4, 8, 9
 
@@ -107,22 +107,10 @@ def test_error_lines_cut_long_names(tmp_path, capsys):
     assert "\x1b" not in err
 
 
-def _many_arrays(path, header_bytes: int, item_type: int, per_array: int = 4096) -> int:
-    """A header of arrays of `per_array` items each (inside every per-array limit) filling `header_bytes`."""
-    item = struct.pack("<I", 7) if item_type == U32 else struct.pack("<Q", 0)  # a u32, or an empty string
-    array = struct.pack("<IQ", item_type, per_array) + item * per_array
-    n = header_bytes // (len(array) + 16)
-    with open(path, "wb") as f:
-        f.write(gguf_start(0, n + 1) + arch_kv())
-        for i in range(n):
-            f.write(gguf_key(f"k{i:07d}") + struct.pack("<I", ARRAY) + array)
-    return n
-
-
 def test_a_header_of_many_small_u32_arrays_costs_little_time_and_memory(tmp_path):
     """Before the budgets, 16 MiB of such arrays took 17 s and 165 MB (8-10x the header, ~1 CPU-s per MiB)."""
     path = tmp_path / "arrays.gguf"
-    n = _many_arrays(path, 16 << 20, U32)
+    n = write_many_arrays(path, 16 << 20, U32)
     out, cpu, peak = measured(lambda: read_header(path))
     assert not isinstance(out, LowbitError), out
     kept = [v for k, v in out.metadata.items() if isinstance(v, list)]
@@ -138,7 +126,7 @@ def test_strings_are_walked_within_a_budget_in_time_and_memory(tmp_path, mib):
     """Strings cannot be skipped in O(1): 16 MiB of empty ones (2 million) are walked, 40 MiB (5.2 million,
     over MAX_ITEMS) are refused at the budget, not walked to the end."""
     path = tmp_path / "strings.gguf"
-    n = _many_arrays(path, mib << 20, STRING)
+    n = write_many_arrays(path, mib << 20, STRING)
     r = walked_in_a_process(path)
     (tmp_path / "tiny.gguf").write_bytes(gguf_start(0, 1) + arch_kv())
     base = walked_in_a_process(tmp_path / "tiny.gguf")

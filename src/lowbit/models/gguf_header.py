@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -193,8 +194,10 @@ def read_header(path: str | Path, file_size: int | None = None) -> GGUFHeader:
     return _read_header(resolved, stat.st_size, stat.st_mtime_ns, file_size)
 
 
-@lru_cache(maxsize=16)  # planning one file under many scenarios reads its header once
-def _read_header(path: Path, size: int, mtime_ns: int, file_size: int | None = None) -> GGUFHeader:
+@contextmanager
+def _mapped(path: Path):
+    """The GGUF file at `path` mapped, its magic, version and counts checked: (cursor after the counts, file size,
+    version, tensors, metadata keys)."""
     f = open_regular(path, "GGUF file")  # never blocks on a FIFO swapped in since the stat
     size = os.fstat(f.fileno()).st_size  # the file as opened, should it have changed since the stat
     if size < 24:
@@ -210,6 +213,12 @@ def _read_header(path: Path, size: int, mtime_ns: int, file_size: int | None = N
         n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
         if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
             raise LowbitError(f"{path.name} declares {n_tensors} tensors and {n_kv} metadata keys: implausible")
+        yield cur, size, version, n_tensors, n_kv
+
+
+@lru_cache(maxsize=16)  # planning one file under many scenarios reads its header once
+def _read_header(path: Path, size: int, mtime_ns: int, file_size: int | None = None) -> GGUFHeader:
+    with _mapped(path) as (cur, size, version, n_tensors, n_kv):
         meta: dict[str, Any] = {}
         for _ in range(n_kv):
             key = cur.string(MAX_KEY, "metadata key")
@@ -261,20 +270,7 @@ def read_array(path: str | Path, key: str) -> list | None:
     and keeps just the one asked for.
     """
     path = require_file(input_path(path), "GGUF file")
-    f = open_regular(path, "GGUF file")
-    size = os.fstat(f.fileno()).st_size
-    if size < 24:
-        f.close()
-        raise LowbitError(f"{path.name} is truncated: {size} bytes cannot hold a GGUF header")
-    with f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        cur = _Cursor(mm, size)
-        if cur.read(4) != struct.pack("<I", GGUF_MAGIC):
-            raise LowbitError(f"{path.name} is not a GGUF file (bad magic)")
-        if cur.unpack("<I") not in (2, 3):
-            raise LowbitError(f"{path.name}: GGUF version is not supported (2 or 3)")
-        _, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
-        if n_kv > MAX_KV:
-            raise LowbitError(f"{path.name} declares {n_kv} metadata keys: implausible")
+    with _mapped(path) as (cur, _, _, _, n_kv):
         for _ in range(n_kv):
             name = cur.string(MAX_KEY, "metadata key")
             vtype = cur.unpack("<I")
