@@ -649,6 +649,12 @@ replaced, measured 2026-11-30 at lowbit c35611b by <code>python benchmarks/store
 {tab}{_e2e_part(e2e_blocks) if _rows(e2e_blocks) else ""}"""
 
 
+def _section(block: dict) -> str:
+    """Where the docs discuss a measured block: the parenthesis that ends its source ("docs/kernels.md §R5d")."""
+    source = block.get("source", "")
+    return source[source.rfind("(") + 1:-1] if source.endswith(")") else "docs/kernels.md"
+
+
 def _batch1_share(blocks: list[dict]) -> str:
     """What the packed cache's own kernels cost in a batch-1 step against bf16's attention, from the first profiled
     turbo3 run that has its bf16 baseline (measured: the block's commit, `--profile`)."""
@@ -665,7 +671,7 @@ def _batch1_share(blocks: list[dict]) -> str:
                     f"own kernels (storing K and V, decode, merge, query rotation) take {ours / 1e3:.1f} ms of the "
                     f"{sum(r['profile_us'].values()) / 1e3:.1f} ms of kernels in a turbo3 step, bf16's attention "
                     f"{bf16 / 1e3:.1f} ms (measured at lowbit {html.escape(b['commit'])} by "
-                    f"<code>decode_e2e.py --profile</code>, docs/kernels.md §R8).")
+                    f"<code>decode_e2e.py --profile</code>, {html.escape(_section(b))}).")
     return ""
 
 
