@@ -344,3 +344,23 @@ def test_unaligned_rows_and_a_cache_slice():
     ref = reference.decode_attention(q.double(), kp.cpu(), kp.cpu(), tq, tq)
     out = turbo_decode_attention(q.cuda(), strided, strided, pk, pk).cpu()  # auto: the Triton kernel
     assert (out.double() - ref).abs().max() / ref.abs().max() <= ATTN_TOL
+
+
+def test_the_unpack_ceiling_experiment_changes_only_turbo_unit():
+    """benchmarks/decode_unpack_ceiling.py swaps one function of the kernel source by its text: if the source
+    moves, the swap must fail loudly rather than time something else."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import decode_unpack_ceiling as ceiling
+    finally:
+        sys.path.pop(0)
+    shipped = cuda_decode.SOURCE
+    variant = ceiling.variant_source()
+    assert cuda_decode.SOURCE == shipped and "EXPERIMENT" in variant and "EXPERIMENT" not in shipped
+    head = shipped.index("template <int F>\n__device__ __forceinline__ void turbo_unit(")
+    tail = shipped.index("// Unit i (16 values) of lane c")
+    assert "spread8" in shipped[head:tail] and "spread8" not in variant[head:variant.index("// Unit i (16 values)")]
+    assert variant[:head] == shipped[:head] and variant.endswith(shipped[tail:])

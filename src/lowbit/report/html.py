@@ -637,7 +637,9 @@ tables recommend), against the fastest bf16 SDPA backend on the same GPU. Above 
 The kernel is bound by the instructions it needs to unpack each byte, not by memory: Nsight Compute measured 29–31%
 of DRAM bandwidth for turbo3 at 32K, batch 8, with warps almost never waiting on memory (0.06 stall cycles per
 instruction) and the schedulers issuing in 55–62% of cycles; a variant with half again as many warps per SM ran
-slower, in proportion to its extra instructions (lowbit 2ebd073 and 4820d61, docs/kernels.md §R4 and §R10).
+slower, in proportion to its extra instructions (lowbit 2ebd073 and 4820d61, docs/kernels.md §R4 and §R10). With the
+codes' unpacking made nearly free (an experiment, not a kernel: lowbit 48a531c,
+<code>python benchmarks/decode_unpack_ceiling.py</code>, §R11), turbo3 would reach 2.1–2.6x at batch 8 and 32.
 Writing new tokens into the cache is one fused kernel too (rotate, quantize, pack): 2 M turbo3 head vectors of
 128 in 0.41 ms on the H200, 32% of its memory bandwidth and 60x the PyTorch reference, measured 2026-11-30 at lowbit
 73d2cfb by <code>python benchmarks/store_kernel.py --format json --tiles 64/4</code> (docs/kernels.md §R7); q8_0 keys
