@@ -163,6 +163,8 @@ def main(argv=None) -> int:
     if args.format == "json":
         print(text)
     else:
+        print(f"{result['device']} | torch {result['torch']} | lowbit {result['commit'] or '(LOWBIT_COMMIT unset)'} | "
+              f"{result['date']}; speedups against the fastest bf16 SDPA of this run")
         for r in result["rows"]:
             if "skipped" not in r:
                 print(f"{r['shape']:13s} T={r['context']:6d} B={r['batch']:2d} {r['kv']:14s} bf16 {r['baseline_ms']:.4f} "
