@@ -147,6 +147,28 @@ def test_the_batch_1_share_is_computed_from_the_shipped_profile(page):
     assert f"bf16's attention {bf16:.1f} ms" in page
 
 
+def test_the_free_attention_ceiling_comes_from_the_runs_and_bounds_every_speedup(page):
+    """A bf16 row's "speedup if attention cost nothing" is its step less its attention layers' SDPA time, both from
+    the run's own JSON; no packed cache of the same model, context and batch beats it."""
+    blocks = _json("decode_e2e.json") or []
+    ceilings = {}
+    for b in blocks:
+        run = json.loads((Path(__file__).parents[1] / b["source"].split()[0]).read_text())
+        layers = {r["model"]: r["fused"]["attention_layers"] for r in run["runs"] if r.get("fused")}
+        sdpa = {(r["model"], r["context"], r["batch"]): r["sdpa"]["layer_ms"] for r in run["runs"] if r["kv"] == "bf16"}
+        for r in b["rows"]:
+            if r["kv"] == "bf16" and "attention_ms" in r:
+                key = (r["model"], r["context"], r["batch"])
+                assert r["attention_ms"] == pytest.approx(sdpa[key] * layers[r["model"]], abs=1e-3)
+                ceilings[key] = report.free_attention(r)
+                assert f"{ceilings[key]:.2f}x" in page
+    if not ceilings:
+        pytest.skip("no bf16 end-to-end rows with their attention time ship")
+    for r in (r for b in blocks for r in b["rows"]):
+        if r.get("speedup") and (r["model"], r["context"], r["batch"]) in ceilings:
+            assert r["speedup"] <= ceilings[(r["model"], r["context"], r["batch"])], r
+
+
 def test_real_size_rows_equal_the_plan_to_the_byte(page):
     """Every shipped GPU measurement is a row, and each shows the plan's K/V and state equal to the held bytes
     (the page computes the plan when it is built: a change to the engine's rules would show here)."""

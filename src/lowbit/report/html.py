@@ -506,6 +506,7 @@ E2E_COLUMNS = [
     Column("step_ms", "step (ms)", _dash(lambda v: fmt_sig(v, 3))),
     Column("tok_s", "tokens/s", _dash(lambda v: f"{v:,.0f}")),
     Column("speedup", "speedup over bf16", _dash(lambda v: f"{v:.2f}x")),
+    Column("free_attention", "speedup if attention cost nothing", _dash(lambda v: f"{v:.2f}x")),
     Column("peak_gb", "peak GPU memory (GB)", _dash(lambda v: f"{v:.1f}")),
     Column("cache_gb", "KV cache (GB)", _dash(lambda v: f"{v:.2f}")), Column("note", "note", _text, False),
 ]
@@ -677,8 +678,25 @@ def _batch1_share(blocks: list[dict]) -> str:
     return ""
 
 
+def free_attention(row: dict) -> float | None:
+    """A bf16 row's ceiling for any cache: its step less its attention layers' measured bf16 SDPA time."""
+    att = row.get("attention_ms")
+    return None if att is None else row["step_ms"] / (row["step_ms"] - att)
+
+
+def _ceilings(rows: list[dict]) -> str:
+    """", from 1.04x to 1.75x for qwen3.5-27b and ..." over the rows that carry a free-attention ceiling."""
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("free_attention"):
+            by.setdefault(r["model"], []).append(r["free_attention"])
+    parts = [f"from {min(v):.2f}x to {max(v):.2f}x for {html.escape(m)}" for m, v in by.items()]
+    return ": " + " and ".join(parts) if parts else ""
+
+
 def _e2e_part(blocks: list[dict]) -> str:
-    tab, _ = _measured_table(E2E_COLUMNS, _rows(blocks))
+    rows = [{**r, "free_attention": free_attention(r)} if "attention_ms" in r else r for r in _rows(blocks)]
+    tab, _ = _measured_table(E2E_COLUMNS, rows)
     profiled = [r for r in _rows(blocks) if r.get("profile_us")]
     steps = "" if not profiled else f"""
 <p>Where a step's time goes (kernels only, measured with <code>decode_e2e.py --profile</code>): at batch 1 the
@@ -688,7 +706,9 @@ the packed cache shrinks.</p>
     return f"""<h3>Whole-model decode</h3>
 <p>What a user sees is the whole step, not one layer: the kernel's gain shrinks by the share of the step that
 attention takes. Llama-3.1-8B attends in all 32 layers; Qwen3.5-27B in 16 of 64 (the rest are Gated DeltaNet
-layers, whose state does not grow with the context). Where the bf16 cache does not fit in the GPU, the packed
+layers, whose state does not grow with the context). Each bf16 row also says how much faster its step would be
+if attention cost nothing (the step less its attention layers' bf16 SDPA time, measured in the same run): the
+ceiling for any KV format at that size{_ceilings(rows)}. Where the bf16 cache does not fit in the GPU, the packed
 cache still decodes: the row has no speedup and says so.{_batch1_share(blocks)}</p>
 <ul class=prov>{_runs(blocks)}</ul>
 {tab}{steps}"""
