@@ -453,7 +453,8 @@ def one_run(model, kv, context, batch, args, hybrid) -> dict:
 def dense_check(model, kv, context, batch, args, fused_tokens, fused_first, hybrid) -> dict:
     """The same cache (same seeds: the same packed bytes) decoded twice more: densely (the layer dequantized to
     the model's dtype for SDPA) and with float32 attention over the packed bytes (`lowbit.kernels.reference`).
-    Fused against dense is the issue's check; both against the float32 attention say which one rounds more."""
+    Fused against dense: do the kernels give the dense path's tokens? Each against float32 attention: which path
+    rounds more."""
     capacity = context + args.new_tokens + 8
     decoded = {}
     for attention in ("dense", "reference"):
