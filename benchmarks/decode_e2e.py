@@ -4,6 +4,8 @@ packed caches with fused decode attention, in the same run.
     python benchmarks/decode_e2e.py --out docs/kernels_results/decode_e2e_h200.json          # the full matrix
     python benchmarks/decode_e2e.py --models qwen3.5-27b --contexts 32768 --batches 1 8 --new-tokens 32
     python benchmarks/decode_e2e.py --tiny --device cpu --out /tmp/e2e.json                   # CI: toy sizes, CPU
+    python benchmarks/decode_e2e.py --report-rows docs/kernels_results/decode_e2e_27b_32k_2ebd073_h200.json
+                                                # a recorded run's rows as `lowbit report` ships them (no GPU)
 
 Models: Qwen3.5-27B (hybrid: 48 Gated DeltaNet layers, 16 attention layers with 4 KV heads of 256) and
 Llama-3.1-8B (32 attention layers, 8 KV heads of 128), from lowbit's built-in configs, built by transformers with
@@ -396,7 +398,8 @@ def profile_step(model, cache, nxt, steps: int, device) -> dict:
         on_gpu = cuda and e.device_type == torch.autograd.DeviceType.CUDA
         us = e.self_device_time_total if on_gpu else 0 if cuda else e.self_cpu_time_total
         if us > 0 and (cuda or e.key.startswith("aten::")):
-            kernels[e.key] = (kernels.get(e.key, (0.0, 0))[0] + us / steps, e.count / steps)
+            us0, calls0 = kernels.get(e.key, (0.0, 0.0))
+            kernels[e.key] = (us0 + us / steps, calls0 + e.count / steps)
     groups: dict[str, float] = {}
     for name, (us, _) in kernels.items():
         low = name.lower()
@@ -513,6 +516,30 @@ def summarize(runs: list[dict]) -> list[dict]:
     return out
 
 
+def report_rows(result: dict) -> list[dict]:
+    """The rows `lowbit report` ships for a run (src/lowbit/report/decode_e2e.json): the CUDA-graph step of each
+    cache, its speedup over the same run's bf16 (or why there is none), the profile's kernel groups, and for bf16
+    the time its attention layers spent in SDPA (the step's attention-free ceiling)."""
+    runs = {(r["model"], r["context"], r["batch"], r["kv"]): r for r in result["runs"]}
+    layers = {r["model"]: r["fused"]["attention_layers"] for r in result["runs"] if r.get("fused")}
+    out = []
+    for s in result["summary"]:
+        run = runs[(s["model"], s["context"], s["batch"], s["kv"])]
+        row = {"model": s["model"], "context": s["context"], "batch": s["batch"], "kv": s["kv"],
+               "step_ms": round(s["graph_ms"], 2), "tok_s": round(s["graph_tok_s"], 1), "peak_gb": s["peak_gb"],
+               "cache_gb": s["cache_gb"]}
+        if s["graph_speedup"] is not None:
+            row["speedup"] = s["graph_speedup"]
+        else:
+            row["note"] = "bf16 cache does not fit"
+        if run.get("profile"):
+            row["profile_us"] = {k: round(v, 1) for k, v in run["profile"]["groups_us"].items()}
+        if s["kv"] == "bf16" and s["model"] in layers:
+            row["attention_ms"] = round(run["sdpa"]["layer_ms"] * layers[s["model"]], 3)
+        out.append(row)
+    return out
+
+
 def table(rows: list[dict]) -> str:
     head = ("model", "ctx", "B", "kv", "graph ms", "tok/s", "x bf16", "eager ms", "tok/s", "x bf16", "peak GB", "cache GB")
     keys = ("model", "context", "batch", "kv", "graph_ms", "graph_tok_s", "graph_speedup", "eager_ms", "eager_tok_s",
@@ -539,6 +566,8 @@ def parse(argv):
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="after the timings, profile STEPS eager steps: device time per step by kernel group")
     ap.add_argument("--check", action="store_true", help="fused vs dense tokens at the first context and batch")
+    ap.add_argument("--report-rows", metavar="RUN_JSON",
+                    help="print a recorded run's rows as the report ships them (report_rows), then exit")
     ap.add_argument("--check-tokens", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="toy models (llama-tiny, qwen-tiny), short contexts (CI)")
@@ -572,6 +601,9 @@ def write(result: dict, out: str | None) -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.report_rows:
+        print(json.dumps(report_rows(json.loads(Path(args.report_rows).read_text())), indent=1))
+        return 0
     started = time.perf_counter()
     if torch.device(args.device).type == "cuda":
         from lowbit.cache import install

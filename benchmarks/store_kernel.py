@@ -136,7 +136,9 @@ def run(args) -> dict:
     return result
 
 
-Q8_SETTINGS = [(128, "bfloat16", 1), (256, "bfloat16", 1), (128, "bfloat16", 32)]  # (head_dim, dtype, rows)
+# (head_dim, dtype, vectors): the bandwidth size, one decode step's row, and a batch-32 step's rows
+Q8_SETTINGS = [(128, "bfloat16", VALUES // 128), (128, "bfloat16", 1), (128, "bfloat16", 32),
+               (256, "bfloat16", VALUES // 256), (256, "bfloat16", 1)]
 
 
 def run_q8(args, peak: float) -> list[dict]:
@@ -149,21 +151,20 @@ def run_q8(args, peak: float) -> list[dict]:
     from lowbit.quant.kv_baselines import make_codec
 
     rows = []
-    for D, dt, few in Q8_SETTINGS:
+    for D, dt, n in Q8_SETTINGS:
         p = q8_params(make_codec("q8_0", D, seed=11, keys=True), "cuda")
-        for n in (VALUES // D, few):
-            x = torch.randn(n, D, device="cuda", dtype=getattr(torch, dt))
-            ties = check_q8_store(p, x[:CHECK_VECTORS], q8_store(p, x[:CHECK_VECTORS]))
-            ms = do_bench(lambda: q8_store(p, x), args.rep_ms)
-            torch_ms = do_bench(lambda: q8.store(p, x), args.rep_ms)
-            nbytes = x.numel() * x.element_size() + n * p.vector_bytes
-            row = {"fmt": "q8_0", "head_dim": D, "dtype": dt, "vectors": n, "rot_block": p.rot_block,
-                   "ms": round(ms, 4), "torch_ms": round(torch_ms, 4), "ratio_vs_torch": round(torch_ms / ms, 2),
-                   "gbps": round(nbytes / ms / 1e6, 1), "peak_frac": round(nbytes / ms / 1e6 / peak, 3),
-                   "check_ties": ties}
-            rows.append(row)
-            print(f"q8_0 {D} {dt} x{n}: {ms:.4f} ms ({row['peak_frac']:.1%} of peak), torch {torch_ms:.4f} ms "
-                  f"({row['ratio_vs_torch']}x), ties {ties}", file=sys.stderr)
+        x = torch.randn(n, D, device="cuda", dtype=getattr(torch, dt))
+        ties = check_q8_store(p, x[:CHECK_VECTORS], q8_store(p, x[:CHECK_VECTORS]))
+        ms = do_bench(lambda: q8_store(p, x), args.rep_ms)
+        torch_ms = do_bench(lambda: q8.store(p, x), args.rep_ms)
+        nbytes = x.numel() * x.element_size() + n * p.vector_bytes
+        row = {"fmt": "q8_0", "head_dim": D, "dtype": dt, "vectors": n, "rot_block": p.rot_block,
+               "ms": round(ms, 4), "torch_ms": round(torch_ms, 4), "ratio_vs_torch": round(torch_ms / ms, 2),
+               "gbps": round(nbytes / ms / 1e6, 1), "peak_frac": round(nbytes / ms / 1e6 / peak, 3),
+               "check_ties": ties}
+        rows.append(row)
+        print(f"q8_0 {D} {dt} x{n}: {ms:.4f} ms ({row['peak_frac']:.1%} of peak), torch {torch_ms:.4f} ms "
+              f"({row['ratio_vs_torch']}x), ties {ties}", file=sys.stderr)
     return rows
 
 

@@ -147,6 +147,33 @@ def test_the_batch_1_share_is_computed_from_the_shipped_profile(page):
     assert f"bf16's attention {bf16:.1f} ms" in page
 
 
+def test_shipped_speed_rows_are_their_runs_rows():
+    """The report's measured speed rows are not typed in: each kernel row equals its run's row (the fields it
+    keeps), and each whole-model row is what `decode_e2e.report_rows` makes of its run's JSON."""
+    import sys
+
+    root = Path(__file__).parents[1]
+    for b in _json("kernels.json") or []:
+        src = json.loads((root / b["source"].split()[0]).read_text())
+        runs = {(r["shape"], r["context"], r["batch"], r["kv"]): r for r in src["rows"] if "kv" in r}
+        for r in b["rows"]:
+            run = runs[(r["shape"], r["context"], r["batch"], r["kv"])]
+            assert {k: run.get(k) for k in r} == r
+    e2e = _json("decode_e2e.json") or []
+    if not e2e:
+        return
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import decode_e2e
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    for b in e2e:
+        made = {(r["model"], r["context"], r["batch"], r["kv"]): r
+                for r in decode_e2e.report_rows(json.loads((root / b["source"].split()[0]).read_text()))}
+        for r in b["rows"]:
+            assert made[(r["model"], r["context"], r["batch"], r["kv"])] == r
+
+
 def test_the_free_attention_ceiling_comes_from_the_runs_and_bounds_every_speedup(page):
     """A bf16 row's "speedup if attention cost nothing" is its step less its attention layers' SDPA time, both from
     the run's own JSON; no packed cache of the same model, context and batch beats it."""

@@ -685,7 +685,7 @@ def free_attention(row: dict) -> float | None:
 
 
 def _ceilings(rows: list[dict]) -> str:
-    """", from 1.04x to 1.75x for qwen3.5-27b and ..." over the rows that carry a free-attention ceiling."""
+    """The range of the free-attention ceilings per model (": from 1.04x to 1.75x for qwen3.5-27b and ...")."""
     by: dict[str, list[float]] = {}
     for r in rows:
         if r.get("free_attention"):
