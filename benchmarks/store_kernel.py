@@ -183,7 +183,7 @@ def table(result: dict) -> None:
                   f"{r['gbps'] / result['copy_gbps']:.1%}", f"{r['ratio_vs_torch']:.1f}x")
     Console().print(t)
     if result.get("q8_rows"):
-        q = Table(title="q8_0 store: the fused Triton kernel beside the torch path, measured")
+        q = Table(title=f"q8_0 store, {result['device']}: the fused Triton kernel beside the torch path, measured")
         for c in ("head_dim", "vectors", "ms", "torch ms", "vs torch", "of peak", "ties"):
             q.add_column(c, justify="right")
         for r in result["q8_rows"]:
